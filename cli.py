@@ -1,0 +1,200 @@
+"""EmoReact command line: each command is a thin wrapper over a library function."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import platform
+import sys
+from pathlib import Path
+
+import click
+
+from embed import EmbedConfig, ImageError, ModelLoadError, ModelSpec, SourceError
+from embed.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from heads import ConfigError, HeadConfig, HeadError, load_label_config
+from index import StoreError
+
+_USER_ERRORS = (ModelLoadError, StoreError, HeadError, ConfigError, SourceError, ImageError, ValueError,
+                KeyError, FileNotFoundError)
+
+
+def _friendly(command):
+    """Turns the library's expected errors into one clear line and exit status 1, not a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except _USER_ERRORS as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise click.ClickException(str(message)) from exc
+    return wrapper
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def main(verbose: bool) -> None:
+    """EmoReact: emotions and emoji reactions for images, from frozen CLIP features."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+_model_options = [
+    click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                 help="open_clip model name (ViT-B-32, ViT-L-14, ...) or a model-config JSON path."),
+    click.option("--pretrained", default=DEFAULT_PRETRAINED, show_default=True,
+                 help="open_clip pretrained tag, local weights file/folder, or 'none' (random, seeded)."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
+]
+_labels_option = click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
+                              help="Label config TOML (labels, prompts, emoji policy); default: bundled.")
+
+
+def _with(options):
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+@main.command()
+def info() -> None:
+    """Print versions, device, CUDA/bf16 support, FAISS build and available models."""
+    import faiss
+    import open_clip
+    import torch
+
+    from embed import available_models
+
+    cuda = torch.cuda.is_available()
+    data = {
+        "python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__,
+        "faiss": faiss.__version__, "faiss_gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
+        "cuda": cuda, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()), "cpu_threads": torch.get_num_threads(),
+        "default_model": f"{DEFAULT_MODEL}/{DEFAULT_PRETRAINED}",
+        "models": available_models(),
+    }
+    click.echo(json.dumps(data, indent=2))
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--store", "store_path", required=True, type=click.Path(file_okay=False), help="Store folder.")
+@_with(_model_options)
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "folder", "manifest", "fi", "emoset", "emotion6", "affectnet"]))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
+@click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(1))
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_labels_option
+@_friendly
+def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, shard_size, no_progress,
+          labels_path) -> None:
+    """Embed images from SOURCE (folder, CSV/JSONL manifest, FI/EmoSet/Emotion6/AffectNet) into a store."""
+    from pipeline import embed_source
+
+    config = EmbedConfig(batch_size=batch_size, workers=workers, shard_size=shard_size, progress=not no_progress)
+    report = embed_source(source, store_path, ModelSpec(model, pretrained), load_label_config(labels_path),
+                          fmt, device, config)
+    click.echo(json.dumps({**report.to_json(), "store": str(store_path)}, ensure_ascii=False))
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the trained head.")
+@click.option("--head", "kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp", "zeroshot"]))
+@click.option("--loss", default="weighted_bce", show_default=True, type=click.Choice(["bce", "weighted_bce", "focal"]))
+@click.option("--zero-shot-prior", is_flag=True, help="Initialise, regularise and blend with CLIP text prompts.")
+@click.option("--epochs", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--patience", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step", "plateau", "none"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
+@_labels_option
+@_friendly
+def train(store_path, out, kind, loss, zero_shot_prior, epochs, patience, lr, schedule, seed, device, pretrained,
+          labels_path) -> None:
+    """Train an emotion head on a store; writes weights, thresholds, metrics JSON and plots to OUT."""
+    from pipeline import train_from_store
+
+    config = HeadConfig(kind=kind, loss=loss, zero_shot_prior=zero_shot_prior, epochs=epochs, patience=patience,
+                        lr=lr, schedule=schedule, seed=seed)
+    _, metrics = train_from_store(store_path, out, config, load_label_config(labels_path), device, pretrained)
+    click.echo(json.dumps(_summary(metrics, out)))
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--head", "head_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Report folder (default: the head's).")
+@_friendly
+def evaluate(store_path, head_path, split, out) -> None:
+    """Evaluate a head on a store split: metrics JSON and PNG plots."""
+    from pipeline import evaluate_head
+
+    metrics = evaluate_head(store_path, head_path, split, out)
+    click.echo(json.dumps(_summary(metrics, out or head_path)))
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--head", "head_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--k", default=5, show_default=True, type=click.IntRange(0, 100), help="Neighbours per image.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
+@_labels_option
+@_friendly
+def predict(images, store_path, head_path, k, device, pretrained, labels_path) -> None:
+    """Predict emotions and emoji reactions; one JSON object per image per line."""
+    from pipeline import Predictor
+
+    predictor = Predictor.load(store_path, head_path, device, labels_path, pretrained)
+    files = [(path, Path(path).read_bytes()) for path in images]
+    failed = False
+    for result in predictor.predict_files(files, k):
+        failed |= "error" in result
+        click.echo(json.dumps(result, ensure_ascii=False))
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--k", default=5, show_default=True, type=click.IntRange(1, 100))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
+@_friendly
+def neighbours(image, store_path, k, device, pretrained) -> None:
+    """Print the K indexed images nearest to IMAGE (cosine similarity), as JSON."""
+    from embed import decode_image
+    from index import Store
+    from pipeline import backbone_for_store
+
+    store = Store.open(store_path)
+    backbone = backbone_for_store(store, device, pretrained)
+    vector = backbone.encode_images(backbone.transform(decode_image(Path(image).read_bytes()))[None]).numpy()
+    scores, ids = store.search(vector, k)
+    items = store.items([int(i) for i in ids[0]])
+    click.echo(json.dumps({"image": image, "neighbours": [
+        {**item.to_json(), "similarity": round(float(s), 4)} for s, item in zip(scores[0], items)]},
+        ensure_ascii=False))
+
+
+def _summary(metrics: dict, out) -> dict:
+    keep = ("split", "count", "macro_f1", "micro_f1", "mAP", "alpha", "epochs")
+    summary = {k: metrics[k] for k in keep if k in metrics}
+    summary["per_label_f1"] = {k: round(v["f1"], 4) for k, v in metrics.get("per_label", {}).items()}
+    summary["report"] = str(out)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

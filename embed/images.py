@@ -1,0 +1,115 @@
+"""Decoding untrusted image bytes into RGB, safely and the same way everywhere.
+
+Only JPEG, PNG, WebP and GIF decoders are ever invoked (chosen by content, not by file name);
+the pixel count is checked from the header before any pixel is decoded; EXIF orientation is
+applied; palette, alpha, CMYK and 16-bit images become correct 8-bit RGB; animations give
+their first frame.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo; larger is refused before decoding
+_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as on most feeds
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image. `kind` tells the web layer which status to answer."""
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind  # "invalid" | "unsupported" | "too_large"
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Gives an 8-bit RGB PIL image from encoded bytes, or raises ImageError saying why not."""
+    if not data:
+        raise ImageError("the file is empty; send a JPEG, PNG, WebP or GIF image")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageError("the file is not an image (its content is not JPEG, PNG, WebP or GIF)")
+    if fmt not in ALLOWED_FORMATS:
+        raise ImageError(f"{fmt} images are not accepted; send JPEG, PNG, WebP or GIF", kind="unsupported")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[fmt])
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"the image is {width}x{height} pixels, over the limit of {max_pixels:,}; "
+                                 "send a smaller image", kind="too_large")
+            image.seek(0)  # first frame of an animation
+            image.load()
+            image = _apply_orientation(image)
+            return to_rgb(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"the image is too large to decode safely ({exc})", kind="too_large") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError,
+            struct.error, ZeroDivisionError) as exc:
+        raise ImageError(f"the {fmt} file is damaged or truncated ({exc}); re-export it and try again") from exc
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Gives the image format named by the file's magic bytes (e.g. "JPEG", "TIFF"), or None."""
+    head = data[:16]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    for magic, name in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+_OTHER_FORMATS = (
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"8BPS", "PSD"),
+    (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG2000"), (b"\xff\x4f\xff\x51", "JPEG2000"),
+    (b"\x00\x00\x00\x1cftypavif", "AVIF"), (b"\x00\x00\x00\x18ftypheic", "HEIC"), (b"%PDF", "PDF"),
+)
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    """Gives the image turned upright by its EXIF orientation; broken EXIF leaves it as it is."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not make a good picture unreadable
+        return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Gives an 8-bit RGB copy: alpha over white, palette expanded, CMYK converted, 16-bit rescaled."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        # Scale rather than clip: a 16-bit grey of 40000 must stay light grey, not become white.
+        gray = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.rint(array * 255.0 if array.max() <= 1.0 else array), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    return image.convert("RGB")

@@ -1,0 +1,162 @@
+"""The batch embedding job: records -> decode + preprocess (DataLoader workers) -> CLIP -> store.
+
+Resumable: files whose content hash is already in the store are not decoded again; vectors
+are committed shard by shard, so a killed job loses at most one shard of work.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from index import Store
+
+from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from .models import Backbone
+from .readers import Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Knobs of the embedding job."""
+
+    batch_size: int = 64  # images per model call
+    workers: int = 2  # DataLoader processes decoding images; 0 decodes in the main process
+    shard_size: int = 4096  # vectors per committed shard: the most work a crash can lose
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped before decoding
+    progress: bool = True  # show a tqdm bar with images/s
+
+
+@dataclass
+class EmbedReport:
+    """What a job did; `skipped` maps a reason to its count."""
+
+    added: int = 0
+    already_present: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.added / self.seconds if self.seconds else 0.0
+
+    def to_json(self) -> dict:
+        return {"added": self.added, "already_present": self.already_present,
+                "skipped": sum(self.skipped.values()), "skipped_by_reason": dict(self.skipped),
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1)}
+
+
+def split_for(sha256: str) -> str:
+    """Gives a deterministic 80/10/10 train/val/test split from a content hash."""
+    bucket = int(sha256[:8], 16) % 10
+    return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
+
+
+class _ImageFiles(Dataset):
+    """Reads, hashes, decodes and preprocesses one record; never raises for a bad file."""
+
+    def __init__(self, records: list[Record], transform, known: set[str], max_pixels: int) -> None:
+        self.records, self.transform, self.known, self.max_pixels = records, transform, known, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.records[i].path
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return {"i": i, "sha": None, "error": f"unreadable file: {exc.strerror or exc}"}
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in self.known:
+            return {"i": i, "sha": sha, "known": True}
+        try:
+            image = decode_image(data, self.max_pixels)
+        except ImageError as exc:
+            return {"i": i, "sha": sha, "error": str(exc)}
+        return {"i": i, "sha": sha, "tensor": self.transform(image), "size": image.size, "bytes": len(data)}
+
+
+def _collate(items: list[dict]) -> list[dict]:
+    return items  # tensors are stacked after bad files are set aside
+
+
+def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
+                  config: EmbedConfig = EmbedConfig()) -> EmbedReport:
+    """Embeds the records not yet in `store`, records skipped files, and finishes the store."""
+    report = EmbedReport()
+    start = time.perf_counter()
+    known = store.known_hashes()
+    dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels)
+    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
+                        collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
+                        persistent_workers=False, prefetch_factor=4 if config.workers else None)
+    pending_rows: list[dict] = []
+    pending_vectors: list[np.ndarray] = []
+    seen: dict[str, str] = {}
+    bar = tqdm(total=len(records), unit="img", desc="embed", disable=not config.progress, smoothing=0.1)
+    for batch in loader:
+        good = []
+        skipped = []
+        for item in batch:
+            record = records[item["i"]]
+            if item.get("known"):
+                report.already_present += 1
+            elif "error" in item:
+                skipped.append((str(record.path), item["sha"], item["error"]))
+            elif item["sha"] in seen:
+                skipped.append((str(record.path), None, f"duplicate of {seen[item['sha']]}"))
+            else:
+                seen[item["sha"]] = str(record.path)
+                good.append((record, item))
+        if skipped:
+            store.add_skipped(skipped)
+            report.skipped.update(_reason_kind(reason) for _, _, reason in skipped)
+            for path, _, reason in skipped:
+                log.info("skipped %s: %s", path, reason)
+        if good:
+            vectors = backbone.encode_images(torch.stack([item["tensor"] for _, item in good]))
+            pending_vectors.append(vectors.cpu().numpy().astype(np.float16))
+            pending_rows += [_row(record, item) for record, item in good]
+            report.added += len(good)
+        if len(pending_rows) >= config.shard_size:
+            store.add(pending_rows, np.concatenate(pending_vectors))
+            pending_rows, pending_vectors = [], []
+        bar.update(len(batch))
+    bar.close()
+    if pending_rows:
+        store.add(pending_rows, np.concatenate(pending_vectors))
+    store.finish()
+    report.seconds = time.perf_counter() - start
+    log.info("embed: %s", report.to_json())
+    return report
+
+
+def _row(record: Record, item: dict) -> dict:
+    return {"path": str(record.path), "sha256": item["sha"], "labels": record.labels,
+            "split": record.split or split_for(item["sha"]), "width": item["size"][0],
+            "height": item["size"][1], "bytes": item["bytes"]}
+
+
+def _reason_kind(reason: str) -> str:
+    """Gives a short category for counting skip reasons."""
+    if reason.startswith("duplicate"):
+        return "duplicate"
+    if reason.startswith("unreadable"):
+        return "unreadable"
+    if "not an image" in reason or "empty" in reason:
+        return "not an image"
+    if "not accepted" in reason:
+        return "unsupported format"
+    if "pixels" in reason or "too large" in reason:
+        return "too large"
+    return "damaged"

@@ -1,0 +1,268 @@
+"""Loading open_clip backbones by one identifier, with clear errors when weights are missing.
+
+A backbone is named by a `ModelSpec`: an open_clip model name (or a model-config JSON file)
+plus a `pretrained` source:
+
+- an open_clip pretrained tag (``laion2b_s34b_b79k``): fetched into the Hugging Face cache,
+- a local weights file (``.bin``/``.pt``/``.safetensors``) or a folder holding one,
+- ``local-dir:FOLDER`` / ``hf-hub:ORG/REPO`` (open_clip's own forms; `model` is then ignored),
+- ``none``: random weights seeded with 0, for tests and benchmarks.
+
+`ModelSpec.model_id` is the one string written into every artifact; loaders compare it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+RANDOM_WEIGHTS = "none"
+_BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class ModelLoadError(RuntimeError):
+    """The backbone could not be built; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which CLIP backbone to use."""
+
+    model: str = DEFAULT_MODEL  # open_clip model name, or a path to a model-config JSON
+    pretrained: str = DEFAULT_PRETRAINED  # tag, weights file/folder, local-dir:/hf-hub: form, or "none"
+
+    @property
+    def model_name(self) -> str:
+        """Gives the open_clip registry name (a config file's stem)."""
+        if self.model.endswith(".json"):
+            return Path(self.model).stem
+        return self.model
+
+    @property
+    def model_id(self) -> str:
+        """Gives the identifier written into stores and heads, e.g. ``ViT-B-32/laion2b_s34b_b79k``."""
+        source = self.pretrained
+        if _is_local_path(source):
+            # A machine path would make the id differ between machines; the file name is stable.
+            source = "file:" + Path(source).name
+        return f"{self.model_name}/{source}"
+
+    @classmethod
+    def parse(cls, model_id: str) -> "ModelSpec":
+        """Gives the spec back from a ``model/pretrained`` id (inverse of `model_id` for tags)."""
+        if model_id.startswith(("hf-hub:", "local-dir:")):
+            return cls(model=model_id, pretrained=RANDOM_WEIGHTS)
+        name, sep, pretrained = model_id.rpartition("/")
+        if not sep or not name:
+            raise ModelLoadError(f"model id {model_id!r} is not of the form MODEL/PRETRAINED")
+        return cls(model=name, pretrained=pretrained)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images must be prepared for this backbone (open_clip's PreprocessCfg, as JSON)."""
+
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def to_json(self) -> dict:
+        return {"image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "resize_mode": self.resize_mode}
+
+
+@dataclass
+class Backbone:
+    """A loaded CLIP model in eval mode with its preprocessing and tokenizer."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    transform: object  # torchvision transform: PIL image -> (3, H, W) float tensor
+    tokenizer: object
+    preprocess: Preprocess
+    device: torch.device
+    dim: int  # embedding width
+
+    @torch.inference_mode()
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        """Gives (N, D) float32 unit-norm image embeddings for a (N, 3, H, W) batch."""
+        batch = batch.to(self.device, non_blocking=True)
+        with _autocast(self.device):
+            features = self.model.encode_image(batch)
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Gives (N, D) float32 unit-norm text embeddings."""
+        tokens = self.tokenizer(texts).to(self.device)
+        with _autocast(self.device):
+            features = self.model.encode_text(tokens)
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Gives the torch device for ``auto``/``cpu``/``cuda[:N]``; refuses cuda without a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
+
+
+def load_backbone(spec: ModelSpec, device: str = "auto") -> Backbone:
+    """Gives the backbone named by `spec`, in eval mode on `device`."""
+    import open_clip
+
+    torch_device = resolve_device(device)
+    name = _register_config(spec.model)
+    kwargs = _weights_kwargs(spec, name)
+    # Random weights must be the same in every process: embeddings from two runs must agree.
+    torch.manual_seed(0)
+    try:
+        model, _, transform = open_clip.create_model_and_transforms(name, device=torch_device, **kwargs)
+        tokenizer = open_clip.get_tokenizer(name)
+    except ModelLoadError:
+        raise
+    except (RuntimeError, FileNotFoundError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"could not build model {spec.model_id!r}: {exc}. {_HOW_TO_SUPPLY}") from exc
+    model.eval()
+    cfg = model.visual.preprocess_cfg
+    size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"], cfg["size"])
+    preprocess = Preprocess(image_size=tuple(int(s) for s in size), mean=tuple(cfg["mean"]),
+                            std=tuple(cfg["std"]), interpolation=cfg.get("interpolation", "bicubic"),
+                            resize_mode=cfg.get("resize_mode", "shortest"))
+    h, w = preprocess.image_size
+    with torch.inference_mode():
+        dim = int(model.encode_image(torch.zeros(1, 3, h, w, device=torch_device)).shape[-1])
+    return Backbone(spec, model, transform, tokenizer, preprocess, torch_device, dim)
+
+
+def available_models() -> list[str]:
+    """Gives the model names open_clip knows, bundled configs included."""
+    import open_clip
+
+    for path in sorted(_BUNDLED_CONFIGS.glob("*.json")):
+        open_clip.add_model_config(path)
+    return open_clip.list_models()
+
+
+_HOW_TO_SUPPLY = (
+    "To run offline, pass --pretrained with a local weights file or folder "
+    "(e.g. open_clip_pytorch_model.bin downloaded on another machine), or copy the Hugging Face cache "
+    "(~/.cache/huggingface/hub) from a machine that has the weights; --pretrained none gives random "
+    "weights for tests."
+)
+
+
+def _register_config(model: str) -> str:
+    """Gives the open_clip name to create, registering a config JSON file when one is given."""
+    import open_clip
+
+    for path in sorted(_BUNDLED_CONFIGS.glob("*.json")):
+        open_clip.add_model_config(path)
+    if model.endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"model config {model} does not exist; give an open_clip model name "
+                                 f"(see `cli.py info`) or the path of a model-config JSON")
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"model config {model} is not valid JSON: {exc}") from exc
+        if "vision_cfg" not in cfg or "embed_dim" not in cfg:
+            raise ModelLoadError(f"model config {model} lacks embed_dim/vision_cfg: not an open_clip config")
+        open_clip.add_model_config(path)
+        return path.stem
+    if model.startswith(("hf-hub:", "local-dir:")) or model in open_clip.list_models():
+        return model
+    raise ModelLoadError(f"unknown model {model!r}; choose one listed by `cli.py info` "
+                         f"(e.g. ViT-B-32, ViT-L-14) or give a model-config JSON path")
+
+
+def _weights_kwargs(spec: ModelSpec, name: str) -> dict:
+    """Gives create_model keyword arguments for the weights source, failing fast when offline."""
+    import open_clip
+
+    source = spec.pretrained
+    if name.startswith(("hf-hub:", "local-dir:")):
+        if name.startswith("hf-hub:"):
+            _require_hub(name)
+        return {}
+    if source == RANDOM_WEIGHTS:
+        return {"pretrained": None}
+    if _is_local_path(source):
+        path = Path(source)
+        if path.is_dir():
+            found = [p for p in sorted(path.iterdir()) if p.suffix in _WEIGHT_SUFFIXES]
+            if not found:
+                raise ModelLoadError(f"weights folder {path} holds no {'/'.join(_WEIGHT_SUFFIXES)} file")
+            path = found[0]
+        if not path.is_file():
+            raise ModelLoadError(f"weights file {path} does not exist. {_HOW_TO_SUPPLY}")
+        return {"pretrained": str(path)}
+    cfg = open_clip.get_pretrained_cfg(name, source)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ModelLoadError(f"{source!r} is neither a pretrained tag of {name} nor an existing file; "
+                             f"tags of {name}: {', '.join(tags) or 'none'}")
+    if not _tag_is_cached(cfg):
+        _require_hub(f"{name}/{source}")
+    return {"pretrained": source}
+
+
+def _tag_is_cached(cfg: dict) -> bool:
+    """Tells whether a pretrained tag's weights already lie in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return False
+    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if filename.endswith(".bin"):
+        names.insert(0, filename[:-4] + ".safetensors")
+    return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+
+
+def _require_hub(what: str) -> None:
+    """Raises at once when the weights host cannot be reached (instead of a minute of retries)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(f"weights for {what} are not in the local cache and HF_HUB_OFFLINE is set. "
+                             + _HOW_TO_SUPPLY)
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as exc:
+        raise ModelLoadError(f"weights for {what} are not in the local cache and cannot be downloaded "
+                             f"({host} unreachable: {exc}). " + _HOW_TO_SUPPLY) from exc
+
+
+def _is_local_path(source: str) -> bool:
+    return source not in ("", RANDOM_WEIGHTS) and (os.sep in source or Path(source).suffix in _WEIGHT_SUFFIXES
+                                                   or Path(source).exists())
+
+
+def _autocast(device: torch.device):
+    # bf16 keeps fp32's range, so no loss scaling is needed; CPU stays in fp32 for exact, portable answers.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+

@@ -1,0 +1,194 @@
+"""Readers: each turns a source (folder, manifest, dataset copy) into `Record`s with our labels.
+
+Layouts are those of ../shared/DATASETS.md; label maps come from the label config's
+[datasets.*] tables, so a user can remap without code changes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from heads.config import ConfigError, LabelConfig
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+SPLITS = ("train", "val", "test")
+EMOTION6_THRESHOLD = 0.3  # a vote share at or above this makes the emotion one of the image's labels
+_EMOTION6_COLUMNS = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral")
+
+
+class SourceError(ValueError):
+    """The source cannot be read as asked; the message names the path and the fix."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image to embed."""
+
+    path: Path
+    labels: tuple[str, ...] | None  # our label names; None when the source has no labels
+    split: str | None = None  # train/val/test when the source fixes it
+
+
+def detect_format(source: Path) -> str:
+    """Gives the reader name for a source path, or raises when it is ambiguous or unknown."""
+    if source.is_file():
+        if source.suffix.lower() in (".csv", ".jsonl"):
+            return "manifest"
+        raise SourceError(f"{source} is a file but not a .csv or .jsonl manifest")
+    if not source.is_dir():
+        raise SourceError(f"{source} does not exist; give a folder, a .csv/.jsonl manifest or a dataset copy")
+    if (source / "train.json").is_file() and (source / "image").is_dir():
+        return "emoset"
+    if (source / "ground_truth.txt").is_file():
+        return "emotion6"
+    if (source / "Manually_Annotated_file_lists").is_dir():
+        return "affectnet"
+    return "folder"
+
+
+def read_source(source: str | Path, config: LabelConfig, fmt: str = "auto") -> list[Record]:
+    """Gives the records of a source in a stable order (`fmt`: auto or one of READERS)."""
+    source = Path(source)
+    fmt = detect_format(source) if fmt == "auto" else fmt
+    if fmt not in READERS:
+        raise SourceError(f"unknown --format {fmt!r}; choose auto or one of {sorted(READERS)}")
+    if not source.exists():
+        raise SourceError(f"{source} does not exist")
+    return list(READERS[fmt](source, config))
+
+
+def _read_folder(root: Path, config: LabelConfig, dataset: str = "mikels") -> Iterator[Record]:
+    """One sub-folder per label (our names or the dataset map's), or a flat unlabeled folder."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not subdirs or loose:
+        yield from (Record(p, None) for p in _files_under(root))
+        return
+    for folder in subdirs:
+        label = config.map_label(dataset, folder.name.lower(), origin=str(folder))
+        if label is None:
+            continue
+        yield from (Record(p, (label,)) for p in _files_under(folder))
+
+
+def _read_fi(root: Path, config: LabelConfig) -> Iterator[Record]:
+    """FI: `<root>/<mikels emotion>/*.jpg`, no fixed split."""
+    if not any(p.is_dir() for p in root.iterdir()):
+        raise SourceError(f"{root} has no emotion sub-folders; FI is laid out as <root>/<emotion>/*.jpg")
+    yield from _read_folder(root, config, "mikels")
+
+
+def _read_emoset(root: Path, config: LabelConfig) -> Iterator[Record]:
+    """EmoSet-118K: train/val/test.json lists of [emotion, (id,) image_path, annotation_path]."""
+    for split in SPLITS:
+        split_file = root / f"{split}.json"
+        if not split_file.is_file():
+            raise SourceError(f"{split_file} is missing; an EmoSet copy has train.json, val.json and test.json")
+        try:
+            entries = json.loads(split_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{split_file} is not valid JSON: {exc}") from exc
+        for number, entry in enumerate(entries):
+            if not isinstance(entry, list) or len(entry) not in (3, 4):
+                raise SourceError(f"{split_file}, record {number}: expected [emotion, image_path, "
+                                  f"annotation_path] or [emotion, id, image_path, annotation_path], got {entry!r}")
+            emotion, image_path = entry[0], entry[-2]
+            label = config.map_label("mikels", emotion, origin=f"{split_file}, record {number}")
+            if label is not None:
+                yield Record(root / image_path, (label,), split)
+
+
+def _read_emotion6(root: Path, config: LabelConfig) -> Iterator[Record]:
+    """Emotion6: ground_truth.txt (tab-separated) with per-emotion vote shares -> multi-label."""
+    table = root / "ground_truth.txt"
+    with table.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    for number, row in enumerate(rows[1:], 2):
+        if not row or not row[0].strip():
+            continue
+        if len(row) < 3 + len(_EMOTION6_COLUMNS):
+            raise SourceError(f"{table}, line {number}: expected filename, valence, arousal and "
+                              f"{len(_EMOTION6_COLUMNS)} probabilities, got {len(row)} columns")
+        shares = dict(zip(_EMOTION6_COLUMNS, (float(v) for v in row[3:3 + len(_EMOTION6_COLUMNS)])))
+        chosen = [e for e, s in shares.items() if s >= EMOTION6_THRESHOLD] or [max(shares, key=shares.get)]
+        labels = {config.map_label("emotion6", e, origin=f"{table}, line {number}") for e in chosen}
+        labels.discard(None)
+        name = row[0].strip()
+        path = root / "images" / name
+        if labels:
+            yield Record(path, tuple(l for l in config.names if l in labels))
+
+
+def _read_affectnet(root: Path, config: LabelConfig) -> Iterator[Record]:
+    """AffectNet: Manually_Annotated_file_lists/{training,validation}.csv; validation is our test."""
+    images = root / "Manually_Annotated_Images"
+    lists = root / "Manually_Annotated_file_lists"
+    for name, split in (("training.csv", None), ("validation.csv", "test")):
+        path = lists / name
+        if not path.is_file():
+            raise SourceError(f"{path} is missing; an AffectNet copy has training.csv and validation.csv there")
+        with path.open(newline="", encoding="utf-8") as handle:
+            for number, row in enumerate(csv.DictReader(handle), 2):
+                try:
+                    rel, code = row["subDirectory_filePath"], row["expression"]
+                except KeyError as exc:
+                    raise SourceError(f"{path}: column {exc} is missing") from exc
+                label = config.map_label("affectnet", code, origin=f"{path}, line {number}")
+                if label is not None:
+                    yield Record(images / rel, (label,), split)
+
+
+def _read_manifest(path: Path, config: LabelConfig) -> Iterator[Record]:
+    """CSV (header: path,labels[,split]) or JSONL ({"path", "labels", "split"}); paths relative to it."""
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise SourceError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
+    else:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(enumerate(csv.DictReader(handle), 2))
+    for number, row in rows:
+        where = f"{path}, line {number}"
+        if not isinstance(row, dict) or not row.get("path"):
+            raise SourceError(f"{where}: no `path`; a manifest row needs path and optionally labels, split")
+        labels = _manifest_labels(row.get("labels"), config, where)
+        split = (row.get("split") or "").strip() or None
+        if split is not None and split not in SPLITS:
+            raise SourceError(f"{where}: split {split!r} is not one of {SPLITS}")
+        file = Path(row["path"])
+        yield Record(file if file.is_absolute() else path.parent / file, labels, split)
+
+
+def _manifest_labels(raw: object, config: LabelConfig, where: str) -> tuple[str, ...] | None:
+    if raw is None or raw == "":
+        return None
+    items = raw if isinstance(raw, list) else str(raw).split("|")
+    labels = []
+    for item in items:
+        item = str(item).strip()
+        if item not in config.names:
+            raise ConfigError(f"{where}: unknown label {item!r}; labels are {config.names} "
+                              "(separate several with |)")
+        labels.append(item)
+    return tuple(l for l in config.names if l in labels)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+READERS: dict[str, Callable[[Path, LabelConfig], Iterator[Record]]] = {
+    "folder": _read_folder,
+    "manifest": _read_manifest,
+    "fi": _read_fi,
+    "emoset": _read_emoset,
+    "emotion6": _read_emotion6,
+    "affectnet": _read_affectnet,
+}

@@ -1,0 +1,238 @@
+"""The emotion head: a linear or MLP layer over CLIP vectors, an optional zero-shot prior, thresholds.
+
+Saved as a folder: `manifest.json` (config, labels, model id, thresholds, blend weight) and
+`weights.safetensors` (no pickle anywhere), plus the label config it was trained with.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from index import atomic_write_bytes, atomic_write_text
+
+from .config import ConfigError, LabelConfig, load_label_config, parse_label_config
+
+HEAD_FORMAT = "emoreact-head"
+HEAD_VERSION = 1
+HEAD_KINDS = ("linear", "mlp", "zeroshot")
+
+
+class HeadError(RuntimeError):
+    """A head cannot be used or loaded; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Hyperparameters of a head and its training."""
+
+    kind: str = "linear"  # linear | mlp | zeroshot (text prompts only, no training)
+    hidden: int = 512  # MLP hidden width
+    dropout: float = 0.1  # MLP dropout
+    loss: str = "weighted_bce"  # bce | weighted_bce (pos_weight from label counts) | focal
+    focal_gamma: float = 2.0  # focal loss focusing parameter
+    lr: float = 2e-3  # AdamW peak learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    epochs: int = 200  # upper bound; early stopping usually ends sooner
+    batch_size: int = 512  # vectors per optimiser step
+    patience: int = 20  # epochs without a better validation macro-F1 before stopping
+    schedule: str = "cosine"  # cosine | step | plateau | none
+    warmup_epochs: int = 3  # linear warm-up before the cosine schedule
+    zero_shot_prior: bool = False  # initialise/regularise/blend with CLIP text-prompt embeddings
+    prior_l2: float = 1e-3  # strength of the pull towards the zero-shot weights (linear head)
+    seed: int = 0  # makes training reproducible
+
+    def __post_init__(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"unknown head kind {self.kind!r}; choose one of {HEAD_KINDS}")
+        if self.loss not in ("bce", "weighted_bce", "focal"):
+            raise ValueError(f"unknown loss {self.loss!r}; choose bce, weighted_bce or focal")
+        if self.schedule not in ("cosine", "step", "plateau", "none"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step, plateau or none")
+
+
+class Standardize(torch.nn.Module):
+    """Fixed per-dimension standardisation, set from the training vectors.
+
+    CLIP vectors share a large common direction (mean pairwise cosine 0.5 for pretrained models,
+    near 1 for random ones); centring and scaling lets a small, weight-decayed layer use the rest.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, x: torch.Tensor) -> "Standardize":
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp_min(1e-6))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def build_net(config: HeadConfig, dim: int, num_labels: int) -> torch.nn.Sequential:
+    """Gives the trainable part: (N, D) -> (N, L) logits; layer 0 standardises, the last is Linear."""
+    if config.kind == "mlp":
+        return torch.nn.Sequential(Standardize(dim), torch.nn.Linear(dim, config.hidden), torch.nn.GELU(),
+                                   torch.nn.Dropout(config.dropout), torch.nn.Linear(config.hidden, num_labels))
+    return torch.nn.Sequential(Standardize(dim), torch.nn.Linear(dim, num_labels))
+
+
+@dataclass
+class ZeroShotPrior:
+    """Class text embeddings and a per-label affine calibration of their cosine scores."""
+
+    text: np.ndarray  # (L, D) float32, unit-norm: mean prompt embedding per label
+    scale: np.ndarray  # (L,) float32: calibrated logit = scale * cos + bias
+    bias: np.ndarray  # (L,) float32
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Gives (N, L) calibrated zero-shot logits for (N, D) vectors."""
+        text = torch.as_tensor(self.text, device=x.device)
+        return (x @ text.T) * torch.as_tensor(self.scale, device=x.device) + torch.as_tensor(self.bias, device=x.device)
+
+
+class EmotionHead:
+    """A trained (or zero-shot) head. Scores with `predict_proba`, decides with `thresholds_`."""
+
+    def __init__(self, config: HeadConfig, labels: LabelConfig, model_id: str, dim: int) -> None:
+        self.config = config
+        self.label_config = labels
+        self.labels = labels.names
+        self.model_id = model_id
+        self.dim = dim
+        self.net_: torch.nn.Module | None = None if config.kind == "zeroshot" else build_net(config, dim, len(self.labels))
+        self.prior_: ZeroShotPrior | None = None
+        self.alpha_: float = 0.0  # blend weight of the prior: logits = (1 - a) * head + a * prior
+        self.thresholds_ = np.full(len(self.labels), 0.5, np.float32)
+        self.activation_ = "sigmoid"  # softmax for the zero-shot-only head (scores sum to 1)
+        self.fitted_ = False
+
+    @torch.inference_mode()
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Gives (N, L) float32 scores in [0, 1] for (N, D) unit-norm vectors."""
+        if not self.fitted_:
+            raise HeadError("this head is not trained; call fit_head(...) or load a saved head first")
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise HeadError(f"expected vectors of shape (N, {self.dim}), got {x.shape}")
+        return self.logits_to_proba(self.logits(torch.from_numpy(x))).numpy()
+
+    def logits(self, x: torch.Tensor, head_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Gives (N, L) blended logits; `head_logits` may be passed to reuse a forward pass."""
+        if self.net_ is None:
+            return self.prior_.logits(x)
+        if head_logits is None:
+            self.net_.eval()
+            head_logits = self.net_(x).float()
+        if self.prior_ is None or self.alpha_ == 0.0:
+            return head_logits
+        return (1.0 - self.alpha_) * head_logits + self.alpha_ * self.prior_.logits(x)
+
+    def logits_to_proba(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=-1) if self.activation_ == "softmax" else torch.sigmoid(logits)
+
+    # ---- persistence ---------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """Writes the head to `folder` atomically, file by file; gives the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        if self.net_ is not None:
+            tensors.update({f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()})
+        if self.prior_ is not None:
+            tensors.update({f"prior.{k}": torch.from_numpy(np.ascontiguousarray(getattr(self.prior_, k)))
+                            for k in ("text", "scale", "bias")})
+        atomic_write_bytes(folder / "weights.safetensors", save(tensors, metadata={"format": HEAD_FORMAT}))
+        atomic_write_text(folder / "labels.toml", self.label_config.text)
+        manifest = {"format": HEAD_FORMAT, "format_version": HEAD_VERSION, "model_id": self.model_id,
+                    "dim": self.dim, "labels": self.labels, "config": asdict(self.config),
+                    "thresholds": [float(t) for t in self.thresholds_], "alpha": self.alpha_,
+                    "activation": self.activation_, "package_version": _version(),
+                    "torch_version": torch.__version__}
+        atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, model_id: str | None = None, dim: int | None = None) -> "EmotionHead":
+        """Gives the head saved in `folder`; refuses another format, model or dimension."""
+        folder = Path(folder)
+        manifest = _read_manifest(folder / "manifest.json")
+        if model_id is not None and manifest["model_id"] != model_id:
+            raise HeadError(f"{folder / 'manifest.json'}: head was trained on {manifest['model_id']!r} vectors, "
+                            f"but the store/model is {model_id!r}; retrain with `cli.py train`")
+        if dim is not None and manifest["dim"] != dim:
+            raise HeadError(f"{folder / 'manifest.json'}: head expects dim {manifest['dim']}, got {dim}")
+        try:
+            labels = parse_label_config((folder / "labels.toml").read_text(encoding="utf-8"),
+                                        origin=str(folder / "labels.toml"))
+        except (OSError, ConfigError) as exc:
+            raise HeadError(f"{folder / 'labels.toml'} is missing or invalid ({exc}); retrain the head") from exc
+        if labels.names != manifest["labels"]:
+            raise HeadError(f"{folder}: labels.toml names {labels.names} but the head outputs {manifest['labels']}")
+        known = {f.name for f in fields(HeadConfig)}
+        head = cls(HeadConfig(**{k: v for k, v in manifest["config"].items() if k in known}), labels,
+                   manifest["model_id"], manifest["dim"])
+        tensors = _read_weights(folder / "weights.safetensors")
+        try:
+            if head.net_ is not None:
+                head.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+            if "prior.text" in tensors:
+                head.prior_ = ZeroShotPrior(*(tensors[f"prior.{k}"].numpy() for k in ("text", "scale", "bias")))
+        except RuntimeError as exc:
+            raise HeadError(f"{folder / 'weights.safetensors'} does not match its manifest ({exc})") from exc
+        head.thresholds_ = np.asarray(manifest["thresholds"], np.float32)
+        head.alpha_ = float(manifest["alpha"])
+        head.activation_ = manifest.get("activation", "sigmoid")
+        head.fitted_ = True
+        return head
+
+    def with_policy(self, labels: LabelConfig) -> "EmotionHead":
+        """Gives this head using another emoji policy; label names must be the same, in order."""
+        if labels.names != self.labels:
+            raise HeadError(f"the label config names {labels.names} but the head outputs {self.labels}; "
+                            "retrain the head to change labels")
+        self.label_config = labels
+        return self
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise HeadError(f"{path.parent} is not an EmoReact head (no manifest.json); train one with `cli.py train`") from exc
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HeadError(f"{path} is unreadable ({exc}); retrain the head") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != HEAD_FORMAT:
+        raise HeadError(f"{path} is not an EmoReact head manifest")
+    if manifest.get("format_version") != HEAD_VERSION:
+        raise HeadError(f"{path}: head format version {manifest.get('format_version')} is not supported "
+                        f"(this EmoReact reads {HEAD_VERSION}); retrain the head")
+    return manifest
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError as exc:
+        raise HeadError(f"{path} is missing; retrain the head") from exc
+    except (SafetensorError, OSError, ValueError) as exc:
+        # A pickle (or anything else) put in place of the weights lands here: it is never unpickled.
+        raise HeadError(f"{path} is not a valid safetensors file ({exc}); retrain the head") from exc
+
+
+def _version() -> str:
+    from index.store import _version as store_version
+
+    return store_version()
+
+
+__all__ = ["EmotionHead", "HeadConfig", "HeadError", "ZeroShotPrior", "build_net", "load_label_config"]

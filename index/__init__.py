@@ -1,0 +1,7 @@
+"""The embedding store (vectors + SQLite metadata + FAISS index) and exact cosine search."""
+from .atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from .search import brute_force_search, build_index, search
+from .store import Item, Store, StoreError
+
+__all__ = ["Store", "StoreError", "Item", "build_index", "search", "brute_force_search",
+           "atomic_path", "atomic_write_bytes", "atomic_write_text"]

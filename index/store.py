@@ -1,0 +1,314 @@
+"""The embedding store: one folder holding vectors, SQLite metadata and a FAISS index.
+
+    STORE/manifest.json       format, version, model id, preprocessing, dim, count, labels
+    STORE/metadata.sqlite     images (id = vector row), skipped files with reasons, shards
+    STORE/vectors/NNNNNN.npy  (n, D) float16 unit-norm shards, rows in id order
+    STORE/index.faiss         exact inner-product index over all rows
+
+A shard file is written (atomically) before the rows that point at it are committed, so a
+killed job leaves at worst an orphan shard, which the next writer deletes. The manifest and
+the index are rewritten only by `finish()`; a store whose rows and manifest disagree is refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .atomic import atomic_path, atomic_write_text
+from .search import build_index, search, to_gpu_if_available
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "emoreact-store"
+STORE_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,          -- row of the vector in the store and id in the FAISS index
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,     -- content hash: the resume key
+    labels TEXT,                     -- our labels joined by '|', NULL when unlabeled
+    split TEXT NOT NULL,
+    width INTEGER, height INTEGER, bytes INTEGER,
+    shard TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, first_id INTEGER NOT NULL, count INTEGER NOT NULL);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store is missing, damaged or built for another model; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """Metadata of one embedded image."""
+
+    id: int
+    path: str
+    sha256: str
+    labels: tuple[str, ...] | None
+    split: str
+    width: int
+    height: int
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "path": self.path, "labels": list(self.labels or []), "split": self.split}
+
+
+class Store:
+    """An open store. Use `Store.open` to read and search, `Store.create_or_resume` to add."""
+
+    def __init__(self, root: Path, manifest: dict, conn: sqlite3.Connection) -> None:
+        self.root = root
+        self.manifest = manifest
+        self._conn = conn
+        self._lock = threading.Lock()  # one connection shared by server threads
+        self._index: faiss.Index | None = None
+
+    # ---- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def create_or_resume(cls, root: str | Path, model_id: str, dim: int, preprocess: dict,
+                         labels: list[str]) -> "Store":
+        """Gives a writable store, new or resumed; refuses one built for another model or labels."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        manifest_path = root / "manifest.json"
+        expected = {"model_id": model_id, "dim": dim, "labels": list(labels)}
+        if manifest_path.exists():
+            manifest = _read_manifest(manifest_path)
+            for key, want in expected.items():
+                if manifest[key] != want:
+                    raise StoreError(f"{manifest_path}: store holds {key}={manifest[key]!r} but this job uses "
+                                     f"{want!r}; embed into a new --store folder")
+        else:
+            manifest = {"format": STORE_FORMAT, "format_version": STORE_VERSION, **expected,
+                        "preprocess": preprocess, "count": 0, "package_version": _version()}
+        store = cls(root, manifest, _connect(root / "metadata.sqlite"))
+        store._drop_orphan_shards()
+        return store
+
+    @classmethod
+    def open(cls, root: str | Path, model_id: str | None = None, dim: int | None = None) -> "Store":
+        """Gives a store for reading, after checking manifest, metadata, vectors and index agree."""
+        root = Path(root)
+        manifest_path = root / "manifest.json"
+        if not manifest_path.exists():
+            raise StoreError(f"{root} is not an EmoReact store (no manifest.json); build one with `cli.py embed`")
+        manifest = _read_manifest(manifest_path)
+        if model_id is not None and manifest["model_id"] != model_id:
+            raise StoreError(f"{manifest_path}: store was built with model {manifest['model_id']!r}, "
+                             f"not {model_id!r}; use the same --model/--pretrained or another store")
+        if dim is not None and manifest["dim"] != dim:
+            raise StoreError(f"{manifest_path}: store vectors have dim {manifest['dim']}, expected {dim}")
+        db = root / "metadata.sqlite"
+        if not db.exists():
+            raise StoreError(f"{db} is missing; rebuild the store with `cli.py embed`")
+        store = cls(root, manifest, _connect(db, readonly=True))
+        rows = store._scalar("SELECT COUNT(*) FROM images")
+        if rows != manifest["count"]:
+            raise StoreError(f"{manifest_path}: manifest counts {manifest['count']} images but {db} holds {rows}; "
+                             "an embed job did not finish: run it again to complete the store")
+        store._load_index()
+        return store
+
+    # ---- reading -------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    def __len__(self) -> int:
+        return self._scalar("SELECT COUNT(*) FROM images")
+
+    def vectors(self) -> np.ndarray:
+        """Gives all (N, D) float32 unit-norm vectors in id order."""
+        shards = self._query("SELECT name, first_id, count FROM shards ORDER BY first_id")
+        parts, expected = [], 0
+        for name, first_id, count in shards:
+            path = self.root / "vectors" / name
+            if first_id != expected:
+                raise StoreError(f"{path}: starts at id {first_id}, expected {expected}; the store is damaged")
+            try:
+                block = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{path} is unreadable or truncated ({exc}); rebuild the store") from exc
+            if block.shape != (count, self.dim):
+                raise StoreError(f"{path} has shape {block.shape}, metadata says ({count}, {self.dim})")
+            parts.append(np.asarray(block, dtype=np.float32))
+            expected += count
+        if not parts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(parts)
+
+    def items(self, ids: list[int] | None = None) -> list[Item]:
+        """Gives metadata for `ids` (in that order), or for every image in id order."""
+        sql = "SELECT id, path, sha256, labels, split, width, height FROM images"
+        if ids is None:
+            rows = self._query(sql + " ORDER BY id")
+            return [_item(r) for r in rows]
+        ids = [int(i) for i in ids]
+        found = {r[0]: _item(r) for r in self._query(
+            sql + f" WHERE id IN ({','.join('?' * len(ids))})", ids)} if ids else {}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(missing[0])
+        return [found[i] for i in ids]
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """Gives (path, reason) for every file the embed jobs could not use."""
+        return self._query("SELECT path, reason FROM skipped ORDER BY path")
+
+    def known_hashes(self) -> set[str]:
+        """Gives the content hashes already embedded or already refused."""
+        rows = self._query("SELECT sha256 FROM images UNION SELECT sha256 FROM skipped WHERE sha256 IS NOT NULL")
+        return {r[0] for r in rows}
+
+    def vector(self, image_id: int) -> np.ndarray:
+        """Gives one stored (D,) float32 vector by id."""
+        if self._index is None:
+            self._load_index()
+        return self._index.reconstruct(int(image_id))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Gives (scores, ids), each (Q, min(k, N)), for (Q, D) unit-norm queries."""
+        if self._index is None:
+            self._load_index()
+        return search(self._index, queries, k)
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def add(self, rows: list[dict], vectors: np.ndarray) -> None:
+        """Appends images (dicts with path, sha256, labels, split, width, height, bytes) and their vectors."""
+        if not rows:
+            return
+        if vectors.shape != (len(rows), self.dim):
+            raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(rows)}, {self.dim})")
+        first_id = self._scalar("SELECT COALESCE(MAX(id) + 1, 0) FROM images")
+        name = f"{first_id:09d}.npy"
+        with atomic_path(self.root / "vectors" / name) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, vectors.astype(np.float16), allow_pickle=False)
+        with self._lock, self._conn:
+            self._conn.execute("INSERT INTO shards VALUES (?, ?, ?)", (name, first_id, len(rows)))
+            self._conn.executemany(
+                "INSERT INTO images (id, path, sha256, labels, split, width, height, bytes, shard) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(first_id + i, r["path"], r["sha256"], "|".join(r["labels"]) if r["labels"] else None,
+                  r["split"], r["width"], r["height"], r["bytes"], name) for i, r in enumerate(rows)])
+
+    def add_skipped(self, entries: list[tuple[str, str | None, str]]) -> None:
+        """Records (path, sha256 or None, reason) for files that could not be embedded."""
+        with self._lock, self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", entries)
+
+    def finish(self) -> None:
+        """Rebuilds the FAISS index and rewrites the manifest so that readers see the new rows."""
+        vectors = self.vectors()
+        index = build_index(vectors)
+        with atomic_path(self.root / "index.faiss") as tmp:
+            faiss.write_index(index, str(tmp))
+        self.manifest = {**self.manifest, "count": int(len(vectors)), "package_version": _version()}
+        atomic_write_text(self.root / "manifest.json", json.dumps(self.manifest, indent=2) + "\n")
+        self._index = index
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ---- private -------------------------------------------------------------------------
+
+    def _load_index(self) -> None:
+        path = self.root / "index.faiss"
+        if not path.exists():
+            raise StoreError(f"{path} is missing; run `cli.py embed` again to rebuild it")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise StoreError(f"{path} is truncated or corrupt; delete it and run `cli.py embed` again "
+                             f"to rebuild it ({str(exc).splitlines()[0]})") from exc
+        if index.ntotal != self.manifest["count"] or index.d != self.dim:
+            raise StoreError(f"{path} holds {index.ntotal} vectors of dim {index.d}, but the manifest says "
+                             f"{self.manifest['count']} of dim {self.dim}; run `cli.py embed` again to rebuild it")
+        self._index = to_gpu_if_available(index)
+
+    def _drop_orphan_shards(self) -> None:
+        folder = self.root / "vectors"
+        known = {r[0] for r in self._query("SELECT name FROM shards")}
+        for path in folder.glob("*.npy") if folder.exists() else []:
+            if path.name not in known:
+                log.info("removing %s, left by an interrupted job", path)
+                path.unlink()
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.root / 'metadata.sqlite'} is damaged ({exc}); rebuild the store") from exc
+
+    def _scalar(self, sql: str) -> int:
+        return int(self._query(sql)[0][0])
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(path, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+        conn.execute("SELECT COUNT(*) FROM images").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a readable SQLite database ({exc}); rebuild the store") from exc
+    return conn
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path} is unreadable ({exc}); rebuild the store with `cli.py embed`") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        raise StoreError(f"{path} is not an EmoReact store manifest (format {manifest.get('format')!r})")
+    if manifest.get("format_version") != STORE_VERSION:
+        raise StoreError(f"{path}: store format version {manifest.get('format_version')} is not supported "
+                         f"(this EmoReact reads version {STORE_VERSION}); rebuild the store")
+    for key in ("model_id", "dim", "count", "labels"):
+        if key not in manifest:
+            raise StoreError(f"{path} lacks {key!r}; rebuild the store")
+    return manifest
+
+
+def _item(row: tuple) -> Item:
+    labels = tuple(row[3].split("|")) if row[3] else None
+    return Item(row[0], row[1], row[2], labels, row[4], row[5], row[6])
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emoreact")
+    except PackageNotFoundError:
+        return "0.1.0"

@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny random-weight open_clip model, synthetic labelled data, a built store and head."""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from embed import EmbedConfig, ModelSpec  # noqa: E402
+from heads import HeadConfig, load_label_config  # noqa: E402
+from synthetic import COLOURS, make_manifest  # noqa: E402
+
+TINY_MODEL = str(Path(__file__).with_name("tiny-clip.json"))
+TINY = ModelSpec(model=TINY_MODEL, pretrained="none")
+LABELS = list(COLOURS)
+FAST_EMBED = EmbedConfig(batch_size=32, workers=0, shard_size=64, progress=False)
+
+
+def synthetic_items(count: int, seed: int, multi: float = 0.2) -> list[tuple[tuple[str, ...], str]]:
+    """Gives (labels, split) pairs: mostly single-label, some two-label, a fixed 70/15/15 split."""
+    rng = random.Random(seed)
+    items = []
+    for n in range(count):
+        chosen = rng.sample(LABELS, 2 if rng.random() < multi else 1)
+        split = ("train",) * 14 + ("val",) * 3 + ("test",) * 3
+        items.append((tuple(l for l in LABELS if l in chosen), split[n % 20]))
+    return items
+
+
+@pytest.fixture(scope="session")
+def label_config():
+    return load_label_config()
+
+
+@pytest.fixture(scope="session")
+def backbone():
+    from embed import load_backbone
+
+    return load_backbone(TINY, "cpu")
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """A CSV manifest of 640 synthetic labelled images."""
+    return make_manifest(tmp_path_factory.mktemp("data"), synthetic_items(640, seed=1))
+
+
+@pytest.fixture(scope="session")
+def store_path(tmp_path_factory, dataset, label_config) -> Path:
+    from pipeline import embed_source
+
+    path = tmp_path_factory.mktemp("store") / "store"
+    embed_source(dataset, path, TINY, label_config, device="cpu", config=FAST_EMBED)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, store_path, label_config):
+    """(head folder, test metrics) of a linear head trained on the session store."""
+    from pipeline import train_from_store
+
+    out = tmp_path_factory.mktemp("head") / "head"
+    _, metrics = train_from_store(store_path, out, HeadConfig(kind="mlp"), label_config, "cpu")
+    return out, metrics

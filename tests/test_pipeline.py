@@ -1,0 +1,65 @@
+"""The whole pipeline learns what the synthetic images show: embed -> train -> predict."""
+import json
+
+import numpy as np
+
+from conftest import TINY
+from synthetic import draw
+
+
+def test_trained_head_is_far_above_chance_on_held_out_images(trained):
+    _, metrics = trained
+    assert metrics["split"] == "test" and metrics["count"] >= 90
+    # Chance macro-F1 for 8 labels at these frequencies is about 0.2.
+    assert metrics["macro_f1"] >= 0.8, metrics
+    assert min(v["f1"] for v in metrics["per_label"].values()) >= 0.5, metrics["per_label"]
+
+
+def test_train_writes_metrics_and_plots(trained):
+    head, metrics = trained
+    saved = json.loads((head / "metrics_test.json").read_text())
+    assert saved["macro_f1"] == metrics["macro_f1"]
+    assert set(saved["per_label"]) == {"happy", "sad", "angry", "fear", "surprise", "disgust", "neutral", "other"}
+    for name in ("training_curves.png", "per_label_f1.png", "pr_curves.png"):
+        assert (head / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predictor_answers_in_the_mission_format(store_path, trained):
+    from pipeline import Predictor
+    import io
+
+    predictor = Predictor.load(store_path, trained[0], "cpu", pretrained=TINY.pretrained)
+    buffer = io.BytesIO()
+    draw(("sad",), seed=999_001).save(buffer, "PNG")
+    [result] = predictor.predict_files([("sad.png", buffer.getvalue())], k=3)
+    assert set(result) == {"image", "predicted_emotions", "allowed_emojis", "blocked_emojis",
+                           "emotion_scores", "neighbours"}
+    assert list(result["emotion_scores"]) == predictor.labels
+    assert all(0.0 <= s <= 1.0 for s in result["emotion_scores"].values())
+    assert result["predicted_emotions"][0] == "sad"
+    assert "😂" in result["blocked_emojis"] and "😂" not in result["allowed_emojis"]
+    assert len(result["neighbours"]) == 3
+    sims = [n["similarity"] for n in result["neighbours"]]
+    assert sims == sorted(sims, reverse=True)
+    assert sum("sad" in n["labels"] for n in result["neighbours"]) >= 2
+
+
+def test_bad_file_in_a_batch_gets_its_own_error(store_path, trained):
+    from pipeline import Predictor
+    import io
+
+    predictor = Predictor.load(store_path, trained[0], "cpu")
+    buffer = io.BytesIO()
+    draw(("happy",), seed=5).save(buffer, "JPEG")
+    results = predictor.predict_files([("notes.jpg", b"hello, not an image"), ("ok.jpg", buffer.getvalue())])
+    assert results[0]["image"] == "notes.jpg" and "not an image" in results[0]["error"]
+    assert results[1]["predicted_emotions"]
+
+
+def test_neighbours_of_a_stored_image_exclude_itself(store_path, trained):
+    from pipeline import Predictor
+
+    predictor = Predictor.load(store_path, trained[0], "cpu")
+    near = predictor.neighbours_of_id(0, k=4)
+    assert len(near) == 4 and all(n["id"] != 0 for n in near)
+    assert np.isclose(predictor.store.vector(0) @ predictor.store.vector(0), 1.0, atol=2e-3)
