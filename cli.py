@@ -110,7 +110,7 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
 @click.option("--zero-shot-prior", is_flag=True, help="Initialise, regularise and blend with CLIP text prompts.")
 @click.option("--epochs", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--patience", default=20, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", default=1e-2, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step", "plateau", "none"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)

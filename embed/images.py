@@ -51,7 +51,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"the image is too large to decode safely ({exc})", kind="too_large") from exc
+        raise ImageError(f"the image is too large to decode safely ({exc}); send a smaller image", kind="too_large") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError,
             struct.error, ZeroDivisionError) as exc:
         raise ImageError(f"the {fmt} file is damaged or truncated ({exc}); re-export it and try again") from exc

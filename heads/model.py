@@ -36,10 +36,10 @@ class HeadConfig:
     dropout: float = 0.1  # MLP dropout
     loss: str = "weighted_bce"  # bce | weighted_bce (pos_weight from label counts) | focal
     focal_gamma: float = 2.0  # focal loss focusing parameter
-    lr: float = 2e-3  # AdamW peak learning rate
+    lr: float = 1e-2  # AdamW peak learning rate (inputs are standardised, so this is safe)
     weight_decay: float = 1e-4  # AdamW weight decay
     epochs: int = 200  # upper bound; early stopping usually ends sooner
-    batch_size: int = 512  # vectors per optimiser step
+    batch_size: int = 256  # vectors per optimiser step
     patience: int = 20  # epochs without a better validation macro-F1 before stopping
     schedule: str = "cosine"  # cosine | step | plateau | none
     warmup_epochs: int = 3  # linear warm-up before the cosine schedule

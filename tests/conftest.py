@@ -61,7 +61,7 @@ def store_path(tmp_path_factory, dataset, label_config) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, store_path, label_config):
-    """(head folder, test metrics) of a linear head trained on the session store."""
+    """(head folder, test metrics) of an MLP head trained on the session store."""
     from pipeline import train_from_store
 
     out = tmp_path_factory.mktemp("head") / "head"

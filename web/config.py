@@ -1,0 +1,50 @@
+"""The web app's settings and the one function that loads what it serves."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from embed.images import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from pipeline import Predictor
+
+MiB = 1024 * 1024
+
+
+def load_predictor(config: "WebConfig") -> "Predictor":
+    """Gives the predictor (backbone, store, head) named by the config, loaded once per app."""
+    from pipeline import Predictor
+
+    if config.store is None or config.head is None:
+        raise ValueError("the web app needs both a store and a head; pass --store STORE --head HEAD")
+    return Predictor.load(config.store, config.head, config.device, config.labels, config.pretrained,
+                          config.max_pixels)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """Everything `create_app` needs; the server's own settings (host, port, threads) live in `serve`."""
+
+    store: Path | None = None  # embedding store folder (neighbours and thumbnails)
+    head: Path | None = None  # trained head folder
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    labels: Path | None = None  # another label config TOML: swaps the emoji policy, same labels
+    pretrained: str | None = None  # the store's weights, if they moved since embedding
+    max_upload_bytes: int = 32 * MiB  # whole request body; over it answers 413, also for chunked bodies
+    max_files: int = 32  # images per request; more answers 413
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked before decoding; over it answers 413
+    k_default: int = 5  # neighbours per image when the request names no k
+    k_max: int = 100  # the largest k a request may ask for
+    thumbnail_px: int = 256  # longest side of thumbnails
+    thumbnail_cache: int = 1024  # thumbnails kept in memory (about 15 kB each)
+    thumbnail_max_age: int = 86_400  # seconds browsers may reuse a thumbnail without asking
+    loader: Callable[["WebConfig"], "Predictor"] = load_predictor  # tests swap in their own
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_files", "max_pixels", "k_max", "thumbnail_px"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.k_default <= self.k_max:
+            raise ValueError(f"k_default must be between 0 and k_max={self.k_max}, got {self.k_default}")

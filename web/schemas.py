@@ -1,0 +1,116 @@
+"""Request and response shapes of the API: they validate requests and write the OpenAPI document."""
+from __future__ import annotations
+
+from typing import Literal
+
+from flask_openapi3 import FileStorage
+from pydantic import BaseModel, Field
+
+SQLITE_MAX_ID = 2**63 - 1  # ids are SQLite integers; a larger one can name no image
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one sentence saying what went wrong and how to fix it."""
+
+    error: str = Field(description="what went wrong, in plain words", examples=["the file is not an image"])
+
+
+class ImageForm(BaseModel):
+    """A multipart upload of one or more images."""
+
+    image: list[FileStorage] = Field(description="one or more image files (JPEG, PNG, WebP or GIF), "
+                                                 "each in its own part named 'image'")
+    k: int | None = Field(None, ge=0, description="neighbours per image (default: the server's)")
+
+
+class OneImageForm(BaseModel):
+    """A multipart upload of exactly one image."""
+
+    image: FileStorage = Field(description="one image file (JPEG, PNG, WebP or GIF)")
+    k: int | None = Field(None, ge=1, description="neighbours to return (default: the server's)")
+
+
+class KQuery(BaseModel):
+    k: int | None = Field(None, ge=0, description="neighbours per image; the form field wins if both are sent")
+
+
+class NeighboursQuery(BaseModel):
+    id: int = Field(ge=0, le=SQLITE_MAX_ID, description="id of an indexed image (from a neighbours list)")
+    k: int | None = Field(None, ge=1, description="neighbours to return (default: the server's)")
+
+
+class ImagePath(BaseModel):
+    image_id: int = Field(ge=0, le=SQLITE_MAX_ID, description="id of an indexed image")
+
+
+class Neighbour(BaseModel):
+    """An indexed image near the query, most similar first."""
+
+    id: int
+    path: str = Field(description="the file the image was embedded from, as recorded at embed time")
+    labels: list[str]
+    split: str
+    similarity: float = Field(description="cosine similarity of the CLIP embeddings, -1 to 1")
+
+
+class Prediction(BaseModel):
+    """One image's answer, the same object `cli.py predict` prints."""
+
+    image: str = Field(description="the uploaded file's name")
+    predicted_emotions: list[str] = Field(description="labels over their tuned threshold, strongest first")
+    allowed_emojis: list[str]
+    blocked_emojis: list[str]
+    emotion_scores: dict[str, float] = Field(description="score per label, 0 to 1, in label order")
+    neighbours: list[Neighbour]
+
+
+class FileError(BaseModel):
+    """A file of the upload that could not be used; the other files are still answered."""
+
+    image: str
+    filename: str
+    error: str
+    kind: Literal["invalid", "unsupported", "too_large"]
+    status: int = Field(description="the HTTP status this file alone would have got: 400, 415 or 413")
+
+
+class PredictResponse(BaseModel):
+    results: list[Prediction | FileError] = Field(description="one object per uploaded file, in upload order")
+
+
+class FailedUpload(ErrorBody):
+    """No file of the upload could be used."""
+
+    results: list[FileError]
+
+
+class NeighboursResponse(BaseModel):
+    id: int | None = Field(None, description="the query image's id (GET)")
+    image: str | None = Field(None, description="the uploaded file's name (POST)")
+    neighbours: list[Neighbour]
+
+
+class LabelPolicy(BaseModel):
+    name: str
+    allowed: list[str] = Field(description="emojis that fit an image with this label")
+    blocked: list[str] = Field(description="emojis never offered when this label is predicted")
+    threshold: float = Field(description="score at which the label is predicted")
+
+
+class LabelsResponse(BaseModel):
+    model_id: str
+    head: str = Field(description="head kind: linear, mlp or zeroshot")
+    rule: str
+    labels: list[LabelPolicy]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model_id: str
+    index_size: int = Field(description="images in the embedding store")
+    device: str
+    head: str
+    labels: list[str]
+    max_upload_bytes: int
+    max_files: int
+    k_default: int
