@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from embed import EmbedConfig, ImageError, ModelLoadError, ModelSpec, SourceError
-from embed.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from embed.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, default_pretrained
 from heads import ConfigError, HeadConfig, HeadError, load_label_config
 from index import StoreError
 
@@ -42,8 +42,9 @@ def main(verbose: bool) -> None:
 _model_options = [
     click.option("--model", default=DEFAULT_MODEL, show_default=True,
                  help="open_clip model name (ViT-B-32, ViT-L-14, ...) or a model-config JSON path."),
-    click.option("--pretrained", default=DEFAULT_PRETRAINED, show_default=True,
-                 help="open_clip pretrained tag, local weights file/folder, or 'none' (random, seeded)."),
+    click.option("--pretrained", default=None,
+                 help="open_clip pretrained tag, local weights file/folder, 'emoreact' (bundled) or 'none' "
+                      f"(random, seeded). Default: bundled weights, else {DEFAULT_PRETRAINED} for {DEFAULT_MODEL}."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
 ]
 _labels_option = click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
@@ -97,7 +98,8 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
     from pipeline import embed_source
 
     config = EmbedConfig(batch_size=batch_size, workers=workers, shard_size=shard_size, progress=not no_progress)
-    report = embed_source(source, store_path, ModelSpec(model, pretrained), load_label_config(labels_path),
+    spec = ModelSpec(model, pretrained or default_pretrained(model))
+    report = embed_source(source, store_path, spec, load_label_config(labels_path),
                           fmt, device, config)
     click.echo(json.dumps({**report.to_json(), "store": str(store_path)}, ensure_ascii=False))
 
@@ -186,6 +188,29 @@ def neighbours(image, store_path, k, device, pretrained) -> None:
     click.echo(json.dumps({"image": image, "neighbours": [
         {**item.to_json(), "similarity": round(float(s), 4)} for s, item in zip(scores[0], items)]},
         ensure_ascii=False))
+
+
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the demo store, head and report.")
+@click.option("--no-serve", is_flag=True, help="Stop after the report instead of starting the web page.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--device", default="auto", show_default=True)
+@_labels_option
+@click.pass_context
+@_friendly
+def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
+    """Offline demo: shipped emoji images + bundled emoji CLIP -> store, head, report, web page."""
+    from demo import run_demo
+
+    summary = run_demo(Path(out), load_label_config(labels_path), device=device)
+    click.echo(json.dumps({k: summary[k] for k in ("seconds", "model_id", "test_macro_f1", "store", "head")}
+                          | {"report": str(Path(out) / "report.json"),
+                             "criteria_met": summary["quality"]["criteria"]["all_met"]}))
+    if not no_serve:
+        ctx.invoke(serve, store_path=summary["store"], head_path=summary["head"], host=host, port=port,
+                   device=device)
 
 
 def _summary(metrics: dict, out) -> dict:

@@ -6,7 +6,10 @@ plus a `pretrained` source:
 - an open_clip pretrained tag (``laion2b_s34b_b79k``): fetched into the Hugging Face cache,
 - a local weights file (``.bin``/``.pt``/``.safetensors``) or a folder holding one,
 - ``local-dir:FOLDER`` / ``hf-hub:ORG/REPO`` (open_clip's own forms; `model` is then ignored),
-- ``none``: random weights seeded with 0, for tests and benchmarks.
+- ``none``: random weights seeded with 0, for tests and benchmarks,
+- ``emoreact``: the weights bundled in ``embed/weights/`` (the offline ``emoreact-emoji-s`` model).
+
+`default_pretrained(model)` picks the weights when none are named.
 
 `ModelSpec.model_id` is the one string written into every artifact; loaders compare it.
 """
@@ -27,7 +30,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 RANDOM_WEIGHTS = "none"
+BUNDLED_TAG = "emoreact"
 _BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
+_BUNDLED_WEIGHTS = Path(__file__).parent / "weights"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -111,6 +116,27 @@ class Backbone:
         with _autocast(self.device):
             features = self.model.encode_text(tokens)
         return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def default_pretrained(model: str) -> str:
+    """Gives the weights used when none are named: bundled ones, laion2b for ViT-B-32, else the first tag."""
+    import open_clip
+
+    name = Path(model).stem if model.endswith(".json") else model
+    if bundled_weights(name) is not None:
+        return BUNDLED_TAG
+    if name == DEFAULT_MODEL:
+        return DEFAULT_PRETRAINED
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if not tags:
+        raise ModelLoadError(f"model {model!r} has no pretrained tag; pass --pretrained FILE or --pretrained none")
+    return tags[0]
+
+
+def bundled_weights(name: str) -> Path | None:
+    """Gives the path of weights shipped with EmoReact for a model name, or None."""
+    path = _BUNDLED_WEIGHTS / f"{name}.safetensors"
+    return path if path.is_file() else None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -206,6 +232,12 @@ def _weights_kwargs(spec: ModelSpec, name: str) -> dict:
         return {}
     if source == RANDOM_WEIGHTS:
         return {"pretrained": None}
+    if source == BUNDLED_TAG:
+        path = bundled_weights(name)
+        if path is None:
+            raise ModelLoadError(f"EmoReact bundles no weights for {name!r}; bundled models: "
+                                 f"{sorted(p.stem for p in _BUNDLED_WEIGHTS.glob('*.safetensors'))}")
+        return {"pretrained": str(path)}
     if _is_local_path(source):
         path = Path(source)
         if path.is_dir():
