@@ -63,3 +63,16 @@ def test_neighbours_of_a_stored_image_exclude_itself(store_path, trained):
     near = predictor.neighbours_of_id(0, k=4)
     assert len(near) == 4 and all(n["id"] != 0 for n in near)
     assert np.isclose(predictor.store.vector(0) @ predictor.store.vector(0), 1.0, atol=2e-3)
+
+
+def test_micro_batched_concurrent_requests_match_single_ones(store_path, trained):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline import Predictor
+
+    predictor = Predictor.load(store_path, trained[0], "cpu", micro_batch=True)
+    images = [draw((label,), seed=4242 + n) for n, label in enumerate(["happy", "sad", "angry", "fear"] * 6)]
+    alone = np.concatenate([predictor.embed([image]) for image in images])
+    with ThreadPoolExecutor(8) as pool:
+        together = np.concatenate(list(pool.map(lambda image: predictor.embed([image]), images)))
+    assert np.allclose(alone, together, atol=1e-5)
