@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from index import Store
 
+from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
 from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from .models import Backbone
 from .readers import Record
@@ -34,6 +35,8 @@ class EmbedConfig:
     shard_size: int = 4096  # vectors per committed shard: the most work a crash can lose
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped before decoding
     progress: bool = True  # show a tqdm bar with images/s
+    fast_jpeg: bool | None = None  # batched JPEG decode + tensor preprocessing on the model's device;
+    # None: on when the model runs on a GPU (nvJPEG), off on the CPU (PIL is as fast there)
 
 
 @dataclass
@@ -64,8 +67,10 @@ def split_for(sha256: str) -> str:
 class _ImageFiles(Dataset):
     """Reads, hashes, decodes and preprocesses one record; never raises for a bad file."""
 
-    def __init__(self, records: list[Record], transform, known: set[str], max_pixels: int) -> None:
+    def __init__(self, records: list[Record], transform, known: set[str], max_pixels: int,
+                 fast_jpeg: bool = False) -> None:
         self.records, self.transform, self.known, self.max_pixels = records, transform, known, max_pixels
+        self.fast_jpeg = fast_jpeg
 
     def __len__(self) -> int:
         return len(self.records)
@@ -79,6 +84,8 @@ class _ImageFiles(Dataset):
         sha = hashlib.sha256(data).hexdigest()
         if sha in self.known:
             return {"i": i, "sha": sha, "known": True}
+        if self.fast_jpeg and fast_path_eligible(data, self.max_pixels):
+            return {"i": i, "sha": sha, "jpeg": data, "bytes": len(data)}
         try:
             image = decode_image(data, self.max_pixels)
         except ImageError as exc:
@@ -96,7 +103,8 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
     report = EmbedReport()
     start = time.perf_counter()
     known = store.known_hashes()
-    dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels)
+    fast = config.fast_jpeg if config.fast_jpeg is not None else backbone.device.type == "cuda"
+    dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast)
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
                         collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
@@ -105,6 +113,8 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
     seen: dict[str, str] = {}
     bar = tqdm(total=len(records), unit="img", desc="embed", disable=not config.progress, smoothing=0.1)
     for batch in loader:
+        if fast:
+            _decode_fast(batch, backbone, dataset)
         good = []
         skipped = []
         for item in batch:
@@ -124,7 +134,7 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
             for path, _, reason in skipped:
                 log.info("skipped %s: %s", path, reason)
         if good:
-            vectors = backbone.encode_images(torch.stack([item["tensor"] for _, item in good]))
+            vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device) for _, item in good]))
             pending_vectors.append(vectors.cpu().numpy().astype(np.float16))
             pending_rows += [_row(record, item) for record, item in good]
             report.added += len(good)
@@ -139,6 +149,26 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
     report.seconds = time.perf_counter() - start
     log.info("embed: %s", report.to_json())
     return report
+
+
+def _decode_fast(batch: list[dict], backbone: Backbone, dataset: _ImageFiles) -> None:
+    """Decodes the batch's JPEGs together on the model's device; failures take the PIL path."""
+    jpegs = [item for item in batch if "jpeg" in item]
+    if not jpegs:
+        return
+    decoded = decode_jpegs([item["jpeg"] for item in jpegs], backbone.device)
+    for item, image in zip(jpegs, decoded):
+        data = item.pop("jpeg")
+        if image is None:
+            try:
+                pil = decode_image(data, dataset.max_pixels)
+            except ImageError as exc:
+                item["error"] = str(exc)
+                continue
+            item.update(tensor=dataset.transform(pil), size=pil.size)
+        else:
+            item.update(tensor=preprocess_tensors([image], backbone.preprocess)[0],
+                        size=(image.shape[2], image.shape[1]))
 
 
 def _row(record: Record, item: dict) -> dict:

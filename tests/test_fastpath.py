@@ -1,0 +1,76 @@
+"""The tensor input path agrees with the PIL path (on the CPU here; on the GPU where there is one)."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FAST_EMBED
+from embed import EmbedConfig, Record, run_embed_job
+from embed.fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
+from embed.models import Preprocess
+from index import Store
+from synthetic import draw
+
+
+def jpeg(image, **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, **kwargs)
+    return buffer.getvalue()
+
+
+def photos(count=12):
+    return [jpeg(draw(("happy", "sad", "fear")[n % 3:n % 3 + 1], seed=n, size=96).resize((320, 240))) for n in range(count)]
+
+
+def test_tensor_preprocessing_matches_pil_pixels():
+    from open_clip.transform import image_transform
+
+    pre = Preprocess((224, 224), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    reference = image_transform(224, is_train=False, mean=pre.mean, std=pre.std)
+    for data in photos(4):
+        pil = reference(Image.open(io.BytesIO(data)).convert("RGB"))
+        [decoded] = decode_jpegs([data], torch.device("cpu"))
+        ours = preprocess_tensors([decoded], pre)[0]
+        assert ours.shape == pil.shape
+        assert float((ours - pil).abs().mean()) < 0.02  # in normalised units: under 1.5 grey levels
+
+
+def test_eligibility_sends_odd_files_to_the_safe_path():
+    assert fast_path_eligible(photos(1)[0], 10**7)
+    assert not fast_path_eligible(jpeg(Image.new("CMYK", (8, 8))), 10**7)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert not fast_path_eligible(jpeg(Image.new("RGB", (8, 8)), exif=exif.tobytes()), 10**7)
+    assert not fast_path_eligible(photos(1)[0], 100)
+    assert not fast_path_eligible(b"\x89PNG\r\n\x1a\n", 10**7)
+
+
+def test_job_with_fast_path_matches_pil_job(tmp_path, backbone, label_config):
+    source = tmp_path / "src"
+    source.mkdir()
+    for n, data in enumerate(photos()):
+        (source / f"{n}.jpg").write_bytes(data)
+    (source / "broken.jpg").write_bytes(photos(1)[0][:300])
+    records = [Record(p, None) for p in sorted(source.iterdir())]
+    vectors = {}
+    for fast in (False, True):
+        store = Store.create_or_resume(tmp_path / str(fast), backbone.spec.model_id, backbone.dim, {},
+                                       label_config.names)
+        report = run_embed_job(records, store, backbone, EmbedConfig(**{**FAST_EMBED.__dict__, "fast_jpeg": fast}))
+        assert report.added == 12 and sum(report.skipped.values()) == 1
+        vectors[fast] = store.vectors()
+    cosine = (vectors[True] * vectors[False]).sum(axis=1)
+    assert float(cosine.mean()) >= 0.99, cosine
+
+
+@pytest.mark.gpu
+def test_gpu_decode_matches_cpu_path(backbone):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    datas = photos()
+    gpu = preprocess_tensors(decode_jpegs(datas, torch.device("cuda")), backbone.preprocess).cpu()
+    cpu = torch.stack([backbone.transform(Image.open(io.BytesIO(d)).convert("RGB")) for d in datas])
+    cosine = (backbone.encode_images(gpu) * backbone.encode_images(cpu)).sum(1)
+    assert float(cosine.mean()) >= 0.99
