@@ -3,13 +3,13 @@ per-label thresholds and the optional zero-shot prior (CLAP-style init + L2, WiS
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
 
 import numpy as np
 import torch
+from torch.optim import AdamW  # imported here, not at first use: it pulls in a second of modules
 
 from .config import LabelConfig
 from .metrics import THRESHOLD_GRID, f1_per_threshold, tune_thresholds
@@ -59,22 +59,25 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
     if config.zero_shot_prior:
         head.prior_ = calibrate_prior(text, x_train, y_train, logit_scale)
     net = head.net_.to(dev)
-    net[0].fit(xt)
+    with torch.no_grad():
+        # Layer 0 is a fixed standardisation: apply it once, then train the layers after it.
+        zt, zv = net[0].fit(xt)(xt), net[0](xv)
+    body = net[1:]
     anchor = _init_from_prior(net, head.prior_, dev) if config.zero_shot_prior else None
     loss_fn = _loss(config, y_train, dev)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = AdamW(body.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(xt) / config.batch_size))
     scheduler = _scheduler(config, optimiser, steps_per_epoch)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     history, best_f1, best_state, stale = [], -1.0, None, 0
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        net.train()
+        body.train()
         total = 0.0
-        for idx in torch.randperm(len(xt), generator=generator).split(config.batch_size):
+        for idx in torch.randperm(len(zt), generator=generator).split(config.batch_size):
             idx = idx.to(dev)
             with _autocast(dev):
-                logits = net(xt[idx]).float()
+                logits = body(zt[idx]).float()
             loss = loss_fn(logits, yt[idx])
             if anchor is not None:
                 loss = loss + config.prior_l2 * ((net[1].weight - anchor) ** 2).sum()
@@ -84,7 +87,7 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
             if config.schedule == "cosine":
                 scheduler.step()
             total += float(loss.detach()) * len(idx)
-        val_logits, val_loss = _evaluate(net, xv, yv, loss_fn)
+        val_logits, val_loss = _evaluate(body, zv, yv, loss_fn)
         f1 = _best_macro_f1(torch.sigmoid(val_logits).cpu().numpy(), y_val)
         history.append({"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,
                         "val_macro_f1": f1, "lr": optimiser.param_groups[0]["lr"]})
@@ -93,7 +96,7 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
         elif config.schedule == "plateau":
             scheduler.step(f1)
         if f1 > best_f1 + 1e-4:
-            best_f1, best_state, stale = f1, copy.deepcopy(net.state_dict()), 0
+            best_f1, best_state, stale = f1, {k: v.clone() for k, v in net.state_dict().items()}, 0
         else:
             stale += 1
             if stale >= config.patience:
