@@ -1,0 +1,59 @@
+"""Shared pieces of the benchmarks: synthetic data and timing."""
+from __future__ import annotations
+
+import io
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def environment(device: torch.device) -> dict:
+    """Gives what a figure depends on: device, CPU threads, versions, commit."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except OSError:
+        commit = ""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+    return {"device": name, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "commit": commit}
+
+
+def write_photos(folder: Path, count: int, size=(640, 480), seed: int = 0) -> list[Path]:
+    """Writes `count` photo-like JPEGs (smooth gradients, shapes and noise); gives their paths."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for n in range(count):
+        x = np.linspace(0, 1, size[0])[None, :, None]
+        y = np.linspace(0, 1, size[1])[:, None, None]
+        base = rng.uniform(0, 255, 3) * x + rng.uniform(0, 255, 3) * y
+        noise = rng.normal(0, 12, (size[1], size[0], 3))
+        image = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+        pen = ImageDraw.Draw(image)
+        for _ in range(5):
+            box = sorted(rng.integers(0, size[0], 2)), sorted(rng.integers(0, size[1], 2))
+            pen.ellipse((box[0][0], box[1][0], box[0][1], box[1][1]), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=88)
+        paths.append(folder / f"{n:06d}.jpg")
+        paths[-1].write_bytes(buffer.getvalue())
+    return paths
+
+
+def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    """Gives (best seconds over `repeat` runs, last result)."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, result
