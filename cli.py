@@ -213,6 +213,61 @@ def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
                    device=device)
 
 
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--head", "head_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 exposes the server to the network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1),
+              help="Requests handled at once; all share the one loaded model.")
+@click.option("--max-upload-mb", default=32.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest request body; more answers 413.")
+@click.option("--max-files", default=32, show_default=True, type=click.IntRange(1), help="Images per request.")
+@click.option("--k", "k_default", default=5, show_default=True, type=click.IntRange(0, 100),
+              help="Neighbours per image when a request names no k.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
+@_labels_option
+@_friendly
+def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, k_default, device, pretrained,
+          labels_path) -> None:
+    """Serve the upload page and the JSON API with waitress; the model is loaded once, at start."""
+    from web import WebConfig, create_app, make_server
+
+    config = WebConfig(store=Path(store_path), head=Path(head_path), device=device,
+                       labels=Path(labels_path) if labels_path else None, pretrained=pretrained,
+                       max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, k_default=k_default)
+    app = create_app(config)
+    server = make_server(app, host, port, threads)
+    model_id = app.extensions["emoreact"].predictor.store.model_id
+    click.echo(f"EmoReact ({model_id}) on http://{host}:{server.effective_port}/  API docs: /docs  "
+               "(Ctrl+C stops)")
+    server.run()
+
+
+@main.command()
+@click.argument("what", type=click.Choice(["embed", "head", "index", "api"]))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Backbone for embed/api (random weights).")
+@click.option("--size", default=None, type=click.IntRange(1),
+              help="Images (embed: 256), vectors (head: 100000, index: 1000000) or seconds per level (api: 10).")
+@_friendly
+def bench(what, device, model, size) -> None:
+    """Benchmark one stage against a baseline measured in the same run; prints JSON."""
+    from bench import api_bench, embed_bench, head_bench, index_bench
+
+    if what == "embed":
+        result = embed_bench.run(model, images=size or 256, device=device)
+    elif what == "head":
+        result = head_bench.run(size or 100_000, device=device)
+    elif what == "index":
+        result = index_bench.run(size or 1_000_000)
+    else:
+        result = api_bench.run(model, seconds=size or 10, device=device)
+    click.echo(json.dumps(result, indent=2))
+
+
 def _summary(metrics: dict, out) -> dict:
     keep = ("split", "count", "macro_f1", "micro_f1", "mAP", "alpha", "epochs")
     summary = {k: metrics[k] for k in keep if k in metrics}

@@ -1,12 +1,23 @@
 """Request and response shapes of the API: they validate requests and write the OpenAPI document."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from flask_openapi3 import FileStorage
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+from werkzeug.datastructures import FileStorage as WerkzeugFile
 
 SQLITE_MAX_ID = 2**63 - 1  # ids are SQLite integers; a larger one can name no image
+
+
+def _must_be_file(value):
+    # flask-openapi3 lets a plain text field of the same name through; only an uploaded file will do.
+    if not isinstance(value, WerkzeugFile):
+        raise ValueError("must be an uploaded file, not a text field")
+    return value
+
+
+Upload = Annotated[FileStorage, AfterValidator(_must_be_file)]
 
 
 class ErrorBody(BaseModel):
@@ -18,7 +29,7 @@ class ErrorBody(BaseModel):
 class ImageForm(BaseModel):
     """A multipart upload of one or more images."""
 
-    image: list[FileStorage] = Field(description="one or more image files (JPEG, PNG, WebP or GIF), "
+    image: list[Upload] = Field(description="one or more image files (JPEG, PNG, WebP or GIF), "
                                                  "each in its own part named 'image'")
     k: int | None = Field(None, ge=0, description="neighbours per image (default: the server's)")
 
@@ -26,7 +37,7 @@ class ImageForm(BaseModel):
 class OneImageForm(BaseModel):
     """A multipart upload of exactly one image."""
 
-    image: FileStorage = Field(description="one image file (JPEG, PNG, WebP or GIF)")
+    image: Upload = Field(description="one image file (JPEG, PNG, WebP or GIF)")
     k: int | None = Field(None, ge=1, description="neighbours to return (default: the server's)")
 
 
@@ -79,9 +90,10 @@ class PredictResponse(BaseModel):
 
 
 class FailedUpload(ErrorBody):
-    """No file of the upload could be used."""
+    """The upload was refused, or none of its files could be used."""
 
-    results: list[FileError]
+    results: list[FileError] | None = Field(None, description="per-file errors, when files were received "
+                                                                 "but none could be used")
 
 
 class NeighboursResponse(BaseModel):

@@ -1,0 +1,133 @@
+"""The app factory: settings, the predictor (through the config's loader), blueprints, JSON errors."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import fields
+
+from flask import Response, current_app, jsonify, request
+from flask_openapi3 import Info, OpenAPI, Tag
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from .api import Resources, api_blueprint, health, resources
+from .config import MiB, WebConfig
+from .page import page_blueprint
+from .schemas import ErrorBody, Health
+from .thumbnails import Thumbnails
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTION = """Emotions and emoji reactions for social-media images, from frozen CLIP features.
+
+Every error answers JSON `{"error": "..."}`: 400 bad request (no file, not an image, bad parameter),
+404 unknown route or id, 405 wrong method, 413 upload over the size, file-count or pixel limit,
+415 an image format other than JPEG, PNG, WebP or GIF. `GET /healthz` tells the limits in force."""
+
+_MISSING = {  # what to say when a required field is absent
+    "image": "no image was sent: attach one or more files in the multipart form field 'image'",
+    "id": "no id was given: ask for /api/neighbours?id=ID with the id of an indexed image",
+}
+
+
+def create_app(config: WebConfig | Mapping | None = None) -> OpenAPI:
+    """Gives the EmoReact WSGI app; the predictor is loaded here, once, by `config.loader`."""
+    config = _as_config(config)
+    app = OpenAPI(__name__, info=Info(title="EmoReact API", version=_version(), description=_DESCRIPTION),
+                  doc_prefix="/docs", doc_url="/openapi.json", validation_error_status=400,
+                  validation_error_model=ErrorBody, validation_error_callback=_validation_error)
+    # Werkzeug enforces this on every body, streamed (chunked) ones included, before a view reads it.
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
+    app.json.sort_keys = False  # emotion_scores stay in label order, as the CLI prints them
+    app.json.ensure_ascii = False  # emojis as emojis
+    app.extensions["emoreact"] = Resources(
+        config, config.loader(config),
+        Thumbnails(config.thumbnail_px, config.max_pixels, config.thumbnail_cache))
+    app.register_api(api_blueprint())
+    app.register_api(page_blueprint())
+    app.get("/healthz", tags=[Tag(name="meta")], summary="Status, model id, index size, device and limits",
+            responses={200: Health})(health)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.after_request(_common_headers)
+    return app
+
+
+def _as_config(config: WebConfig | Mapping | None) -> WebConfig:
+    if isinstance(config, WebConfig):
+        return config
+    given = dict(config or {})
+    unknown = set(given) - {f.name for f in fields(WebConfig)}
+    if unknown:
+        raise ValueError(f"unknown web config key(s) {sorted(unknown)}; "
+                         f"known: {[f.name for f in fields(WebConfig)]}")
+    return WebConfig(**given)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    response = current_app.json.response({"error": _message(exc)})
+    response.status_code = exc.code or 500
+    if exc.code == 405:
+        response.headers["Allow"] = ", ".join(exc.valid_methods or [])
+    return response
+
+
+def _message(exc: HTTPException) -> str:
+    if exc.description and exc.description != type(exc).description:
+        return exc.description  # written by a view for this case
+    if exc.code == 404:
+        return f"there is nothing at {request.path}; the page is at /, the API under /api (see /docs)"
+    if exc.code == 405:
+        allowed = ", ".join(sorted(set(exc.valid_methods or []) - {"HEAD", "OPTIONS"}))
+        return f"{request.method} is not allowed on {request.path}; use {allowed}"
+    if exc.code == 413:
+        limit = resources().config.max_upload_bytes
+        if request.content_length is not None and request.content_length <= limit:
+            return ("the form has too many parts or an over-long text field; send the images in the field "
+                    "'image' and k as a number")
+        return f"the upload is larger than the limit of {_size(limit)} per request; send fewer or smaller images"
+    return f"{exc.name}: {exc.description}"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", MiB), ("KiB", 1024)):
+        if n >= scale:
+            return f"{round(n / scale, 1):g} {unit}"
+    return f"{n} bytes"
+
+
+def _unexpected_error(exc: Exception) -> Response | tuple[Response, int]:
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    log.exception("unexpected error answering %s %s", request.method, request.path)
+    return jsonify(error="the server failed to answer this request; the error has been logged"), 500
+
+
+def _validation_error(exc: ValidationError) -> Response:
+    messages = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "missing":
+            messages.append(_MISSING.get(field, f"'{field}' is required"))
+        else:
+            given = error.get("input")
+            shown = given if isinstance(given, str) else repr(given)
+            messages.append(f"{field}={shown[:40]}: {error['msg']}")
+    response = current_app.json.response({"error": "; ".join(messages)})
+    response.status_code = 400
+    return response
+
+
+def _common_headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emoreact")
+    except PackageNotFoundError:
+        return "0.1.0"

@@ -1,0 +1,347 @@
+// EmoReact upload page: one request per image to /api/predict, two at a time, results as they come.
+"use strict";
+
+const TONES = {
+  happy: "#f2b705", sad: "#3a6fd8", angry: "#e03c31", fear: "#7b3fb2",
+  surprise: "#f27b1d", disgust: "#3c9d4f", neutral: "#8a94a3", other: "#14a3a3",
+};
+const SPARE_TONES = ["#d9468f", "#2b8cbe", "#a6761d", "#66a61e", "#e7298a", "#1b9e77"];
+const PARALLEL = 2;
+
+const page = {
+  limits: {
+    maxUpload: Number(document.body.dataset.maxUpload),
+    kMax: Number(document.body.dataset.kMax),
+  },
+  thresholds: {},  // label -> decision threshold, from /api/labels
+  queue: [],
+  running: 0,
+};
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function tone(label) {
+  if (TONES[label]) return TONES[label];
+  let hash = 0;
+  for (const ch of label) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return SPARE_TONES[hash % SPARE_TONES.length];
+}
+
+function mib(bytes) {
+  if (bytes < 1024 * 1024) return `${Math.max(1, Math.round(bytes / 1024))} KB`;
+  const value = bytes / (1024 * 1024);
+  return `${value >= 10 ? value.toFixed(0) : value.toFixed(1)} MB`;
+}
+
+function showNotice(message) {
+  const notice = document.getElementById("notice");
+  notice.textContent = message;
+  notice.hidden = !message;
+}
+
+async function getJSON(url) {
+  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+// ---- server facts --------------------------------------------------------------------------
+
+async function loadStatus() {
+  const status = document.getElementById("status");
+  try {
+    const health = await getJSON("/healthz");
+    document.getElementById("model-id").textContent = health.model_id;
+    document.getElementById("index-size").textContent =
+      `${health.index_size.toLocaleString()} images`;
+    document.getElementById("device").textContent = health.device;
+    status.classList.remove("down");
+    page.limits.maxUpload = health.max_upload_bytes;
+  } catch (error) {
+    status.classList.add("down");
+    document.getElementById("model-id").textContent = "server not answering";
+    showNotice("The EmoReact server is not answering. Check that it is running, then reload this page.");
+  }
+  document.getElementById("drop-hint").textContent =
+    `JPEG, PNG, WebP or GIF · up to ${mib(page.limits.maxUpload)} each`;
+}
+
+async function loadPolicy() {
+  try {
+    const policy = await getJSON("/api/labels");
+    document.getElementById("policy-rule").textContent = `Rule: ${policy.rule}.`;
+    const rows = document.getElementById("policy-rows");
+    rows.replaceChildren();
+    for (const label of policy.labels) {
+      page.thresholds[label.name] = label.threshold;
+      const row = el("tr");
+      const name = el("td");
+      const chip = el("span", "chip", label.name);
+      chip.style.setProperty("--tone", tone(label.name));
+      name.append(chip);
+      row.append(name, el("td", "", label.threshold.toFixed(2)),
+        el("td", "emoji-list", label.allowed.join(" ") || "—"),
+        el("td", "emoji-list", label.blocked.join(" ") || "—"));
+      rows.append(row);
+    }
+  } catch (error) {
+    document.getElementById("policy-rule").textContent = `The policy could not be loaded: ${error.message}`;
+  }
+}
+
+// ---- uploads -------------------------------------------------------------------------------
+
+function addFiles(fileList) {
+  const files = Array.from(fileList);
+  if (!files.length) return;
+  showNotice("");
+  const results = document.getElementById("results");
+  for (const file of files) {
+    const card = makeCard(file);
+    results.prepend(card);
+    if (file.size > page.limits.maxUpload) {
+      showError(card, "Too large to upload",
+        `This file is ${mib(file.size)}; the server takes at most ${mib(page.limits.maxUpload)} per upload.`);
+      continue;
+    }
+    page.queue.push({ file, card });
+  }
+  document.getElementById("clear").disabled = false;
+  pump();
+}
+
+function makeCard(file) {
+  const card = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
+  const img = card.querySelector(".frame img");
+  const url = URL.createObjectURL(file);
+  img.addEventListener("load", () => {
+    card.querySelector(".meta").textContent =
+      `${img.naturalWidth} × ${img.naturalHeight} px · ${mib(file.size)}`;
+  });
+  img.addEventListener("error", () => {
+    card.querySelector(".frame").classList.add("broken");
+    img.remove();
+    card.querySelector(".meta").textContent = mib(file.size);
+  });
+  img.src = url;
+  img.alt = `preview of ${file.name}`;
+  card.querySelector(".filename").textContent = file.name;
+  card.dataset.objectUrl = url;
+  return card;
+}
+
+function pump() {
+  while (page.running < PARALLEL && page.queue.length) {
+    const job = page.queue.shift();
+    page.running += 1;
+    predict(job.file, job.card).finally(() => {
+      page.running -= 1;
+      pump();
+    });
+  }
+}
+
+async function predict(file, card) {
+  const form = new FormData();
+  form.append("image", file, file.name);
+  const k = Number(document.getElementById("k-input").value);
+  if (Number.isInteger(k) && k >= 0) form.append("k", String(Math.min(k, page.limits.kMax)));
+  let response;
+  try {
+    response = await fetch("/api/predict", { method: "POST", body: form });
+  } catch (error) {
+    showError(card, "Could not reach the server",
+      "The upload did not get through. Check that the EmoReact server is running, then try again.");
+    return;
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (error) {
+    body = null;
+  }
+  const result = body && body.results && body.results[0];
+  if (response.ok && result && !result.error) {
+    showResult(card, result);
+  } else if (result && result.error) {
+    showError(card, titleFor(response.status), sentence(result.error));
+  } else if (body && body.error) {
+    showError(card, titleFor(response.status), sentence(body.error));
+  } else {
+    showError(card, titleFor(response.status),
+      response.status === 413 ? `The server refused a file this large (limit ${mib(page.limits.maxUpload)}).`
+        : `The server answered with an unexpected error (HTTP ${response.status}).`);
+  }
+}
+
+function titleFor(status) {
+  return {
+    400: "Not a usable image", 413: "Too large", 415: "Format not supported",
+    500: "The server failed on this image",
+  }[status] || "Could not analyse this image";
+}
+
+function sentence(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1) + (/[.!?]$/.test(text) ? "" : ".");
+}
+
+function showError(card, title, message) {
+  card.classList.add("failed");
+  const box = el("div", "error-box");
+  box.append(el("strong", "", title), el("span", "", message));
+  card.querySelector(".verdict").replaceChildren(box);
+}
+
+// ---- one result ----------------------------------------------------------------------------
+
+function showResult(card, result) {
+  const verdict = card.querySelector(".verdict");
+  verdict.replaceChildren(
+    section("Detected emotions", emotionChips(result.predicted_emotions), "detected"),
+    section("Emotion scores", scoreBars(result.emotion_scores, result.predicted_emotions), "scores"),
+    section("Suggested reactions", emojiList(result.allowed_emojis, "allowed",
+      "No reaction is safe to suggest."), "allowed-section"),
+    section("Blocked reactions", emojiList(result.blocked_emojis, "blocked", "Nothing is blocked."),
+      "blocked-section"),
+    section(`Nearest indexed images (${result.neighbours.length})`, neighbourGrid(result.neighbours), "near"),
+  );
+  card.dataset.predicted = result.predicted_emotions.join(",");
+  requestAnimationFrame(() => {
+    for (const fill of verdict.querySelectorAll(".bar-fill")) fill.style.width = fill.dataset.width;
+  });
+}
+
+function section(title, body, extra) {
+  const node = el("section", extra || "");
+  node.append(el("h3", "", title), body);
+  return node;
+}
+
+function emotionChips(predicted) {
+  const chips = el("div", "chips emotions");
+  if (!predicted.length) {
+    chips.append(el("span", "chip none", "No emotion passed its threshold"));
+  }
+  for (const label of predicted) {
+    const chip = el("span", "chip", label);
+    chip.style.setProperty("--tone", tone(label));
+    chips.append(chip);
+  }
+  return chips;
+}
+
+function scoreBars(scores, predicted) {
+  const wrap = el("div");
+  const bars = el("div", "bars");
+  for (const [label, score] of Object.entries(scores)) {
+    const on = predicted.includes(label);
+    const track = el("div", "bar-track");
+    track.setAttribute("role", "meter");
+    track.setAttribute("aria-label", label);
+    track.setAttribute("aria-valuemin", "0");
+    track.setAttribute("aria-valuemax", "1");
+    track.setAttribute("aria-valuenow", String(score));
+    const fill = el("div", on ? "bar-fill on" : "bar-fill");
+    fill.dataset.width = `${(score * 100).toFixed(1)}%`;
+    fill.style.setProperty("--tone", tone(label));
+    track.append(fill);
+    if (label in page.thresholds) {
+      const tick = el("div", "bar-threshold");
+      tick.style.left = `${(page.thresholds[label] * 100).toFixed(1)}%`;
+      tick.title = `threshold ${page.thresholds[label].toFixed(2)}`;
+      track.append(tick);
+    }
+    bars.append(el("span", on ? "bar-label on" : "bar-label", label), track,
+      el("span", on ? "bar-value on" : "bar-value", score.toFixed(2)));
+  }
+  wrap.append(bars);
+  if (Object.keys(page.thresholds).length) {
+    wrap.append(el("p", "legend muted", "The thin mark on each bar is the label's decision threshold."));
+  }
+  return wrap;
+}
+
+function emojiList(emojis, kind, emptyText) {
+  const list = el("div", `emojis ${kind}`);
+  if (!emojis.length) list.append(el("span", "empty", emptyText));
+  for (const emoji of emojis) {
+    const item = el("span", "emoji");
+    item.append(el(kind === "blocked" ? "s" : "span", "glyph", emoji));
+    item.title = kind === "blocked" ? `${emoji} is blocked for this image` : `${emoji} fits this image`;
+    list.append(item);
+  }
+  return list;
+}
+
+function neighbourGrid(neighbours) {
+  const grid = el("div", "neighbours");
+  if (!neighbours.length) grid.append(el("span", "empty", "The index is empty."));
+  for (const n of neighbours) {
+    const figure = el("figure", "neighbour");
+    const thumb = el("div", "thumb");
+    const img = el("img");
+    img.loading = "lazy";
+    img.alt = `indexed image ${n.id}${n.labels.length ? ` (${n.labels.join(", ")})` : ""}`;
+    img.addEventListener("error", () => {
+      thumb.classList.add("broken");
+      img.remove();
+    });
+    img.src = `/api/images/${encodeURIComponent(n.id)}/thumbnail`;
+    thumb.append(img);
+    const caption = el("figcaption");
+    caption.append(el("span", "labels", n.labels.length ? n.labels.join(" + ") : "unlabelled"),
+      el("span", "sim", n.similarity.toFixed(3)));
+    caption.title = `id ${n.id} · ${n.split} · cosine similarity ${n.similarity.toFixed(3)}`;
+    figure.append(thumb, caption);
+    grid.append(figure);
+  }
+  return grid;
+}
+
+// ---- wiring --------------------------------------------------------------------------------
+
+function clearResults() {
+  page.queue.length = 0;
+  for (const card of document.querySelectorAll("#results .card")) {
+    if (card.dataset.objectUrl) URL.revokeObjectURL(card.dataset.objectUrl);
+  }
+  document.getElementById("results").replaceChildren();
+  document.getElementById("clear").disabled = true;
+  showNotice("");
+}
+
+function wire() {
+  const input = document.getElementById("file-input");
+  const zone = document.getElementById("dropzone");
+  input.addEventListener("change", () => {
+    addFiles(input.files);
+    input.value = "";
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (event) => {
+      event.preventDefault();
+      zone.classList.add("over");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    zone.addEventListener(type, () => zone.classList.remove("over"));
+  }
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    addFiles(event.dataTransfer.files);
+  });
+  // A file dropped beside the zone must not make the browser navigate away from the page.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+  document.getElementById("clear").addEventListener("click", clearResults);
+}
+
+wire();
+loadStatus();
+loadPolicy();
