@@ -118,3 +118,19 @@ def test_store_search_is_cosine_over_stored_vectors(store_path):
     assert list(ids[:, 0]) == [0, 1, 2, 3, 4]
     ref_scores, _ = brute_force_search(vectors, vectors[:5], 3)
     assert np.allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_torch_exact_search_matches_faiss_flat():
+    import torch
+
+    from index.search import TorchFlatIndex
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(3000, 48)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:40] + 0.1 * rng.normal(size=(40, 48)).astype(np.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scores, ids = search(TorchFlatIndex(vectors, device), queries, 10)
+    ref_scores, ref_ids = search(build_index(vectors), queries, 10)
+    assert np.array_equal(ids, ref_ids)
+    assert np.allclose(scores, ref_scores, atol=1e-5)
