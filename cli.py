@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import platform
 import sys
 from pathlib import Path
@@ -45,7 +46,9 @@ _model_options = [
     click.option("--pretrained", default=None,
                  help="open_clip pretrained tag, local weights file/folder, 'emoreact' (bundled) or 'none' "
                       f"(random, seeded). Default: bundled weights, else {DEFAULT_PRETRAINED} for {DEFAULT_MODEL}."),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
+    click.option("--device", default="auto", show_default=True,
+                 help="auto, cpu, cuda[:N]; for embed also a comma-separated list or cuda:all "
+                      "(one process per device, same store as one process)."),
 ]
 _labels_option = click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
                               help="Label config TOML (labels, prompts, emoji policy); default: bundled.")
@@ -232,8 +235,15 @@ def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
 @_friendly
 def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, k_default, device, pretrained,
           labels_path) -> None:
-    """Serve the upload page and the JSON API with waitress; the model is loaded once, at start."""
-    from web import WebConfig, create_app, make_server
+    """Serve the upload page and the JSON API with waitress; the model is loaded once, at start.
+
+    SIGHUP (kill -HUP PID) reloads the store and head from the same paths: requests already running
+    finish on the old ones, new requests get the new ones. If they do not load (corrupt or half-written
+    files), the error is logged and the previous store and head keep serving. To switch stores, point
+    --store at a symlink, re-point it, then send SIGHUP. /healthz shows the index size served and how
+    the last reload went.
+    """
+    from web import WebConfig, create_app, make_server, reload_on_sighup
 
     config = WebConfig(store=Path(store_path), head=Path(head_path), device=device,
                        labels=Path(labels_path) if labels_path else None, pretrained=pretrained,
@@ -241,9 +251,10 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
     app = create_app(config)
     server = make_server(app, host, port, threads)
     model_id = app.extensions["emoreact"].predictor.store.model_id
-    click.echo(f"EmoReact ({model_id}) on http://{host}:{server.effective_port}/  API docs: /docs  "
-               "(Ctrl+C stops)")
-    server.run()
+    with reload_on_sighup(app) as reloads:
+        keys = f"Ctrl+C stops, kill -HUP {os.getpid()} reloads" if reloads else "Ctrl+C stops"
+        click.echo(f"EmoReact ({model_id}) on http://{host}:{server.effective_port}/  API docs: /docs  ({keys})")
+        server.run()
 
 
 @main.command()

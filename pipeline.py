@@ -18,6 +18,7 @@ import torch
 from embed import (Backbone, EmbedConfig, EmbedReport, ImageError, ModelSpec, decode_image, load_backbone,
                    read_source, run_embed_job)
 from embed.images import DEFAULT_MAX_PIXELS
+from embed.parallel import run_sharded_embed_job
 from heads import (EmotionHead, HeadConfig, LabelConfig, decide, emoji_policy, fit_head, label_text_embeddings,
                    load_label_config, report, write_plots, zero_shot_head)
 from index import Store, StoreError, atomic_write_text
@@ -29,18 +30,30 @@ def embed_source(source: str | Path, store_path: str | Path, spec: ModelSpec, la
                  fmt: str = "auto", device: str = "auto", config: EmbedConfig = EmbedConfig()) -> EmbedReport:
     """Embeds a folder/manifest/dataset copy into a store (created or resumed); gives the report."""
     records = read_source(source, labels, fmt)
-    backbone = load_backbone(spec, device)
+    devices = _devices(device)
+    backbone = load_backbone(spec, devices[0])
     store = Store.create_or_resume(store_path, backbone.spec.model_id, backbone.dim,
                                    {**backbone.preprocess.to_json(), "model": spec.model,
                                     "pretrained": spec.pretrained}, labels.names)
     try:
-        report_ = run_embed_job(records, store, backbone, config)
+        if len(devices) > 1:
+            del backbone  # each device's process loads its own
+            report_ = run_sharded_embed_job(records, store, spec, devices, config)
+        else:
+            report_ = run_embed_job(records, store, backbone, config)
     finally:
         store.close()
     atomic_write_text(Path(store_path) / "report.json", json.dumps(
         {**report_.to_json(), "skipped_files": [{"path": p, "reason": r} for p, r in _skipped(store_path)]},
         indent=2, ensure_ascii=False) + "\n")
     return report_
+
+
+def _devices(device: str) -> list[str]:
+    """Gives the devices of `--device`: one name, a comma-separated list, or cuda:all (every GPU)."""
+    if device == "cuda:all":
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cuda"]
+    return [d.strip() for d in device.split(",") if d.strip()] or ["auto"]
 
 
 def _skipped(store_path) -> list[tuple[str, str]]:

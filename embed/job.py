@@ -98,11 +98,11 @@ def _collate(items: list[dict]) -> list[dict]:
 
 
 def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
-                  config: EmbedConfig = EmbedConfig()) -> EmbedReport:
-    """Embeds the records not yet in `store`, records skipped files, and finishes the store."""
+                  config: EmbedConfig = EmbedConfig(), known: set[str] = frozenset()) -> EmbedReport:
+    """Embeds the records not yet in `store` (nor in `known`), records skipped files, finishes the store."""
     report = EmbedReport()
     start = time.perf_counter()
-    known = store.known_hashes()
+    known = store.known_hashes() | set(known)
     fast = config.fast_jpeg if config.fast_jpeg is not None else backbone.device.type == "cuda"
     dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast)
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
@@ -124,7 +124,7 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
             elif "error" in item:
                 skipped.append((str(record.path), item["sha"], item["error"]))
             elif item["sha"] in seen:
-                skipped.append((str(record.path), None, f"duplicate of {seen[item['sha']]}"))
+                skipped.append((str(record.path), item["sha"], f"duplicate of {seen[item['sha']]}"))
             else:
                 seen[item["sha"]] = str(record.path)
                 good.append((record, item))

@@ -134,3 +134,19 @@ def test_torch_exact_search_matches_faiss_flat():
     ref_scores, ref_ids = search(build_index(vectors), queries, 10)
     assert np.array_equal(ids, ref_ids)
     assert np.allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_sharded_run_over_two_processes_equals_a_single_process_run(tmp_path, label_config):
+    from pipeline import embed_source
+
+    make_images(tmp_path / "src", 9)
+    (tmp_path / "src" / "copy.png").write_bytes((tmp_path / "src" / "000.png").read_bytes())
+    (tmp_path / "src" / "bad.jpg").write_text("not an image")
+    for name, device in (("single", "cpu"), ("sharded", "cpu,cpu")):
+        report = embed_source(tmp_path / "src", tmp_path / name, TINY, label_config, device=device, config=FAST_EMBED)
+        assert report.added == 9 and sum(report.skipped.values()) == 2
+    single, sharded = Store.open(tmp_path / "single"), Store.open(tmp_path / "sharded")
+    assert [(i.path, i.sha256, i.split) for i in single.items()] == [(i.path, i.sha256, i.split) for i in sharded.items()]
+    assert np.array_equal(single.vectors(), sharded.vectors())
+    assert single.skipped() == sharded.skipped()
+    assert not (tmp_path / "sharded" / ".parts").exists()

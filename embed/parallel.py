@@ -1,0 +1,94 @@
+"""Several devices on one machine: one process per device over disjoint shards of the input.
+
+Each process embeds its shard into a part store beside the target; the parts are then merged in
+the order of the input, so the store is the one a single-process run would have written.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from index import Store
+
+from .job import EmbedConfig, EmbedReport, _reason_kind, run_embed_job, split_for
+from .models import ModelSpec, load_backbone
+from .readers import Record
+
+log = logging.getLogger(__name__)
+
+
+def run_sharded_embed_job(records: list[Record], store: Store, spec: ModelSpec, devices: list[str],
+                          config: EmbedConfig = EmbedConfig()) -> EmbedReport:
+    """Embeds `records` on each of `devices` in parallel and merges the results into `store`."""
+    parts_root = store.root / ".parts"
+    shutil.rmtree(parts_root, ignore_errors=True)  # parts of an interrupted run: redone from scratch
+    known = store.known_hashes()
+    jobs = [(records[i::len(devices)], parts_root / str(i), spec, device, config, known, store.labels)
+            for i, device in enumerate(devices)]
+    # spawn, not fork: each process initialises its own CUDA context.
+    with ProcessPoolExecutor(len(devices), mp_context=get_context("spawn")) as pool:
+        reports = list(pool.map(_embed_part, jobs))
+    report = _merge(records, store, [Store.open(job[1]) for job in jobs], config.shard_size)
+    report.seconds = max(r.seconds for r in reports)
+    shutil.rmtree(parts_root, ignore_errors=True)
+    return report
+
+
+def _embed_part(job) -> EmbedReport:
+    records, path, spec, device, config, known, labels = job
+    backbone = load_backbone(spec, device)
+    part = Store.create_or_resume(path, backbone.spec.model_id, backbone.dim, {}, labels)
+    report = run_embed_job(records, part, backbone, replace(config, progress=False), known)
+    part.close()
+    return report
+
+
+def _merge(records: list[Record], store: Store, parts: list[Store], shard_size: int) -> EmbedReport:
+    """Adds the parts' rows and skips to `store` in input order, as one process would have."""
+    done, skipped, sizes = {}, {}, {}
+    for part in parts:
+        vectors = part.vectors()
+        done |= {item.path: (item, vectors[item.id]) for item in part.items()}
+        sizes |= dict(part._query("SELECT path, bytes FROM images"))
+        skipped |= {path: (sha, reason) for path, sha, reason in part._query("SELECT path, sha256, reason FROM skipped")}
+    report = EmbedReport()
+    seen: dict[str, str] = {}
+    rows, vectors, skips = [], [], []
+    for record in records:
+        path = str(record.path)
+        if path in done:
+            item, vector = done[path]
+            if item.sha256 in seen:
+                skips.append((path, item.sha256, f"duplicate of {seen[item.sha256]}"))
+                continue
+            seen[item.sha256] = path
+            rows.append({"path": path, "sha256": item.sha256, "labels": record.labels,
+                         "split": record.split or split_for(item.sha256), "width": item.width,
+                         "height": item.height, "bytes": sizes[path]})
+            vectors.append(vector)
+        elif path in skipped:
+            sha, reason = skipped[path]
+            if reason.startswith("duplicate of") and sha in seen:
+                reason = f"duplicate of {seen[sha]}"
+            skips.append((path, sha, reason))
+        else:
+            report.already_present += 1
+        if len(rows) >= shard_size:
+            store.add(rows, np.stack(vectors))
+            report.added += len(rows)
+            rows, vectors = [], []
+    if rows:
+        store.add(rows, np.stack(vectors))
+        report.added += len(rows)
+    store.add_skipped(skips)
+    report.skipped.update(_reason_kind(reason) for _, _, reason in skips)
+    store.finish()
+    for part in parts:
+        part.close()
+    return report
