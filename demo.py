@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_MODEL = ModelSpec("emoreact-emoji-s", "emoreact")
+DEMO_LABELS = DEMO_DIR / "labels.toml"  # the default config with prompts in emoji vocabulary
 STYLES = ("google", "twitter", "openmoji")
 VAL_SHARE = 15  # percent of emojis (all their styles) kept for validation, chosen by hexcode hash
 MIN_SUPPORT = 10  # per-label F1 targets apply to labels with at least this many test images
