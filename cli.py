@@ -230,11 +230,13 @@ def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
 @click.option("--k", "k_default", default=5, show_default=True, type=click.IntRange(0, 100),
               help="Neighbours per image when a request names no k.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--micro-batch/--no-micro-batch", default=None,
+              help="Run concurrent requests' model calls as one batch (default: on a GPU only).")
 @click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
 @_labels_option
 @_friendly
-def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, k_default, device, pretrained,
-          labels_path) -> None:
+def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, k_default, device, micro_batch,
+          pretrained, labels_path) -> None:
     """Serve the upload page and the JSON API with waitress; the model is loaded once, at start.
 
     SIGHUP (kill -HUP PID) reloads the store and head from the same paths: requests already running
@@ -247,13 +249,15 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
 
     config = WebConfig(store=Path(store_path), head=Path(head_path), device=device,
                        labels=Path(labels_path) if labels_path else None, pretrained=pretrained,
-                       max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, k_default=k_default)
+                       max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, k_default=k_default,
+                       micro_batch=micro_batch)
     app = create_app(config)
     server = make_server(app, host, port, threads)
     model_id = app.extensions["emoreact"].predictor.store.model_id
     with reload_on_sighup(app) as reloads:
         keys = f"Ctrl+C stops, kill -HUP {os.getpid()} reloads" if reloads else "Ctrl+C stops"
-        click.echo(f"EmoReact ({model_id}) on http://{host}:{server.effective_port}/  API docs: /docs  ({keys})")
+        bound = getattr(server, "effective_port", port)  # a multi-address server has no single port
+        click.echo(f"EmoReact ({model_id}) on http://{host}:{bound}/  API docs: /docs  ({keys})")
         server.run()
 
 

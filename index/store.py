@@ -117,11 +117,15 @@ class Store:
         if not db.exists():
             raise StoreError(f"{db} is missing; rebuild the store with `cli.py embed`")
         store = cls(root, manifest, _connect(db, readonly=True))
-        rows = store._scalar("SELECT COUNT(*) FROM images")
-        if rows != manifest["count"]:
-            raise StoreError(f"{manifest_path}: manifest counts {manifest['count']} images but {db} holds {rows}; "
-                             "an embed job did not finish: run it again to complete the store")
-        store._load_index()
+        try:
+            rows = store._scalar("SELECT COUNT(*) FROM images")
+            if rows != manifest["count"]:
+                raise StoreError(f"{manifest_path}: manifest counts {manifest['count']} images but {db} holds "
+                                 f"{rows}; an embed job did not finish: run it again to complete the store")
+            store._load_index()
+        except StoreError:
+            store.close()
+            raise
         return store
 
     # ---- reading -------------------------------------------------------------------------

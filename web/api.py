@@ -1,13 +1,18 @@
 """The JSON API under /api, and /healthz. Views are thin: the work happens in `pipeline.Predictor`."""
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from flask import abort, current_app, jsonify, request
+from flask import abort, current_app, g, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
-from embed import ImageError, decode_image
+from embed import ImageError, ModelLoadError, decode_image
+from heads import ConfigError, HeadError
+from index import StoreError
 
 from . import schemas as s
 from .config import WebConfig
@@ -16,23 +21,69 @@ from .thumbnails import ThumbnailMissing, Thumbnails
 if TYPE_CHECKING:
     from pipeline import Predictor
 
+log = logging.getLogger(__name__)
+
 STATUS_OF_KIND = {"invalid": 400, "unsupported": 415, "too_large": 413}  # ImageError.kind -> HTTP status
 EMOJI_RULE = ("allowed = union of the predicted labels' allowed emojis, minus every emoji that any "
               "predicted label blocks; blocked = union of their blocked emojis")
+_LOAD_ERRORS = (StoreError, HeadError, ModelLoadError, ConfigError, OSError, ValueError)  # bad files, not bugs
 
 
 @dataclass(frozen=True)
-class Resources:
-    """What the views share, loaded once per app and kept in `app.extensions["emoreact"]`."""
+class Reload:
+    """What one reload did."""
 
-    config: WebConfig
-    predictor: "Predictor"
-    thumbnails: Thumbnails
+    ok: bool  # whether the newly loaded store and head are now served
+    message: str  # what is served now, or why the load failed (naming the bad file)
+    at: str  # when it finished, ISO 8601 UTC
+
+
+class Resources:
+    """What the views share, kept in `app.extensions["emoreact"]`; `reload()` swaps in a new predictor."""
+
+    def __init__(self, config: WebConfig, predictor: "Predictor", thumbnails: Thumbnails) -> None:
+        self.config, self.thumbnails = config, thumbnails
+        self._predictor = predictor
+        self._reloading = threading.Lock()  # one reload at a time; requests never wait for it
+        self.last_reload: Reload | None = None
+
+    @property
+    def predictor(self) -> "Predictor":
+        """The predictor that new requests use; a reload replaces it, it never changes in place."""
+        return self._predictor
+
+    def reload(self) -> Reload:
+        """Loads store and head again through `config.loader`; serves them only if they load; says how it went."""
+        with self._reloading:
+            try:
+                predictor = self.config.loader(self.config)
+            except Exception as exc:  # noqa: BLE001 - whatever broke, the previous predictor keeps serving
+                (log.error if isinstance(exc, _LOAD_ERRORS) else log.exception)(
+                    "reload failed, still serving the previous store and head: %s", exc)
+                result = Reload(False, f"reload failed, still serving the previous store and head: {exc}", _now())
+            else:
+                # One reference swap: requests already running hold the old predictor and finish on it.
+                self._predictor = predictor
+                result = Reload(True, f"reloaded: now serving {len(predictor.store)} indexed images", _now())
+                log.info("%s", result.message)
+            self.last_reload = result
+            return result
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def resources() -> Resources:
     """Gives the current app's config, predictor and thumbnail cache."""
     return current_app.extensions["emoreact"]
+
+
+def predictor() -> "Predictor":
+    """Gives the predictor of this request: the one served when it first asked, even if a reload swaps it."""
+    if "emoreact_predictor" not in g:
+        g.emoreact_predictor = resources().predictor
+    return g.emoreact_predictor
 
 
 def predict(form: s.ImageForm, query: s.KQuery):
@@ -42,12 +93,12 @@ def predict(form: s.ImageForm, query: s.KQuery):
     `{"filename", "error", "kind", "status"}` entry. When no file could be used the answer takes
     that file's status (400 not an image, 415 unsupported format, 413 too many pixels).
     """
-    res = resources()
-    if len(form.image) > res.config.max_files:
-        abort(413, f"{len(form.image)} files in one request; send at most {res.config.max_files} at a time")
+    config = resources().config
+    if len(form.image) > config.max_files:
+        abort(413, f"{len(form.image)} files in one request; send at most {config.max_files} at a time")
     k = _k(form.k if form.k is not None else query.k, minimum=0)
     files = [(_filename(f, i), f.read()) for i, f in enumerate(form.image)]
-    results = [_with_status(r) for r in res.predictor.predict_files(files, k)]
+    results = [_with_status(r) for r in predictor().predict_files(files, k)]
     failed = [r for r in results if "error" in r]
     if len(failed) < len(results):
         return jsonify(results=results)
@@ -63,9 +114,10 @@ def predict(form: s.ImageForm, query: s.KQuery):
 
 def neighbours_of_id(query: s.NeighboursQuery):
     """The k indexed images nearest to an indexed image (itself left out), most similar first."""
+    _sent_once("id")
     k = _k(query.k, minimum=1)
     try:
-        near = resources().predictor.neighbours_of_id(query.id, k)
+        near = predictor().neighbours_of_id(query.id, k)
     except KeyError:
         abort(404, _unknown_id(query.id))
     return jsonify(id=query.id, neighbours=near)
@@ -75,14 +127,14 @@ def neighbours_of_upload(form: s.OneImageForm):
     """The k indexed images nearest to one uploaded image, most similar first."""
     if len(request.files.getlist("image")) > 1:
         abort(400, "send exactly one image to /api/neighbours; /api/predict takes many")
-    predictor = resources().predictor
+    served = predictor()
     k = _k(form.k, minimum=1)
     name = _filename(form.image, 0)
     try:
-        image = decode_image(form.image.read(), predictor.max_pixels)
+        image = decode_image(form.image.read(), served.max_pixels)
     except ImageError as exc:
         abort(STATUS_OF_KIND[exc.kind], f"{name}: {exc}")
-    near = predictor.neighbours(predictor.embed([image]), k)[0]
+    near = served.neighbours(served.embed([image]), k)[0]
     return jsonify(image=name, neighbours=near)
 
 
@@ -90,7 +142,7 @@ def thumbnail(path: s.ImagePath):
     """A JPEG thumbnail of an indexed image, found by its id (never by a file path)."""
     res = resources()
     try:
-        [item] = res.predictor.store.items([path.image_id])
+        [item] = predictor().store.items([path.image_id])
     except KeyError:
         abort(404, _unknown_id(path.image_id))
     try:
@@ -106,7 +158,7 @@ def thumbnail(path: s.ImagePath):
 
 def labels():
     """The labels, their decision thresholds and the emoji policy in force."""
-    head = resources().predictor.head
+    head = predictor().head
     policy = [{"name": spec.name, "allowed": list(spec.allowed), "blocked": list(spec.blocked),
                "threshold": round(float(t), 4)} for spec, t in zip(head.label_config.labels, head.thresholds_)]
     return jsonify(model_id=head.model_id, head=head.config.kind, rule=EMOJI_RULE, labels=policy)
@@ -120,11 +172,12 @@ def openapi_document():
 def health():
     """Whether the server is up, and what it serves: model, index size, device and limits."""
     res = resources()
-    predictor, config = res.predictor, res.config
-    return jsonify(status="ok", model_id=predictor.store.model_id, index_size=len(predictor.store),
-                   device=str(predictor.backbone.device), head=predictor.head.config.kind,
-                   labels=predictor.labels, max_upload_bytes=config.max_upload_bytes,
-                   max_files=config.max_files, k_default=config.k_default)
+    served, config, reload = predictor(), res.config, res.last_reload
+    return jsonify(status="ok", model_id=served.store.model_id, index_size=len(served.store),
+                   device=str(served.backbone.device), head=served.head.config.kind,
+                   labels=served.labels, max_upload_bytes=config.max_upload_bytes,
+                   max_files=config.max_files, k_default=config.k_default,
+                   last_reload=None if reload is None else {"ok": reload.ok, "at": reload.at})
 
 
 def api_blueprint() -> APIBlueprint:
@@ -155,11 +208,18 @@ def _errors(*codes: int) -> dict:
 
 
 def _k(asked: int | None, minimum: int) -> int:
+    _sent_once("k")
     config = resources().config
     k = max(config.k_default, minimum) if asked is None else asked
     if not minimum <= k <= config.k_max:
         abort(400, f"k={k} is out of range; ask for {minimum} to {config.k_max} neighbours")
     return k
+
+
+def _sent_once(name: str) -> None:
+    # The request models see only the first of repeated fields; k=1&k=100 is ambiguous, so refused.
+    if len(request.args.getlist(name)) > 1 or len(request.form.getlist(name)) > 1:
+        abort(400, f"{name} was sent more than once; send it once")
 
 
 def _filename(upload, position: int) -> str:
@@ -175,5 +235,5 @@ def _with_status(result: dict) -> dict:
 
 
 def _unknown_id(image_id: int) -> str:
-    size = len(resources().predictor.store)
+    size = len(predictor().store)
     return f"no indexed image has id {image_id}; " + (f"ids run from 0 to {size - 1}" if size else "the index is empty")

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from .api import Resources, api_blueprint, health, resources
-from .config import MiB, WebConfig
+from .config import WebConfig, describe_size
 from .page import page_blueprint
 from .schemas import ErrorBody, Health
 from .thumbnails import Thumbnails
@@ -24,6 +24,7 @@ Every error answers JSON `{"error": "..."}`: 400 bad request (no file, not an im
 404 unknown route or id, 405 wrong method, 413 upload over the size, file-count or pixel limit,
 415 an image format other than JPEG, PNG, WebP or GIF. `GET /healthz` tells the limits in force."""
 
+_SPARE_FORM_PARTS = 8  # form parts allowed beyond max_files: k, and fields a client adds that are ignored
 _MISSING = {  # what to say when a required field is absent
     "image": "no image was sent: attach one or more files in the multipart form field 'image'",
     "id": "no id was given: ask for /api/neighbours?id=ID with the id of an indexed image",
@@ -35,9 +36,13 @@ def create_app(config: WebConfig | Mapping | None = None) -> OpenAPI:
     config = _as_config(config)
     app = OpenAPI(__name__, info=Info(title="EmoReact API", version=_version(), description=_DESCRIPTION),
                   doc_prefix="/docs", doc_url="/openapi.json", validation_error_status=400,
+                  security_schemes={},  # the default, None, is written as `"securitySchemes": null`: invalid OpenAPI
                   validation_error_model=ErrorBody, validation_error_callback=_validation_error)
     # Werkzeug enforces this on every body, streamed (chunked) ones included, before a view reads it.
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
+    # A form holds at most max_files images and k; werkzeug stops parsing at the first part over this
+    # and answers 413, so thousands of tiny parts cost no more than a normal upload.
+    app.config["MAX_FORM_PARTS"] = config.max_files + _SPARE_FORM_PARTS
     app.json.sort_keys = False  # emotion_scores stay in label order, as the CLI prints them
     app.json.ensure_ascii = False  # emojis as emojis
     app.extensions["emoreact"] = Resources(
@@ -83,17 +88,12 @@ def _message(exc: HTTPException) -> str:
     if exc.code == 413:
         limit = resources().config.max_upload_bytes
         if request.content_length is not None and request.content_length <= limit:
-            return ("the form has too many parts or an over-long text field; send the images in the field "
-                    "'image' and k as a number")
-        return f"the upload is larger than the limit of {_size(limit)} per request; send fewer or smaller images"
+            parts = current_app.config["MAX_FORM_PARTS"]
+            return (f"the form has more than {parts} parts or an over-long text field; send at most "
+                    f"{resources().config.max_files} images in the field 'image' and k as a number")
+        return (f"the upload is larger than the limit of {describe_size(limit)} per request; "
+                "send fewer or smaller images")
     return f"{exc.name}: {exc.description}"
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("MiB", MiB), ("KiB", 1024)):
-        if n >= scale:
-            return f"{round(n / scale, 1):g} {unit}"
-    return f"{n} bytes"
 
 
 def _unexpected_error(exc: Exception) -> Response | tuple[Response, int]:

@@ -13,6 +13,14 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 
 
+def describe_size(n: int) -> str:
+    """Gives a byte count as people read it: "32 MiB", "19.5 KiB", "512 bytes"."""
+    for unit, scale in (("MiB", MiB), ("KiB", 1024)):
+        if n >= scale:
+            return f"{round(n / scale, 1):g} {unit}"
+    return f"{n} bytes"
+
+
 def load_predictor(config: "WebConfig") -> "Predictor":
     """Gives the predictor (backbone, store, head) named by the config, loaded once per app."""
     from pipeline import Predictor
@@ -20,7 +28,7 @@ def load_predictor(config: "WebConfig") -> "Predictor":
     if config.store is None or config.head is None:
         raise ValueError("the web app needs both a store and a head; pass --store STORE --head HEAD")
     return Predictor.load(config.store, config.head, config.device, config.labels, config.pretrained,
-                          config.max_pixels)
+                          config.max_pixels, config.micro_batch)
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class WebConfig:
     device: str = "auto"  # auto | cpu | cuda[:N]
     labels: Path | None = None  # another label config TOML: swaps the emoji policy, same labels
     pretrained: str | None = None  # the store's weights, if they moved since embedding
+    micro_batch: bool | None = None  # run concurrent requests' model calls as one batch; None: on a GPU only
     max_upload_bytes: int = 32 * MiB  # whole request body; over it answers 413, also for chunked bodies
     max_files: int = 32  # images per request; more answers 413
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked before decoding; over it answers 413

@@ -1,10 +1,12 @@
 """Request and response shapes of the API: they validate requests and write the OpenAPI document."""
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from flask_openapi3 import FileStorage
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 from werkzeug.datastructures import FileStorage as WerkzeugFile
 
 SQLITE_MAX_ID = 2**63 - 1  # ids are SQLite integers; a larger one can name no image
@@ -20,6 +22,18 @@ def _must_be_file(value):
 Upload = Annotated[FileStorage, AfterValidator(_must_be_file)]
 
 
+def _written_in_digits(value):
+    # flask-openapi3 reads form fields as JSON and pydantic converts leniently: without this check
+    # k=true would mean 1, k=1e1 10 and k=1_0 10. A number is written in digits, or refused.
+    if isinstance(value, (bool, float)) or (isinstance(value, str) and not _INTEGER.fullmatch(value)):
+        raise PydanticCustomError("int_digits", "Input should be an integer written in digits, like 5")
+    return value
+
+
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+Whole = Annotated[int, BeforeValidator(_written_in_digits)]
+
+
 class ErrorBody(BaseModel):
     """Every error answer: one sentence saying what went wrong and how to fix it."""
 
@@ -31,23 +45,23 @@ class ImageForm(BaseModel):
 
     image: list[Upload] = Field(description="one or more image files (JPEG, PNG, WebP or GIF), "
                                                  "each in its own part named 'image'")
-    k: int | None = Field(None, ge=0, description="neighbours per image (default: the server's)")
+    k: Whole | None = Field(None, ge=0, description="neighbours per image (default: the server's)")
 
 
 class OneImageForm(BaseModel):
     """A multipart upload of exactly one image."""
 
     image: Upload = Field(description="one image file (JPEG, PNG, WebP or GIF)")
-    k: int | None = Field(None, ge=1, description="neighbours to return (default: the server's)")
+    k: Whole | None = Field(None, ge=1, description="neighbours to return (default: the server's)")
 
 
 class KQuery(BaseModel):
-    k: int | None = Field(None, ge=0, description="neighbours per image; the form field wins if both are sent")
+    k: Whole | None = Field(None, ge=0, description="neighbours per image; the form field wins if both are sent")
 
 
 class NeighboursQuery(BaseModel):
-    id: int = Field(ge=0, le=SQLITE_MAX_ID, description="id of an indexed image (from a neighbours list)")
-    k: int | None = Field(None, ge=1, description="neighbours to return (default: the server's)")
+    id: Whole = Field(ge=0, le=SQLITE_MAX_ID, description="id of an indexed image (from a neighbours list)")
+    k: Whole | None = Field(None, ge=1, description="neighbours to return (default: the server's)")
 
 
 class ImagePath(BaseModel):
@@ -116,6 +130,13 @@ class LabelsResponse(BaseModel):
     labels: list[LabelPolicy]
 
 
+class LastReload(BaseModel):
+    """The latest reload (SIGHUP); the reason for a failure is in the server's log."""
+
+    ok: bool = Field(description="false: the new store or head did not load, the previous ones still serve")
+    at: str = Field(description="when it finished, ISO 8601 UTC")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model_id: str
@@ -126,3 +147,4 @@ class Health(BaseModel):
     max_upload_bytes: int
     max_files: int
     k_default: int
+    last_reload: LastReload | None = Field(None, description="null until the server has been asked to reload")
