@@ -294,7 +294,8 @@ def _read_manifest(path: Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise StoreError(f"{path} is unreadable ({exc}); rebuild the store with `cli.py embed`") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
-        raise StoreError(f"{path} is not an EmoReact store manifest (format {manifest.get('format')!r})")
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise StoreError(f"{path} is not an EmoReact store manifest (format {found!r})")
     if manifest.get("format_version") != STORE_VERSION:
         raise StoreError(f"{path}: store format version {manifest.get('format_version')} is not supported "
                          f"(this EmoReact reads version {STORE_VERSION}); rebuild the store")

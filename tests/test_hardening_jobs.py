@@ -101,6 +101,9 @@ def test_corrupt_metadata_and_manifest_are_refused_naming_the_file(tmp_path, sto
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(StoreError, match="manifest.json is unreadable"):
         Store.open(copy)
+    (copy / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(StoreError, match="not an EmoReact store manifest"):
+        Store.open(copy)
     shutil.copy(store_path / "manifest.json", copy / "manifest.json")
     (copy / "metadata.sqlite").write_bytes(b"garbage" * 100)
     with pytest.raises(StoreError, match="metadata.sqlite"):
