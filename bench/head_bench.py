@@ -17,7 +17,8 @@ def make_data(count: int, dim: int = 512, labels: int = 8, seed: int = 0):
     directions = rng.normal(size=(labels, dim))
     y = (rng.random((count, labels)) < np.linspace(0.3, 0.03, labels)).astype(np.float32)
     y[y.sum(1) == 0, -1] = 1
-    x = 4 * common + y @ directions * 0.9 + rng.normal(size=(count, dim)) * 1.6
+    # Signal and noise set so that neither head is near a perfect score (macro-F1 about 0.95).
+    x = 4 * common + y @ directions * 0.35 + rng.normal(size=(count, dim)) * 2.0
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), y
 

@@ -22,13 +22,17 @@ def decide(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 def f1_per_threshold(probs: np.ndarray, targets: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:
     """Gives (T, L) F1 of each label at each threshold of `grid` (labels decided independently)."""
-    pred = probs[None, :, :] >= grid[:, None, None]  # (T, N, L)
-    truth = targets.astype(bool)[None]
-    tp = (pred & truth).sum(axis=1)
-    fp = (pred & ~truth).sum(axis=1)
-    fn = (~pred & truth).sum(axis=1)
-    denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    truth = targets.astype(bool)
+    f1 = np.zeros((len(grid), probs.shape[1]))
+    for j in range(probs.shape[1]):
+        # Counting scores at or over each threshold in sorted arrays: O(N log N), no (T, N) matrices.
+        pos, neg = np.sort(probs[truth[:, j], j]), np.sort(probs[~truth[:, j], j])
+        tp = len(pos) - np.searchsorted(pos, grid, side="left")
+        fp = len(neg) - np.searchsorted(neg, grid, side="left")
+        fn = len(pos) - tp
+        denom = 2 * tp + fp + fn
+        f1[:, j] = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return f1
 
 
 def tune_thresholds(probs: np.ndarray, targets: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:

@@ -69,8 +69,11 @@ class Standardize(torch.nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     def fit(self, x: torch.Tensor) -> "Standardize":
-        self.mean.copy_(x.mean(0))
-        self.std.copy_(x.std(0).clamp_min(1e-6))
+        mean = x.mean(0)
+        # From the mean of squares: two fast reductions instead of torch.std's slow strided pass.
+        variance = ((x * x).mean(0) - mean * mean).clamp_min(0) * (len(x) / max(1, len(x) - 1))
+        self.mean.copy_(mean)
+        self.std.copy_(variance.sqrt().clamp_min(1e-6))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -71,14 +71,18 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     history, best_f1, best_state, stale = [], -1.0, None, 0
     start = time.perf_counter()
+    # Shuffle once, then visit the batches in a new order each epoch: batches are views, not copies.
+    order = torch.randperm(len(zt), generator=generator).to(dev)
+    zt, yt = zt[order], yt[order]
+    starts = torch.arange(0, len(zt), config.batch_size)
     for epoch in range(1, config.epochs + 1):
         body.train()
         total = 0.0
-        for idx in torch.randperm(len(zt), generator=generator).split(config.batch_size):
-            idx = idx.to(dev)
+        for start in starts[torch.randperm(len(starts), generator=generator)].tolist():
+            zb, yb = zt[start:start + config.batch_size], yt[start:start + config.batch_size]
             with _autocast(dev):
-                logits = body(zt[idx]).float()
-            loss = loss_fn(logits, yt[idx])
+                logits = body(zb).float()
+            loss = loss_fn(logits, yb)
             if anchor is not None:
                 loss = loss + config.prior_l2 * ((net[1].weight - anchor) ** 2).sum()
             optimiser.zero_grad(set_to_none=True)
@@ -86,7 +90,7 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
             optimiser.step()
             if config.schedule == "cosine":
                 scheduler.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * len(zb)
         val_logits, val_loss = _evaluate(body, zv, yv, loss_fn)
         f1 = _best_macro_f1(torch.sigmoid(val_logits).cpu().numpy(), y_val)
         history.append({"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,

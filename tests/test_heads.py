@@ -111,3 +111,15 @@ def test_foreign_files_are_refused(tmp_path, fitted):
 def test_bad_hyperparameters_are_refused():
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         HeadConfig(loss="hinge")
+
+
+def test_f1_per_threshold_equals_the_brute_force_count():
+    from heads.metrics import THRESHOLD_GRID, f1_per_threshold
+
+    rng = np.random.default_rng(0)
+    probs = np.round(rng.random((400, 8)), 2).astype(np.float32)  # ties on the grid on purpose
+    truth = rng.random((400, 8)) < 0.3
+    pred = probs[None] >= THRESHOLD_GRID[:, None, None]
+    tp, fp, fn = (pred & truth).sum(1), (pred & ~truth).sum(1), (~pred & truth).sum(1)
+    expected = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    assert np.allclose(f1_per_threshold(probs, truth.astype(np.float32)), expected)
