@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from index import atomic_write_bytes, atomic_write_text
+from index.manifest import read_manifest
 
 from .config import ConfigError, LabelConfig, load_label_config, parse_label_config
 
@@ -208,18 +209,9 @@ class EmotionHead:
 
 
 def _read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise HeadError(f"{path.parent} is not an EmoReact head (no manifest.json); train one with `cli.py train`") from exc
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HeadError(f"{path} is unreadable ({exc}); retrain the head") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != HEAD_FORMAT:
-        raise HeadError(f"{path} is not an EmoReact head manifest")
-    if manifest.get("format_version") != HEAD_VERSION:
-        raise HeadError(f"{path}: head format version {manifest.get('format_version')} is not supported "
-                        f"(this EmoReact reads {HEAD_VERSION}); retrain the head")
-    return manifest
+    return read_manifest(path, "head", HEAD_FORMAT, HEAD_VERSION,
+                         ("model_id", "dim", "labels", "config", "thresholds", "alpha"), HeadError,
+                         "train one with `cli.py train`")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
+from .manifest import read_manifest
 from .search import build_index, search, to_gpu_if_available
 
 log = logging.getLogger(__name__)
@@ -289,20 +290,8 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
 
 
 def _read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{path} is unreadable ({exc}); rebuild the store with `cli.py embed`") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise StoreError(f"{path} is not an EmoReact store manifest (format {found!r})")
-    if manifest.get("format_version") != STORE_VERSION:
-        raise StoreError(f"{path}: store format version {manifest.get('format_version')} is not supported "
-                         f"(this EmoReact reads version {STORE_VERSION}); rebuild the store")
-    for key in ("model_id", "dim", "count", "labels"):
-        if key not in manifest:
-            raise StoreError(f"{path} lacks {key!r}; rebuild the store")
-    return manifest
+    return read_manifest(path, "store", STORE_FORMAT, STORE_VERSION, ("model_id", "dim", "count", "labels"), StoreError,
+                         "rebuild the store with `cli.py embed`")
 
 
 def _item(row: tuple) -> Item:

@@ -1,7 +1,6 @@
 """The tensor input path agrees with the PIL path (on the CPU here; on the GPU where there is one)."""
 import io
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

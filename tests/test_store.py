@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST_EMBED, TINY
-from embed import EmbedConfig, Record, run_embed_job
+from embed import Record, run_embed_job
 from index import Store, StoreError, brute_force_search, build_index, search
 from synthetic import draw
 
