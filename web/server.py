@@ -70,7 +70,10 @@ def background_server(app, host: str = "127.0.0.1", threads: int = 4) -> Iterato
         server.task_dispatcher.shutdown()
         # Closed from inside the loop (a trigger thunk), never under its select(), which would fail on a
         # closed descriptor; with the map empty, run() returns.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
+        try:
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
+        except OSError:  # the loop already closed its trigger and left select(): close directly
+            wasyncore.close_all(sockets)
         thread.join(timeout=10)
 
 
