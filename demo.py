@@ -47,16 +47,12 @@ def _is_val(path: str) -> bool:
 def run_demo(out: Path, labels: LabelConfig, spec: ModelSpec = DEMO_MODEL, device: str = "auto",
              demo_dir: Path = DEMO_DIR) -> dict:
     """Builds the demo store and head under `out`, writes the quality report; gives its summary."""
-    from embed import load_backbone, run_embed_job
-    from pipeline import train_from_store
+    from embed import load_backbone
+    from pipeline import embed_records, train_from_store
 
     start = time.perf_counter()
     backbone = load_backbone(spec, device)
-    store = Store.create_or_resume(out / "store", backbone.spec.model_id, backbone.dim,
-                                   {**backbone.preprocess.to_json(), "model": spec.model,
-                                    "pretrained": spec.pretrained}, labels.names)
-    run_embed_job(demo_records(demo_dir), store, backbone, EmbedConfig(workers=0, progress=False))
-    store.close()
+    embed_records(demo_records(demo_dir), out / "store", backbone, labels, EmbedConfig(workers=0, progress=False))
     _, metrics = train_from_store(out / "store", out / "head", HeadConfig(zero_shot_prior=True), labels,
                                   device, spec.pretrained)
     quality = style_evaluation(out / "store", labels, backbone)

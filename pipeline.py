@@ -31,22 +31,40 @@ def embed_source(source: str | Path, store_path: str | Path, spec: ModelSpec, la
     """Embeds a folder/manifest/dataset copy into a store (created or resumed); gives the report."""
     records = read_source(source, labels, fmt)
     devices = _devices(device)
-    backbone = load_backbone(spec, devices[0])
-    store = Store.create_or_resume(store_path, backbone.spec.model_id, backbone.dim,
-                                   {**backbone.preprocess.to_json(), "model": spec.model,
-                                    "pretrained": spec.pretrained}, labels.names)
+    if len(devices) == 1:
+        return embed_records(records, store_path, load_backbone(spec, devices[0]), labels, config)
+    store = _writable_store(store_path, load_backbone(spec, devices[0]), labels)  # each device loads its own
     try:
-        if len(devices) > 1:
-            del backbone  # each device's process loads its own
-            report_ = run_sharded_embed_job(records, store, spec, devices, config)
-        else:
-            report_ = run_embed_job(records, store, backbone, config)
+        report_ = run_sharded_embed_job(records, store, spec, devices, config)
+        _write_report(store, report_)
     finally:
         store.close()
-    atomic_write_text(Path(store_path) / "report.json", json.dumps(
-        {**report_.to_json(), "skipped_files": [{"path": p, "reason": r} for p, r in _skipped(store_path)]},
-        indent=2, ensure_ascii=False) + "\n")
     return report_
+
+
+def embed_records(records: list, store_path: str | Path, backbone: Backbone, labels: LabelConfig,
+                  config: EmbedConfig = EmbedConfig()) -> EmbedReport:
+    """Embeds records into a store (created or resumed) on one device; writes STORE/report.json."""
+    store = _writable_store(store_path, backbone, labels)
+    try:
+        report_ = run_embed_job(records, store, backbone, config)
+        _write_report(store, report_)
+    finally:
+        store.close()
+    return report_
+
+
+def _writable_store(store_path: str | Path, backbone: Backbone, labels: LabelConfig) -> Store:
+    spec = backbone.spec
+    return Store.create_or_resume(store_path, spec.model_id, backbone.dim,
+                                  {**backbone.preprocess.to_json(), "model": spec.model, "pretrained": spec.pretrained},
+                                  labels.names)
+
+
+def _write_report(store: Store, report_: EmbedReport) -> None:
+    skipped = [{"path": p, "reason": r} for p, r in store.skipped()]
+    atomic_write_text(store.root / "report.json", json.dumps({**report_.to_json(), "skipped_files": skipped},
+                                                             indent=2, ensure_ascii=False) + "\n")
 
 
 def _devices(device: str) -> list[str]:
@@ -54,14 +72,6 @@ def _devices(device: str) -> list[str]:
     if device == "cuda:all":
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cuda"]
     return [d.strip() for d in device.split(",") if d.strip()] or ["auto"]
-
-
-def _skipped(store_path) -> list[tuple[str, str]]:
-    store = Store.open(store_path)
-    try:
-        return store.skipped()
-    finally:
-        store.close()
 
 
 def backbone_for_store(store: Store, device: str = "auto", pretrained: str | None = None) -> Backbone:

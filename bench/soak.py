@@ -85,18 +85,13 @@ def rss_mib(pid: int) -> float:
 def build(tmp: Path) -> tuple[Path, Path]:
     """Gives (store, head) of the offline demo set with the bundled model."""
     from demo import DEMO_MODEL, demo_records
-    from embed import EmbedConfig, load_backbone, run_embed_job
+    from embed import EmbedConfig, load_backbone
     from heads import HeadConfig, load_label_config
-    from index import Store
-    from pipeline import train_from_store
+    from pipeline import embed_records, train_from_store
 
-    backbone = load_backbone(DEMO_MODEL, "cpu")
     labels = load_label_config()
-    store = Store.create_or_resume(tmp / "store", backbone.spec.model_id, backbone.dim,
-                                   {**backbone.preprocess.to_json(), "model": DEMO_MODEL.model,
-                                    "pretrained": DEMO_MODEL.pretrained}, labels.names)
-    run_embed_job(demo_records(), store, backbone, EmbedConfig(workers=0, progress=False))
-    store.close()
+    embed_records(demo_records(), tmp / "store", load_backbone(DEMO_MODEL, "cpu"), labels,
+                  EmbedConfig(workers=0, progress=False))
     train_from_store(tmp / "store", tmp / "head", HeadConfig(), labels, "cpu")
     return tmp / "store", tmp / "head"
 
