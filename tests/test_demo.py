@@ -1,12 +1,14 @@
-"""The bundled emoji CLIP and the offline demo, end to end.
+"""The bundled emoji CLIP and the offline demo, end to end, with the demo's quality targets.
 
-The demo's quality targets (macro-F1 >= 0.6 per held-out style) are measured and reported by
-`cli.py demo`, not asserted here: today's bundled model does not reach them (see the model card).
+`cli.py demo --no-serve` runs once for the module (about 15 s on a 2-core CPU); its report must meet
+the user's success criteria on every held-out style, and the head it trains must give the known
+answers on test-style images it never saw.
 """
 import csv
-import hashlib
 import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from demo import DEMO_DIR, DEMO_MODEL, STYLES
+from demo import DEMO_DIR, DEMO_MODEL, STYLES, unseen_by_clip
 from embed.models import bundled_weights
 
 
@@ -40,8 +42,7 @@ def test_bundled_model_is_small_and_loads_offline(backbone):
 def test_known_answers_shipped_emojis_find_their_own_names(backbone, style):
     """Each shipped image, among the names of all trained demo emojis, ranks its own name high."""
     rows = [r for r in csv.DictReader((DEMO_DIR / "labels.csv").open(encoding="utf-8"))
-            if int(hashlib.sha256(r["hexcode"].encode()).hexdigest(), 16) % 10  # not held out of training
-            and (DEMO_DIR / "images" / style / f"{r['hexcode']}.png").exists()]
+            if not unseen_by_clip(r["hexcode"]) and (DEMO_DIR / "images" / style / f"{r['hexcode']}.png").exists()]
     images = torch.stack([backbone.transform(Image.open(DEMO_DIR / "images" / style / f"{r['hexcode']}.png")
                                              .convert("RGB")) for r in rows])
     sims = backbone.encode_images(images) @ backbone.encode_texts([f"an emoji of a {r['name']}" for r in rows]).T
@@ -50,18 +51,66 @@ def test_known_answers_shipped_emojis_find_their_own_names(backbone, style):
     assert float((rank < 5).float().mean()) >= 0.3  # chance is 5 / 169, about 0.03
 
 
-def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
-    result = CliRunner().invoke(cli.main, ["demo", "--no-serve", "--out", str(tmp_path), "--device", "cpu"])
+def test_demo_and_training_script_agree_on_the_emojis_the_clip_never_saw():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from train_emoji_clip import is_heldout
+
+    hexcodes = [r["hexcode"] for r in csv.DictReader((DEMO_DIR / "labels.csv").open(encoding="utf-8"))]
+    assert [unseen_by_clip(h) for h in hexcodes] == [is_heldout(h) for h in hexcodes]
+    assert 5 < sum(map(is_heldout, hexcodes)) < 40
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(cli.main, ["demo", "--no-serve", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output.strip().splitlines()[-1])
+    return out, json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_demo_runs_end_to_end_and_writes_its_report(demo_run):
+    out, summary = demo_run
     assert summary["model_id"] == "emoreact-emoji-s/emoreact"
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     for style in STYLES:
         held = report["quality"][style]
-        assert set(held) == {"trained_on", "head_with_prior", "zero_shot_only", "few_label"}
+        assert set(held) == {"trained_on", "head_with_prior", "head_with_prior_split", "zero_shot_only",
+                             "few_label"}
+        split = held["head_with_prior_split"]
+        assert split["emojis_seen_by_clip"]["images"] + split["emojis_unseen_by_clip"]["images"] == 184
         assert held["head_with_prior"]["per_label"]["other"]["support"] > 50
-        assert 0.0 <= held["few_label"]["macro_f1_with_prior"] <= 1.0
-    assert isinstance(report["quality"]["criteria"]["all_met"], bool)
     assert summary["criteria_met"] == report["quality"]["criteria"]["all_met"]
     for name in ("metrics_test.json", "per_label_f1.png", "pr_curves.png", "training_curves.png"):
-        assert (tmp_path / "head" / name).exists()
+        assert (out / "head" / name).exists()
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_demo_meets_the_quality_criteria_on_each_held_out_style(demo_run, style):
+    """Head trained on two styles, tested on the third: macro-F1 >= 0.6, every label with >= 10 test
+    images at F1 >= 0.5, and the zero-shot prior helps when only 2 images per label are labelled."""
+    quality = json.loads((demo_run[0] / "report.json").read_text())["quality"]
+    held = quality[style]
+    assert held["head_with_prior"]["macro_f1"] >= 0.6, held["head_with_prior"]
+    weak = {n: v for n, v in held["head_with_prior"]["per_label"].items() if v["support"] >= 10 and v["f1"] < 0.5}
+    assert not weak
+    few = held["few_label"]
+    assert few["macro_f1_with_prior"] > few["macro_f1_without_prior"], few
+    assert quality["criteria"][style] == {"macro_f1_at_least_0.6": True, "labels_below_0.5_f1": [],
+                                          "prior_helps_few_label": True}
+
+
+@pytest.mark.parametrize("hexcode, emotion", [("1f62d", "sad"), ("1f600", "happy"), ("1f621", "angry")])
+def test_known_answers_on_unseen_test_style_images(demo_run, hexcode, emotion):
+    """😭 scores sad highest, 😀 happy, 😡 angry: OpenMoji images (the demo's test style, never
+    trained on by the head) through the normal pipeline: decode, embed, head, emoji policy."""
+    from pipeline import Predictor
+
+    out, _ = demo_run
+    predictor = Predictor.load(out / "store", out / "head", device="cpu")
+    data = (DEMO_DIR / "images" / "openmoji" / f"{hexcode}.png").read_bytes()
+    result = predictor.predict_files([(f"{hexcode}.png", data)], k=3)[0]
+    scores = result["emotion_scores"]
+    assert max(scores, key=scores.get) == emotion, scores
+    assert result["predicted_emotions"][0] == emotion
+    if emotion == "sad":
+        assert "😂" in result["blocked_emojis"] and "😂" not in result["allowed_emojis"]

@@ -96,8 +96,7 @@ def emoji_eval(model, transform, tokenizer, data: Path, rows: list[dict], hexes:
 
 
 def demo_eval(model, transform, tokenizer, demo: Path) -> dict:
-    with open(demo / "manifest.csv", newline="") as f:
-        items = list(csv.DictReader(f))
+    items = demo_items(demo)
     prompts = [f"an emoji of a {DEMO_PROMPT_WORDS[lab]} face" if lab != "other" else "an emoji of a face"
                for lab in DEMO_LABELS]
     txt = encode_texts(model, tokenizer, prompts)
@@ -119,7 +118,37 @@ def demo_eval(model, transform, tokenizer, demo: Path) -> dict:
            "7way_emotion_rows_trained_emojis": acc(pred7, emo & ~held),
            "chance_7way_majority": round(float(np.bincount(first[emo]).max() / max(1, emo.sum())), 4)}
     res["7way_per_style"] = {s: acc(pred7, emo & np.array([it["style"] == s for it in items])) for s in STYLES}
+    res["cross_style"] = cross_style_eval(img, items)
     return res
+
+
+def cross_style_eval(img: torch.Tensor, items: list[dict]) -> dict:
+    """Leave-one-style-out nearest neighbour on the demo set: how style-invariant the features are.
+
+    For each style, every image's nearest neighbour among the other two styles' images: how often it
+    is the same emoji, and the macro-F1 of the 8 demo labels when each image takes its neighbour's
+    labels. This is what the demo's leave-one-style-out head needs from the features.
+    """
+    from sklearn.metrics import f1_score
+
+    styles = np.array([it["style"] for it in items])
+    emoji = np.array([Path(it["path"]).stem for it in items])
+    y = np.array([[lab in it["labels"].split("|") for lab in DEMO_LABELS] for it in items])
+    sims = (img @ img.T).numpy()
+    res = {}
+    for held in STYLES:
+        test, pool = np.flatnonzero(styles == held), np.flatnonzero(styles != held)
+        nn = pool[sims[np.ix_(test, pool)].argmax(1)]
+        res[held] = {"same_emoji": round(float((emoji[nn] == emoji[test]).mean()), 4),
+                     "label_macro_f1": round(float(f1_score(y[test], y[nn], average="macro", zero_division=0)), 4)}
+    res["mean_same_emoji"] = round(float(np.mean([res[s]["same_emoji"] for s in STYLES])), 4)
+    res["mean_label_macro_f1"] = round(float(np.mean([res[s]["label_macro_f1"] for s in STYLES])), 4)
+    return res
+
+
+def demo_items(demo: Path) -> list[dict]:
+    with open(demo / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def evaluate(weights: Path, config: Path, data: Path, demo: Path, seed: int = 0, threads: int = 2) -> dict:
@@ -135,7 +164,7 @@ def evaluate(weights: Path, config: Path, data: Path, demo: Path, seed: int = 0,
     trained = sorted(h for h in by_hex if not is_heldout(h))
     sample = sorted(np.random.default_rng(seed).choice(trained, size=len(held), replace=False).tolist())
     res = {
-        "weights": str(weights), "load_seconds": round(load_s, 2),
+        "weights": weights.name, "load_seconds": round(load_s, 2),
         "heldout_vs_heldout": emoji_eval(model, transform, tokenizer, data, rows, held,
                                          {h: by_hex[h] for h in held}),
         "heldout_vs_all_emojis": emoji_eval(model, transform, tokenizer, data, rows, held, by_hex),
@@ -148,7 +177,9 @@ def evaluate(weights: Path, config: Path, data: Path, demo: Path, seed: int = 0,
     h, a, t = res["heldout_vs_heldout"]["all"], res["heldout_vs_all_emojis"]["all"], res["trained_sample_vs_sample"]["all"]
     res["summary"] = {"heldout_top1": h["top1"], "heldout_top5": h["top5"], "heldout_vs_all_top1": a["top1"],
                       "heldout_vs_all_top5": a["top5"], "trained_top1": t["top1"], "trained_top5": t["top5"],
-                      "demo_7way": res.get("demo", {}).get("7way_emotion_rows", {}).get("top1")}
+                      "demo_7way": res.get("demo", {}).get("7way_emotion_rows", {}).get("top1"),
+                      "demo_cross_style_same_emoji": res.get("demo", {}).get("cross_style", {}).get("mean_same_emoji"),
+                      "demo_cross_style_label_f1": res.get("demo", {}).get("cross_style", {}).get("mean_label_macro_f1")}
     return res
 
 
