@@ -267,13 +267,15 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Backbone for embed/api (random weights).")
 @click.option("--size", default=None, type=click.IntRange(1),
               help="Images (embed: 256), vectors (head: 100000, index: 1000000) or seconds per level (api: 10).")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
+              help="embed: measure each pipeline this many times, in turn, and keep its best.")
 @_friendly
-def bench(what, device, model, size) -> None:
+def bench(what, device, model, size, rounds) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
     from bench import api_bench, embed_bench, head_bench, index_bench
 
     if what == "embed":
-        result = embed_bench.run(model, images=size or 256, device=device)
+        result = embed_bench.run(model, images=size or 256, device=device, rounds=rounds)
     elif what == "head":
         result = head_bench.run(size or 100_000, device=device)
     elif what == "index":

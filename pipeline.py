@@ -226,6 +226,7 @@ class Predictor:
             raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
                              f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
         self.backbone, self.store, self.head, self.max_pixels = backbone, store, head, max_pixels
+        self._min_side = max(backbone.preprocess.image_size)  # JPEGs decode at the scale the model needs
         self._lock = threading.Lock()  # one forward pass at a time; torch uses all cores per call
         if micro_batch is None:
             micro_batch = backbone.device.type == "cuda"
@@ -280,7 +281,7 @@ class Predictor:
         decoded, errors = [], {}
         for i, (name, data) in enumerate(named_bytes):
             try:
-                decoded.append((i, decode_image(data, self.max_pixels)))
+                decoded.append((i, decode_image(data, self.max_pixels, self._min_side)))
             except ImageError as exc:
                 errors[i] = {"image": name, "error": str(exc), "kind": exc.kind}
         good = self.predict_images([im for _, im in decoded], [named_bytes[i][0] for i, _ in decoded], k)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from index import Store
 
 from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
-from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image_with_size
 from .models import Backbone
 from .readers import Record
 
@@ -37,6 +37,8 @@ class EmbedConfig:
     progress: bool = True  # show a tqdm bar with images/s
     fast_jpeg: bool | None = None  # batched JPEG decode + tensor preprocessing on the model's device;
     # None: on when the model runs on a GPU (nvJPEG), off on the CPU (PIL is as fast there)
+    reduced_jpeg_decode: bool = True  # PIL path: decode JPEGs at 1/2-1/8 scale (libjpeg DCT scaling) while
+    # the shorter side stays >= the model's input size; off decodes every pixel, as plain open_clip code does
 
 
 @dataclass
@@ -68,9 +70,9 @@ class _ImageFiles(Dataset):
     """Reads, hashes, decodes and preprocesses one record; never raises for a bad file."""
 
     def __init__(self, records: list[Record], transform, known: set[str], max_pixels: int,
-                 fast_jpeg: bool = False) -> None:
+                 fast_jpeg: bool = False, min_side: int | None = None) -> None:
         self.records, self.transform, self.known, self.max_pixels = records, transform, known, max_pixels
-        self.fast_jpeg = fast_jpeg
+        self.fast_jpeg, self.min_side = fast_jpeg, min_side
 
     def __len__(self) -> int:
         return len(self.records)
@@ -87,10 +89,10 @@ class _ImageFiles(Dataset):
         if self.fast_jpeg and fast_path_eligible(data, self.max_pixels):
             return {"i": i, "sha": sha, "jpeg": data, "bytes": len(data)}
         try:
-            image = decode_image(data, self.max_pixels)
+            image, size = decode_image_with_size(data, self.max_pixels, self.min_side)
         except ImageError as exc:
             return {"i": i, "sha": sha, "error": str(exc)}
-        return {"i": i, "sha": sha, "tensor": self.transform(image), "size": image.size, "bytes": len(data)}
+        return {"i": i, "sha": sha, "tensor": self.transform(image), "size": size, "bytes": len(data)}
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -104,7 +106,8 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
     start = time.perf_counter()
     known = store.known_hashes() | set(known)
     fast = config.fast_jpeg if config.fast_jpeg is not None else backbone.device.type == "cuda"
-    dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast)
+    min_side = max(backbone.preprocess.image_size) if config.reduced_jpeg_decode else None
+    dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast, min_side)
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
                         collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
@@ -161,11 +164,11 @@ def _decode_fast(batch: list[dict], backbone: Backbone, dataset: _ImageFiles) ->
         data = item.pop("jpeg")
         if image is None:
             try:
-                pil = decode_image(data, dataset.max_pixels)
+                pil, size = decode_image_with_size(data, dataset.max_pixels, dataset.min_side)
             except ImageError as exc:
                 item["error"] = str(exc)
                 continue
-            item.update(tensor=dataset.transform(pil), size=pil.size)
+            item.update(tensor=dataset.transform(pil), size=size)
         else:
             item.update(tensor=preprocess_tensors([image], backbone.preprocess)[0],
                         size=(image.shape[2], image.shape[1]))

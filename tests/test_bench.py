@@ -21,6 +21,6 @@ def test_index_bench_agrees_with_brute_force():
 def test_embed_bench_runs_all_three_pipelines():
     from bench import embed_bench
 
-    result = embed_bench.run(TINY_MODEL, images=24, batch_size=8, workers=0, device="cpu")
+    result = embed_bench.run(TINY_MODEL, images=24, batch_size=8, workers=0, device="cpu", rounds=1)
     for key in ("ours_images_per_s", "baseline_pil_dataloader_images_per_s", "limit_model_only_images_per_s"):
         assert result[key] > 0

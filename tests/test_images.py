@@ -86,3 +86,44 @@ def test_animation_gives_its_first_frame():
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
     pixel = np.asarray(decode_image(buffer.getvalue()))[0, 0]
     assert pixel[0] > 200 and pixel[2] < 60
+
+
+def test_reduced_jpeg_decode_keeps_at_least_the_model_size_and_reports_the_full_size():
+    from embed.images import decode_image_with_size
+
+    data = encode(Image.new("RGB", (640, 480), (200, 40, 40)), "JPEG")
+    image, size = decode_image_with_size(data, min_side=224)
+    assert size == (640, 480)
+    assert image.size == (320, 240)  # 1/2 scale: 1/4 would give 120 < 224 rows
+    assert decode_image(data, min_side=100).size == (160, 120)
+    assert decode_image(data, min_side=480).size == (640, 480)  # never below what was asked
+    assert decode_image(data).size == (640, 480)  # without min_side every pixel is decoded
+    png = encode(Image.new("RGB", (640, 480)), "PNG")
+    assert decode_image(png, min_side=100).size == (640, 480)  # only JPEG has DCT scaling
+
+
+def test_reduced_jpeg_decode_reports_the_displayed_size_of_a_turned_photo():
+    from embed.images import decode_image_with_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image, size = decode_image_with_size(encode(Image.new("RGB", (640, 480)), "JPEG", exif=exif.tobytes()),
+                                         min_side=224)
+    assert size == (480, 640) and image.size == (240, 320)
+
+
+def test_reduced_jpeg_decode_gives_the_model_the_same_input_as_a_full_decode(backbone, tmp_path):
+    """What the model sees (the preprocessed tensor) hardly changes; only the decoder's work does.
+    Compared on pixels, not embeddings: a random-weight model's embeddings are all alike anyway."""
+    import torch
+
+    from bench.common import write_photos
+
+    paths = write_photos(tmp_path, 16)
+    size = max(backbone.preprocess.image_size)
+    full = torch.stack([backbone.transform(decode_image(p.read_bytes())) for p in paths]).flatten(1)
+    reduced = torch.stack([backbone.transform(decode_image(p.read_bytes(), min_side=size)) for p in paths]).flatten(1)
+    assert decode_image(paths[0].read_bytes(), min_side=size).size[1] < 480  # the reduction did happen
+    same = torch.corrcoef(torch.cat([full, reduced]))[:16, 16:]
+    assert float(same.diagonal().min()) >= 0.99  # each photo against its own reduced decode
+    assert float((full - reduced).abs().mean()) < 0.1 * float(full.std())
