@@ -341,7 +341,7 @@ def plot_loss(steps: list[dict], path: Path, title: str) -> None:
     ax.plot(s, loss, color="#9ab", lw=0.8, label="loss per step")
     ax.plot(s[k - 1:], smooth, color="#c33", lw=1.8, label=f"moving average ({k} steps)")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("training loss (CLIP term + image-image term, if on)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
