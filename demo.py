@@ -80,8 +80,11 @@ def run_demo(out: Path, labels: LabelConfig, spec: ModelSpec = DEMO_MODEL, devic
 
 
 def style_evaluation(store_path: Path, labels: LabelConfig, backbone, few_shot: int = 2,
-                     seeds: int = 5) -> dict:
-    """Gives leave-one-style-out, zero-shot and few-label results over a demo store."""
+                     seeds: int = 5, head_config: HeadConfig = DEMO_HEAD) -> dict:
+    """Gives leave-one-style-out, zero-shot and few-label results over a demo store.
+
+    `head_config` is the head trained on two styles (its prior is switched on and off for the
+    few-label comparison); `tools/demo_head_kinds.py` passes a linear one to compare."""
     store = Store.open(store_path)
     vectors, items = store.vectors(), store.items()
     store.close()
@@ -96,17 +99,17 @@ def style_evaluation(store_path: Path, labels: LabelConfig, backbone, few_shot: 
     for held in STYLES:
         test, fit = style == held, style != held
         train_mask, val_mask = fit & ~val, fit & val
-        head, _ = fit_head(DEMO_HEAD, labels, store.model_id, vectors[train_mask],
+        head, _ = fit_head(head_config, labels, store.model_id, vectors[train_mask],
                            y[train_mask], vectors[val_mask], y[val_mask], text=text, logit_scale=scale)
         full = _scores(head, vectors[test], y[test], names)
         # The CLIP was trained on the captions (not the labels) of most demo emojis, in all three
         # styles; the emojis it never saw show how the head does on truly new artwork.
-        by_clip = {key: {"images": int(mask.sum()), **_summary(head, vectors[mask], y[mask], names)}
+        by_clip = {key: {"images": int(mask.sum()), **_scores(head, vectors[mask], y[mask], names)}
                    for key, mask in (("emojis_seen_by_clip", test & ~unseen),
                                      ("emojis_unseen_by_clip", test & unseen))}
         zero = _scores(zero_shot_head(labels, store.model_id, text, scale), vectors[test], y[test], names)
-        few = _few_label(labels, store.model_id, vectors, y, np.flatnonzero(fit), test, text, scale,
-                         few_shot, seeds)
+        few = _few_label(head_config, labels, store.model_id, vectors, y, np.flatnonzero(fit), test, text,
+                         scale, few_shot, seeds)
         results[held] = {"trained_on": [s for s in STYLES if s != held], "head_with_prior": full,
                          "head_with_prior_split": by_clip,
                          "zero_shot_only": {"macro_f1": zero["macro_f1"]}, "few_label": few}
@@ -114,7 +117,7 @@ def style_evaluation(store_path: Path, labels: LabelConfig, backbone, few_shot: 
     return results
 
 
-def _few_label(labels, model_id, vectors, y, pool, test, text, scale, shots, seeds) -> dict:
+def _few_label(head_config, labels, model_id, vectors, y, pool, test, text, scale, shots, seeds) -> dict:
     """Mean test macro-F1 over seeds when only `shots` labelled images per label are available."""
     with_prior, without = [], []
     for seed in range(seeds):
@@ -125,7 +128,7 @@ def _few_label(labels, model_id, vectors, y, pool, test, text, scale, shots, see
             chosen.update(rng.choice(candidates, size=min(shots, len(candidates)), replace=False).tolist())
         idx = np.array(sorted(chosen))
         for prior, bucket in ((True, with_prior), (False, without)):
-            config = replace(DEMO_HEAD, zero_shot_prior=prior, epochs=100, patience=100, seed=seed)
+            config = replace(head_config, zero_shot_prior=prior, epochs=100, patience=100, seed=seed)
             # With so few labels there is no separate validation set: they tune themselves.
             head, _ = fit_head(config, labels, model_id, vectors[idx], y[idx], vectors[idx], y[idx],
                                text=text, logit_scale=scale)
@@ -140,11 +143,6 @@ def _scores(head, x, y, names) -> dict:
     return {"macro_f1": metrics["macro_f1"],
             "per_label": {n: {"f1": round(v["f1"], 4), "support": v["support"]}
                           for n, v in metrics["per_label"].items()}}
-
-
-def _summary(head, x, y, names) -> dict:
-    metrics = report(head.predict_proba(x), y, head.thresholds_, names)
-    return {"macro_f1": round(metrics["macro_f1"], 4), "micro_f1": round(metrics["micro_f1"], 4)}
 
 
 def _criteria(results: dict) -> dict:
