@@ -1,4 +1,4 @@
-"""EmoReact command line: each command is a thin wrapper over a library function."""
+"""EmoReact command line: each command is a thin wrapper over the public Python API."""
 from __future__ import annotations
 
 import functools
@@ -9,12 +9,20 @@ import platform
 import sys
 from pathlib import Path
 
-import click
+if not __package__:  # `python cli.py` in a checkout: the checkout itself is the emoreact package
+    import importlib.util
 
-from embed import EmbedConfig, ImageError, ModelLoadError, ModelSpec, SourceError
-from embed.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, default_pretrained
-from heads import ConfigError, HeadConfig, HeadError, load_label_config
-from index import StoreError
+    _spec = importlib.util.spec_from_file_location("emoreact", Path(__file__).resolve().with_name("__init__.py"),
+                                                   submodule_search_locations=[str(Path(__file__).resolve().parent)])
+    sys.modules["emoreact"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["emoreact"])
+
+import click  # noqa: E402
+
+import emoreact  # noqa: E402
+from emoreact import ConfigError, HeadError, ImageError, ModelLoadError, SourceError, StoreError  # noqa: E402
+from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402
+from emoreact.labels import load_label_config  # noqa: E402
 
 _USER_ERRORS = (ModelLoadError, StoreError, HeadError, ConfigError, SourceError, ImageError, ValueError,
                 KeyError, FileNotFoundError)
@@ -69,7 +77,7 @@ def info() -> None:
     import open_clip
     import torch
 
-    from embed import available_models
+    from emoreact.embed import available_models
 
     cuda = torch.cuda.is_available()
     data = {
@@ -98,12 +106,9 @@ def info() -> None:
 def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, shard_size, no_progress,
           labels_path) -> None:
     """Embed images from SOURCE (folder, CSV/JSONL manifest, FI/EmoSet/Emotion6/AffectNet) into a store."""
-    from pipeline import embed_source
-
-    config = EmbedConfig(batch_size=batch_size, workers=workers, shard_size=shard_size, progress=not no_progress)
-    spec = ModelSpec(model, pretrained or default_pretrained(model))
-    report = embed_source(source, store_path, spec, load_label_config(labels_path),
-                          fmt, device, config)
+    report = emoreact.embed_source(source, store_path, model, pretrained, labels=labels_path, source_format=fmt,
+                                   device=device, batch_size=batch_size, workers=workers, shard_size=shard_size,
+                                   progress=not no_progress)
     click.echo(json.dumps({**report.to_json(), "store": str(store_path)}, ensure_ascii=False))
 
 
@@ -125,11 +130,9 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
 def train(store_path, out, kind, loss, zero_shot_prior, epochs, patience, lr, schedule, seed, device, pretrained,
           labels_path) -> None:
     """Train an emotion head on a store; writes weights, thresholds, metrics JSON and plots to OUT."""
-    from pipeline import train_from_store
-
-    config = HeadConfig(kind=kind, loss=loss, zero_shot_prior=zero_shot_prior, epochs=epochs, patience=patience,
-                        lr=lr, schedule=schedule, seed=seed)
-    _, metrics = train_from_store(store_path, out, config, load_label_config(labels_path), device, pretrained)
+    metrics = emoreact.train(store_path, out, kind, labels=labels_path, device=device, pretrained=pretrained,
+                             loss=loss, zero_shot_prior=zero_shot_prior, epochs=epochs, patience=patience, lr=lr,
+                             schedule=schedule, seed=seed)
     click.echo(json.dumps(_summary(metrics, out)))
 
 
@@ -141,9 +144,7 @@ def train(store_path, out, kind, loss, zero_shot_prior, epochs, patience, lr, sc
 @_friendly
 def evaluate(store_path, head_path, split, out) -> None:
     """Evaluate a head on a store split: metrics JSON and PNG plots."""
-    from pipeline import evaluate_head
-
-    metrics = evaluate_head(store_path, head_path, split, out)
+    metrics = emoreact.evaluate(store_path, head_path, split, out)
     click.echo(json.dumps(_summary(metrics, out or head_path)))
 
 
@@ -158,12 +159,9 @@ def evaluate(store_path, head_path, split, out) -> None:
 @_friendly
 def predict(images, store_path, head_path, k, device, pretrained, labels_path) -> None:
     """Predict emotions and emoji reactions; one JSON object per image per line."""
-    from pipeline import Predictor
-
-    predictor = Predictor.load(store_path, head_path, device, labels_path, pretrained)
-    files = [(path, Path(path).read_bytes()) for path in images]
+    predictor = emoreact.load(store_path, head_path, device=device, labels=labels_path, pretrained=pretrained)
     failed = False
-    for result in predictor.predict_files(files, k):
+    for result in predictor.predict_many(images, k=k):
         failed |= "error" in result
         click.echo(json.dumps(result, ensure_ascii=False))
     if failed:
@@ -179,9 +177,9 @@ def predict(images, store_path, head_path, k, device, pretrained, labels_path) -
 @_friendly
 def neighbours(image, store_path, k, device, pretrained) -> None:
     """Print the K indexed images nearest to IMAGE (cosine similarity), as JSON."""
-    from embed import decode_image
-    from index import Store
-    from pipeline import backbone_for_store
+    from emoreact.embed import decode_image
+    from emoreact.index import Store
+    from emoreact.pipeline import backbone_for_store
 
     store = Store.open(store_path)
     backbone = backbone_for_store(store, device, pretrained)
@@ -205,7 +203,7 @@ def neighbours(image, store_path, k, device, pretrained) -> None:
 @_friendly
 def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
     """Offline demo: shipped emoji images + bundled emoji CLIP -> store, head, report, web page."""
-    from demo import DEMO_LABELS, run_demo
+    from emoreact.demo import DEMO_LABELS, run_demo
 
     summary = run_demo(Path(out), load_label_config(labels_path or DEMO_LABELS), device=device)
     click.echo(json.dumps({k: summary[k] for k in ("seconds", "model_id", "test_macro_f1", "store", "head")}
@@ -245,7 +243,7 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
     --store at a symlink, re-point it, then send SIGHUP. /healthz shows the index size served and how
     the last reload went.
     """
-    from web import WebConfig, create_app, make_server, reload_on_sighup
+    from emoreact.web import WebConfig, create_app, make_server, reload_on_sighup
 
     config = WebConfig(store=Path(store_path), head=Path(head_path), device=device,
                        labels=Path(labels_path) if labels_path else None, pretrained=pretrained,
@@ -272,7 +270,7 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
 @_friendly
 def bench(what, device, model, size, rounds) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
-    from bench import api_bench, embed_bench, head_bench, index_bench
+    from emoreact.bench import api_bench, embed_bench, head_bench, index_bench
 
     if what == "embed":
         result = embed_bench.run(model, images=size or 256, device=device, rounds=rounds)

@@ -1,45 +1,84 @@
-"""The product's use cases, wiring embed/, index/ and heads/ together; cli.py and web/ call these.
+"""The product's use cases, wiring embed/, index/ and heads/ together; the CLI and the web app call these.
 
-Files, devices and models live here (the edges); the packages underneath stay pure.
+`embed_source`, `train` and `evaluate` are the public API (re-exported by `emoreact`); the rest are
+their building blocks. Files, devices and models live here (the edges); the packages underneath stay pure.
 """
 from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
-from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from embed import (Backbone, EmbedConfig, EmbedReport, ImageError, ModelSpec, decode_image, load_backbone,
-                   read_source, run_embed_job)
-from embed.images import DEFAULT_MAX_PIXELS
-from embed.parallel import run_sharded_embed_job
-from heads import (EmotionHead, HeadConfig, LabelConfig, decide, emoji_policy, fit_head, label_text_embeddings,
-                   load_label_config, report, write_plots, zero_shot_head)
-from index import Store, StoreError, atomic_write_text
+from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, ModelSpec, default_pretrained,
+                            load_backbone, read_source, run_embed_job, run_sharded_embed_job)
+from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embeddings, report, write_plots,
+                            zero_shot_head)
+from emoreact.index import Store, StoreError, atomic_write_text
+from emoreact.labels import LabelConfig, load_label_config
 
 log = logging.getLogger(__name__)
 
 
-def embed_source(source: str | Path, store_path: str | Path, spec: ModelSpec, labels: LabelConfig,
-                 fmt: str = "auto", device: str = "auto", config: EmbedConfig = EmbedConfig()) -> EmbedReport:
-    """Embeds a folder/manifest/dataset copy into a store (created or resumed); gives the report."""
-    records = read_source(source, labels, fmt)
+def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec = DEFAULT_MODEL,
+                 pretrained: str | None = None, *, labels: str | Path | LabelConfig | None = None,
+                 source_format: str = "auto", device: str = "auto", config: EmbedConfig | None = None,
+                 **options) -> EmbedReport:
+    """Embeds a folder, manifest or dataset copy into a store (created, or resumed and grown); gives the report.
+
+    `model` is an open_clip name (or a model-config JSON), `pretrained` its weights (default: the
+    model's usual tag). `options` are `EmbedConfig` fields (batch_size=256, workers=16, ...).
+    `device` may list several devices ("cuda:0,cuda:1" or "cuda:all"): one process each.
+    """
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model, pretrained or default_pretrained(model))
+    config = _with_options(config or EmbedConfig(), options)
+    label_config = _label_config(labels)
+    records = read_source(source, label_config, source_format)
     devices = _devices(device)
     if len(devices) == 1:
-        return embed_records(records, store_path, load_backbone(spec, devices[0]), labels, config)
-    store = _writable_store(store_path, load_backbone(spec, devices[0]), labels)  # each device loads its own
+        return embed_records(records, store, load_backbone(spec, devices[0]), label_config, config)
+    writable = _writable_store(store, load_backbone(spec, devices[0]), label_config)  # each device loads its own
     try:
-        report_ = run_sharded_embed_job(records, store, spec, devices, config)
-        _write_report(store, report_)
+        report_ = run_sharded_embed_job(records, writable, spec, devices, config)
+        _write_report(writable, report_)
     finally:
-        store.close()
+        writable.close()
     return report_
+
+
+def train(store: str | Path, out: str | Path, head: str = "linear", *,
+          labels: str | Path | LabelConfig | None = None, device: str = "auto", pretrained: str | None = None,
+          config: HeadConfig | None = None, **options) -> dict:
+    """Trains a head on a store's train split, tunes it on val, saves it to `out`; gives the test metrics.
+
+    `head` is linear, mlp or zeroshot; `options` are `HeadConfig` fields (loss="focal", epochs=100,
+    zero_shot_prior=True, ...). Writes metrics JSON and plots beside the head.
+    """
+    config = _with_options(config or HeadConfig(kind=head), {"kind": head, **options})
+    _, metrics = train_from_store(store, out, config, _label_config(labels), device, pretrained)
+    return metrics
+
+
+def evaluate(store: str | Path, head: str | Path, split: str = "test", out: str | Path | None = None) -> dict:
+    """Evaluates a saved head on a store split; gives the metrics and writes them (JSON, plots) to `out`
+    (default: the head's folder)."""
+    return evaluate_head(store, head, split, out)
+
+
+def _with_options(config, options: dict):
+    """Gives the dataclass config with `options` replaced, or a TypeError naming the unknown option."""
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown option {unknown[0]!r}; {type(config).__name__} has {sorted(known)}")
+    return replace(config, **options)
+
+
+def _label_config(labels: str | Path | LabelConfig | None) -> LabelConfig:
+    return labels if isinstance(labels, LabelConfig) else load_label_config(labels)
 
 
 def embed_records(records: list, store_path: str | Path, backbone: Backbone, labels: LabelConfig,
@@ -137,6 +176,8 @@ def train_from_store(store_path: str | Path, out: str | Path, config: HeadConfig
                              "(label sub-folders or a manifest with labels), or use --head zeroshot")
         head, history = fit_head(config, labels, store.model_id, data.x["train"], data.y["train"],
                                  x_val, y_val, text=text, logit_scale=scale, device=dev)
+    pre = store.manifest.get("preprocess", {})
+    head.backbone = {"model": pre.get("model"), "pretrained": pre.get("pretrained")} if pre.get("model") else None
     out = Path(out)
     head.save(out)
     split = "test" if len(data.x["test"]) else "val"
@@ -173,135 +214,3 @@ def _evaluate(head: EmotionHead, x: np.ndarray, y: np.ndarray, split: str, out: 
         atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
     atomic_write_text(out / f"metrics_{split}.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-class MicroBatcher:
-    """Runs the model calls of concurrent requests as one batch.
-
-    No request waits for company: whatever queued up while the previous batch ran goes into the
-    next one, so a lone request is not slowed and a busy server makes few, large calls.
-    Batching changes floating-point summation order, so scores can differ from a lone request in
-    the last bits; that is why it is on by default only on the GPU, where it pays most.
-    """
-
-    def __init__(self, encode, max_batch: int = 64) -> None:
-        self._encode, self._max_batch = encode, max_batch
-        self._queue: queue.Queue = queue.Queue()
-        threading.Thread(target=self._run, name="micro-batcher", daemon=True).start()
-
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        """Gives (N, D) float32 vectors for a (N, 3, H, W) batch, computed together with others."""
-        future: Future = Future()
-        self._queue.put((batch, future))
-        return future.result()
-
-    def _run(self) -> None:
-        while True:
-            jobs = [self._queue.get()]
-            size = len(jobs[0][0])
-            while size < self._max_batch:
-                try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-                size += len(jobs[-1][0])
-            try:
-                vectors = self._encode(torch.cat([batch for batch, _ in jobs]))
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for _, future in jobs:
-                    future.set_exception(exc)
-                continue
-            start = 0
-            for batch, future in jobs:
-                future.set_result(vectors[start:start + len(batch)])
-                start += len(batch)
-
-
-class Predictor:
-    """Everything a prediction needs, loaded once: backbone, store (neighbours) and head."""
-
-    def __init__(self, backbone: Backbone, store: Store, head: EmotionHead,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None) -> None:
-        if head.model_id != store.model_id or head.dim != store.dim:
-            raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
-                             f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
-        self.backbone, self.store, self.head, self.max_pixels = backbone, store, head, max_pixels
-        self._min_side = max(backbone.preprocess.image_size)  # JPEGs decode at the scale the model needs
-        self._lock = threading.Lock()  # one forward pass at a time; torch uses all cores per call
-        if micro_batch is None:
-            micro_batch = backbone.device.type == "cuda"
-        self._batcher = MicroBatcher(self._encode) if micro_batch else None
-
-    @classmethod
-    def load(cls, store_path: str | Path, head_path: str | Path, device: str = "auto",
-             labels_path: str | Path | None = None, pretrained: str | None = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None) -> "Predictor":
-        """Gives a predictor over a store and a head; `labels_path` swaps in another emoji policy."""
-        store = Store.open(store_path)
-        head = EmotionHead.load(head_path, store.model_id, store.dim)
-        if labels_path:
-            head.with_policy(load_label_config(labels_path))
-        return cls(backbone_for_store(store, device, pretrained), store, head, max_pixels, micro_batch)
-
-    @property
-    def labels(self) -> list[str]:
-        return self.head.labels
-
-    def embed(self, images: list) -> np.ndarray:
-        """Gives (N, D) float32 unit-norm vectors for RGB PIL images."""
-        batch = torch.stack([self.backbone.transform(image) for image in images])
-        return self._batcher(batch) if self._batcher else self._encode(batch)
-
-    def _encode(self, batch: torch.Tensor) -> np.ndarray:
-        with self._lock:
-            return self.backbone.encode_images(batch).cpu().numpy()
-
-    def predict_vectors(self, vectors: np.ndarray, names: list[str], k: int = 5) -> list[dict]:
-        """Gives one result dict per vector: emotions, scores, emojis and k neighbours."""
-        probs = self.head.predict_proba(vectors)
-        chosen = decide(probs, self.head.thresholds_)
-        neighbours = self.neighbours(vectors, k)
-        results = []
-        for name, p, c, near in zip(names, probs, chosen, neighbours):
-            predicted = [label for label, on in zip(self.labels, c) if on]
-            predicted.sort(key=lambda label: -p[self.labels.index(label)])
-            allowed, blocked = emoji_policy(predicted, self.head.label_config)
-            results.append({"image": name, "predicted_emotions": predicted, "allowed_emojis": allowed,
-                            "blocked_emojis": blocked,
-                            "emotion_scores": {l: round(float(s), 4) for l, s in zip(self.labels, p)},
-                            "neighbours": near})
-        return results
-
-    def predict_images(self, images: list, names: list[str], k: int = 5) -> list[dict]:
-        """Gives results for decoded RGB PIL images."""
-        return self.predict_vectors(self.embed(images), names, k) if images else []
-
-    def predict_files(self, named_bytes: list[tuple[str, bytes]], k: int = 5) -> list[dict]:
-        """Gives a result per (name, bytes); an undecodable file gets {"image", "error", "kind"}."""
-        decoded, errors = [], {}
-        for i, (name, data) in enumerate(named_bytes):
-            try:
-                decoded.append((i, decode_image(data, self.max_pixels, self._min_side)))
-            except ImageError as exc:
-                errors[i] = {"image": name, "error": str(exc), "kind": exc.kind}
-        good = self.predict_images([im for _, im in decoded], [named_bytes[i][0] for i, _ in decoded], k)
-        by_index = dict(zip([i for i, _ in decoded], good)) | errors
-        return [by_index[i] for i in range(len(named_bytes))]
-
-    def neighbours(self, vectors: np.ndarray, k: int = 5) -> list[list[dict]]:
-        """Gives, per vector, the k nearest stored images with id, path, labels and similarity."""
-        if k <= 0 or len(self.store) == 0:
-            return [[] for _ in range(len(vectors))]
-        scores, ids = self.store.search(vectors, k)
-        out = []
-        for row_scores, row_ids in zip(scores, ids):
-            valid = [(s, i) for s, i in zip(row_scores, row_ids) if i >= 0]
-            items = self.store.items([int(i) for _, i in valid])
-            out.append([{**item.to_json(), "similarity": round(float(s), 4)} for (s, _), item in zip(valid, items)])
-        return out
-
-    def neighbours_of_id(self, image_id: int, k: int = 5) -> list[dict]:
-        """Gives the k nearest stored images to a stored image (itself excluded)."""
-        self.store.items([image_id])  # raises KeyError for an unknown id
-        vector = self.store.vector(image_id)[None, :]
-        return [n for n in self.neighbours(vector, k + 1)[0] if n["id"] != image_id][:k]

@@ -20,11 +20,12 @@ def run(model: str = "ViT-B-32", seconds: float = 10.0, device: str = "auto",
     """Gives p50/p95 latency and requests/s per concurrency level, micro-batching off and on."""
     import torch
 
-    from embed import EmbedConfig, ModelSpec
-    from heads import HeadConfig, load_label_config
-    from pipeline import Predictor, embed_source, train_from_store
-    from web import WebConfig, create_app
-    from web.server import background_server
+    from emoreact.embed import EmbedConfig, ModelSpec
+    from emoreact.heads import HeadConfig, load_label_config
+    from emoreact.pipeline import embed_source, train_from_store
+    from emoreact.predictor import load
+    from emoreact.web import WebConfig, create_app
+    from emoreact.web.server import background_server
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -32,13 +33,13 @@ def run(model: str = "ViT-B-32", seconds: float = 10.0, device: str = "auto",
         manifest = root / "m.csv"
         names = load_label_config().names
         manifest.write_text("path,labels\n" + "".join(f"{p},{names[i % 8]}\n" for i, p in enumerate(photos)))
-        embed_source(manifest, root / "store", ModelSpec(model, "none"), load_label_config(), device=device,
-                     config=EmbedConfig(workers=0, progress=False))
+        embed_source(manifest, root / "store", ModelSpec(model, "none"), labels=load_label_config(),
+                     device=device, config=EmbedConfig(workers=0, progress=False))
         train_from_store(root / "store", root / "head", HeadConfig(epochs=5), load_label_config(), "cpu")
         uploads = [p.read_bytes() for p in photos[:16]]
         figures = {}
         for micro in (False, True):
-            predictor = Predictor.load(root / "store", root / "head", device, micro_batch=micro)
+            predictor = load(root / "store", root / "head", device=device, micro_batch=micro)
             config = WebConfig(store=root / "store", head=root / "head", device=device,
                                loader=lambda _config, p=predictor: p)
             with background_server(create_app(config), threads=max(levels)) as url:

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from embed import EmbedConfig, ModelSpec, Record, load_backbone, run_embed_job
-from index import Store
+from emoreact.embed import EmbedConfig, ModelSpec, Record, load_backbone, run_embed_job
+from emoreact.index import Store
 
 from .common import environment, timed, write_photos
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from heads import HeadConfig, fit_head, load_label_config
-from heads.metrics import macro_f1, tune_thresholds
+from emoreact.heads import HeadConfig, fit_head, load_label_config
+from emoreact.heads.metrics import macro_f1, tune_thresholds
 
 from .common import environment, timed
 

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from index import brute_force_search, build_index, search
+from emoreact.index import brute_force_search, build_index, search
 
 from .common import environment, timed
 

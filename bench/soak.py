@@ -84,10 +84,10 @@ def rss_mib(pid: int) -> float:
 
 def build(tmp: Path) -> tuple[Path, Path]:
     """Gives (store, head) of the offline demo set with the bundled model."""
-    from demo import DEMO_MODEL, demo_records
-    from embed import EmbedConfig, load_backbone
-    from heads import HeadConfig, load_label_config
-    from pipeline import embed_records, train_from_store
+    from emoreact.demo import DEMO_MODEL, demo_records
+    from emoreact.embed import EmbedConfig, load_backbone
+    from emoreact.heads import HeadConfig, load_label_config
+    from emoreact.pipeline import embed_records, train_from_store
 
     labels = load_label_config()
     embed_records(demo_records(), tmp / "store", load_backbone(DEMO_MODEL, "cpu"), labels,

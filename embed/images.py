@@ -7,10 +7,12 @@ their first frame.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -48,24 +50,47 @@ def decode_image_with_size(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageError("the file is not an image (its content is not JPEG, PNG, WebP or GIF)")
     if fmt not in ALLOWED_FORMATS:
         raise ImageError(f"{fmt} images are not accepted; send JPEG, PNG, WebP or GIF", kind="unsupported")
+    with _decode_errors(fmt):
+        return _normalise(Image.open(io.BytesIO(data), formats=[fmt]), fmt, max_pixels, min_side)
+
+
+def decode_pil(image: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Like `decode_image_with_size`, for a PIL image the caller opened: the same steps, so an image from
+    `Image.open(path)` gives the same pixels as the file's bytes. (An image whose pixels were already
+    loaded cannot be decoded at reduced scale any more; it is used at full size.)"""
+    fmt = image.format or "image"
+    with _decode_errors(fmt):
+        return _normalise(image, fmt, max_pixels, min_side)
+
+
+def _normalise(image: Image.Image, fmt: str, max_pixels: int,
+               min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """Gives the opened image decoded (first frame, reduced-scale JPEG), upright and 8-bit RGB, with its
+    full size: the one path every image takes, whichever way it came in."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"the image is {width}x{height} pixels, over the limit of {max_pixels:,}; "
+                         "send a smaller image", kind="too_large")
+    image.seek(0)  # first frame of an animation
+    if min_side and fmt == "JPEG" and min(width, height) > min_side:
+        scale = min(width, height) / min_side  # ask for the size whose shorter side is min_side
+        image.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))  # a no-op once loaded
+    image.load()
+    decoded = image.size
+    image = _apply_orientation(image)
+    if image.size != decoded:  # turned by 90 degrees: report the size the way it is shown
+        width, height = height, width
+    return to_rgb(image), (width, height)
+
+
+@contextlib.contextmanager
+def _decode_errors(fmt: str) -> Iterator[None]:
+    """Turns whatever a decoder raises on a hostile or damaged file into an ImageError that says why."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(f"the image is {width}x{height} pixels, over the limit of {max_pixels:,}; "
-                                 "send a smaller image", kind="too_large")
-            image.seek(0)  # first frame of an animation
-            if min_side and fmt == "JPEG" and min(width, height) > min_side:
-                scale = min(width, height) / min_side  # ask for the size whose shorter side is min_side
-                image.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))
-            image.load()
-            decoded = image.size
-            image = _apply_orientation(image)
-            if image.size != decoded:  # turned by 90 degrees: report the size the way it is shown
-                width, height = height, width
-            return to_rgb(image), (width, height)
+            yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

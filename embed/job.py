@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from index import Store
+from emoreact.index import Store
 
 from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
 from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image_with_size

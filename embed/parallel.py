@@ -13,7 +13,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from index import Store
+from emoreact.index import Store
 
 from .job import EmbedConfig, EmbedReport, _reason_kind, run_embed_job, split_for
 from .models import ModelSpec, load_backbone
@@ -54,8 +54,8 @@ def _merge(records: list[Record], store: Store, parts: list[Store], shard_size: 
     for part in parts:
         vectors = part.vectors()
         done |= {item.path: (item, vectors[item.id]) for item in part.items()}
-        sizes |= dict(part._query("SELECT path, bytes FROM images"))
-        skipped |= {path: (sha, reason) for path, sha, reason in part._query("SELECT path, sha256, reason FROM skipped")}
+        sizes |= part.file_sizes()
+        skipped |= {path: (sha, reason) for path, sha, reason in part.skipped_hashes()}
     report = EmbedReport()
     seen: dict[str, str] = {}
     rows, vectors, skips = [], [], []

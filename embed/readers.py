@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from heads.config import ConfigError, LabelConfig
+from emoreact.labels import ConfigError, LabelConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 SPLITS = ("train", "val", "test")

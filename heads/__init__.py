@@ -1,5 +1,5 @@
 """Emotion heads over CLIP vectors, the label config and the emoji policy."""
-from .config import DEFAULT_LABELS_PATH, ConfigError, LabelConfig, LabelSpec, load_label_config, parse_label_config
+from emoreact.labels import DEFAULT_LABELS_PATH, ConfigError, LabelConfig, LabelSpec, load_label_config, parse_label_config
 from .metrics import decide, report, tune_thresholds, write_plots
 from .model import EmotionHead, HeadConfig, HeadError
 from .policy import emoji_policy

@@ -14,10 +14,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from index import atomic_write_bytes, atomic_write_text
-from index.manifest import read_manifest
-
-from .config import ConfigError, LabelConfig, load_label_config, parse_label_config
+from emoreact import __version__
+from emoreact.index import atomic_write_bytes, atomic_write_text, read_manifest
+from emoreact.labels import ConfigError, LabelConfig, load_label_config, parse_label_config
 
 HEAD_FORMAT = "emoreact-head"
 HEAD_VERSION = 1
@@ -112,6 +111,7 @@ class EmotionHead:
         self.labels = labels.names
         self.model_id = model_id
         self.dim = dim
+        self.backbone: dict | None = None  # {"model", "pretrained"} it was trained on, so it loads without a store
         self.net_: torch.nn.Module | None = None if config.kind == "zeroshot" else build_net(config, dim, len(self.labels))
         self.prior_: ZeroShotPrior | None = None
         self.alpha_: float = 0.0  # blend weight of the prior: logits = (1 - a) * head + a * prior
@@ -160,8 +160,10 @@ class EmotionHead:
         manifest = {"format": HEAD_FORMAT, "format_version": HEAD_VERSION, "model_id": self.model_id,
                     "dim": self.dim, "labels": self.labels, "config": asdict(self.config),
                     "thresholds": [float(t) for t in self.thresholds_], "alpha": self.alpha_,
-                    "activation": self.activation_, "package_version": _version(),
+                    "activation": self.activation_, "package_version": __version__,
                     "torch_version": torch.__version__}
+        if self.backbone:
+            manifest["backbone"] = self.backbone
         atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         return folder
 
@@ -196,6 +198,7 @@ class EmotionHead:
         head.thresholds_ = np.asarray(manifest["thresholds"], np.float32)
         head.alpha_ = float(manifest["alpha"])
         head.activation_ = manifest.get("activation", "sigmoid")
+        head.backbone = manifest.get("backbone")
         head.fitted_ = True
         return head
 
@@ -222,12 +225,6 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as exc:
         # A pickle (or anything else) put in place of the weights lands here: it is never unpickled.
         raise HeadError(f"{path} is not a valid safetensors file ({exc}); retrain the head") from exc
-
-
-def _version() -> str:
-    from index.store import _version as store_version
-
-    return store_version()
 
 
 __all__ = ["EmotionHead", "HeadConfig", "HeadError", "ZeroShotPrior", "build_net", "load_label_config"]

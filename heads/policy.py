@@ -1,7 +1,7 @@
 """The emoji policy: which reactions fit an image's predicted emotions and which are blocked."""
 from __future__ import annotations
 
-from .config import LabelConfig
+from emoreact.labels import LabelConfig
 
 
 def emoji_policy(predicted: list[str], config: LabelConfig) -> tuple[list[str], list[str]]:

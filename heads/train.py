@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.optim import AdamW  # imported here, not at first use: it pulls in a second of modules
 
-from .config import LabelConfig
+from emoreact.labels import LabelConfig
 from .metrics import THRESHOLD_GRID, f1_per_threshold, tune_thresholds
 from .model import EmotionHead, HeadConfig, ZeroShotPrior
 

@@ -5,7 +5,7 @@ from typing import Callable
 
 import numpy as np
 
-from .config import LabelConfig
+from emoreact.labels import LabelConfig
 
 
 def label_text_embeddings(encode_texts: Callable[[list[str]], "np.ndarray"], config: LabelConfig) -> np.ndarray:

@@ -21,6 +21,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from emoreact import __version__
+
 from .atomic import atomic_path, atomic_write_text
 from .manifest import read_manifest
 from .search import build_index, search, to_gpu_if_available
@@ -96,7 +98,7 @@ class Store:
                                      f"{want!r}; embed into a new --store folder")
         else:
             manifest = {"format": STORE_FORMAT, "format_version": STORE_VERSION, **expected,
-                        "preprocess": preprocess, "count": 0, "package_version": _version()}
+                        "preprocess": preprocess, "count": 0, "package_version": __version__}
         store = cls(root, manifest, _connect(root / "metadata.sqlite"))
         store._drop_orphan_shards()
         return store
@@ -184,6 +186,14 @@ class Store:
         """Gives (path, reason) for every file the embed jobs could not use."""
         return self._query("SELECT path, reason FROM skipped ORDER BY path")
 
+    def skipped_hashes(self) -> list[tuple[str, str | None, str]]:
+        """Gives (path, sha256 or None, reason) for every file the embed jobs could not use."""
+        return self._query("SELECT path, sha256, reason FROM skipped ORDER BY path")
+
+    def file_sizes(self) -> dict[str, int]:
+        """Gives each embedded image's size in bytes, by path."""
+        return dict(self._query("SELECT path, bytes FROM images"))
+
     def known_hashes(self) -> set[str]:
         """Gives the content hashes already embedded or already refused."""
         rows = self._query("SELECT sha256 FROM images UNION SELECT sha256 FROM skipped WHERE sha256 IS NOT NULL")
@@ -233,7 +243,7 @@ class Store:
         index = build_index(vectors)
         with atomic_path(self.root / "index.faiss") as tmp:
             faiss.write_index(index, str(tmp))
-        self.manifest = {**self.manifest, "count": int(len(vectors)), "package_version": _version()}
+        self.manifest = {**self.manifest, "count": int(len(vectors)), "package_version": __version__}
         atomic_write_text(self.root / "manifest.json", json.dumps(self.manifest, indent=2) + "\n")
         self._index = index
 
@@ -298,11 +308,3 @@ def _item(row: tuple) -> Item:
     labels = tuple(row[3].split("|")) if row[3] else None
     return Item(row[0], row[1], row[2], labels, row[4], row[5], row[6])
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("emoreact")
-    except PackageNotFoundError:
-        return "0.1.0"

@@ -8,11 +8,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from embed import EmbedConfig, ModelSpec  # noqa: E402
-from heads import HeadConfig, load_label_config  # noqa: E402
+import emoreact  # noqa: E402
+
+if Path(emoreact.__file__).resolve().parent != ROOT:
+    raise pytest.UsageError(f"the tests import emoreact from {Path(emoreact.__file__).parent}, not from this "
+                            f"checkout ({ROOT}); install the checkout with `pip install -e .` (./run test does)")
+
+from emoreact.embed import EmbedConfig, ModelSpec  # noqa: E402
+from emoreact.heads import HeadConfig, load_label_config  # noqa: E402
 from synthetic import COLOURS, make_manifest  # noqa: E402
 
 TINY_MODEL = str(Path(__file__).with_name("tiny-clip.json"))
@@ -39,7 +44,7 @@ def label_config():
 
 @pytest.fixture(scope="session")
 def backbone():
-    from embed import load_backbone
+    from emoreact.embed import load_backbone
 
     return load_backbone(TINY, "cpu")
 
@@ -52,17 +57,17 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def store_path(tmp_path_factory, dataset, label_config) -> Path:
-    from pipeline import embed_source
+    from emoreact import embed_source
 
     path = tmp_path_factory.mktemp("store") / "store"
-    embed_source(dataset, path, TINY, label_config, device="cpu", config=FAST_EMBED)
+    embed_source(dataset, path, TINY, labels=label_config, device="cpu", config=FAST_EMBED)
     return path
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, store_path, label_config):
     """(head folder, test metrics) of an MLP head trained on the session store."""
-    from pipeline import train_from_store
+    from emoreact.pipeline import train_from_store
 
     out = tmp_path_factory.mktemp("head") / "head"
     _, metrics = train_from_store(store_path, out, HeadConfig(kind="mlp"), label_config, "cpu")

@@ -4,7 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import cli
+from emoreact import cli
 from conftest import TINY_MODEL
 from synthetic import draw, make_labelled_folder
 

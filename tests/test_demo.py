@@ -15,20 +15,20 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import cli
-from demo import DEMO_DIR, DEMO_MODEL, STYLES, unseen_by_clip
-from embed.models import bundled_weights
+from emoreact import cli
+from emoreact.demo import DEMO_DIR, DEMO_MODEL, STYLES, unseen_by_clip
+from emoreact.embed.models import bundled_weights
 
 
 @pytest.fixture(scope="module")
 def backbone():
-    from embed import load_backbone
+    from emoreact.embed import load_backbone
 
     return load_backbone(DEMO_MODEL, "cpu")
 
 
 def test_bundled_model_is_small_and_loads_offline(backbone):
-    from embed import load_backbone
+    from emoreact.embed import load_backbone
 
     path = bundled_weights("emoreact-emoji-s")
     assert path is not None and path.stat().st_size <= 25 * 1024 * 1024
@@ -105,10 +105,10 @@ def test_known_answers_on_unseen_test_style_images(demo_run, hexcode, emotion):
     """😭 scores sad highest, 😀 and 😁 happy, 🤬 angry: OpenMoji images (the demo's test style, never
     trained on by the head) through the normal pipeline: decode, embed, head, emoji policy. The CLIP
     itself never trained on 😁 and 🤬 in any style."""
-    from pipeline import Predictor
+    from emoreact.predictor import load
 
     out, _ = demo_run
-    predictor = Predictor.load(out / "store", out / "head", device="cpu")
+    predictor = load(out / "store", out / "head", device="cpu")
     data = (DEMO_DIR / "images" / "openmoji" / f"{hexcode}.png").read_bytes()
     result = predictor.predict_files([(f"{hexcode}.png", data)], k=3)[0]
     scores = result["emotion_scores"]

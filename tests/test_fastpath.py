@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from conftest import FAST_EMBED
-from embed import EmbedConfig, Record, run_embed_job
-from embed.fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
-from embed.models import Preprocess
-from index import Store
+from emoreact.embed import EmbedConfig, Record, run_embed_job
+from emoreact.embed.fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
+from emoreact.embed.models import Preprocess
+from emoreact.index import Store
 from synthetic import draw
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import FAST_EMBED, ROOT, TINY_MODEL
-from embed import Record, run_embed_job
-from index import Store, StoreError
+from emoreact.embed import Record, run_embed_job
+from emoreact.index import Store, StoreError
 from synthetic import draw
 
 

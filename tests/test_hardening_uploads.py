@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import GifImagePlugin, Image, ImageDraw, WebPImagePlugin
 
-from embed.images import ALLOWED_FORMATS
+from emoreact.embed.images import ALLOWED_FORMATS
 from synthetic import draw
 from test_web import assert_error, encoded, multipart_body, png_claiming, upload
 
@@ -32,15 +32,15 @@ LIMIT = 1 * MiB  # the real-server app's body limit: room for thousands of tiny 
 
 @pytest.fixture(scope="module")
 def predictor(store_path, trained):
-    from pipeline import Predictor
+    from emoreact.predictor import load
 
-    return Predictor.load(store_path, trained[0], "cpu")
+    return load(store_path, trained[0], device="cpu")
 
 
 @pytest.fixture
 def make_app(predictor):
-    from pipeline import Predictor
-    from web import WebConfig, create_app
+    from emoreact.predictor import Predictor
+    from emoreact.web import WebConfig, create_app
 
     def build(**settings):
         return create_app(WebConfig(loader=lambda c: Predictor(predictor.backbone, predictor.store, predictor.head,
@@ -176,7 +176,7 @@ def hostile_requests():
 
 
 def test_hostile_bodies_get_a_json_4xx_and_the_next_request_is_answered(make_app):
-    from web import background_server
+    from emoreact.web import background_server
 
     app = make_app(max_upload_bytes=LIMIT, max_files=4)
     with background_server(app, threads=2) as base:
@@ -367,7 +367,7 @@ PIXEL_CASES = pixel_cases()
 
 @pytest.mark.parametrize("name", PIXEL_CASES)
 def test_every_pixel_format_decodes_to_the_rgb_a_viewer_shows(client, name):
-    from embed import decode_image
+    from emoreact.embed import decode_image
 
     data, expected = PIXEL_CASES[name]
     decoded = decode_image(data)
@@ -377,7 +377,7 @@ def test_every_pixel_format_decodes_to_the_rgb_a_viewer_shows(client, name):
 
 
 def test_sixteen_bit_grey_keeps_its_whole_range():
-    from embed import decode_image
+    from emoreact.embed import decode_image
 
     data, _ = PIXEL_CASES["16-bit grey PNG"]
     grey = np.asarray(decode_image(data))[..., 0]
@@ -495,7 +495,7 @@ def peak_rss_growth(action) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc")
 def test_decompression_bombs_are_refused_before_decoding_with_flat_memory(make_app):
-    from web import background_server
+    from emoreact.web import background_server
 
     assert all(len(data) < 100_000 for data in BOMBS.values())
     assert peak_rss_growth(lambda: bytearray(150 * MiB)) > 100 * MiB  # the measure sees a real allocation
@@ -517,7 +517,8 @@ def test_decompression_bombs_are_refused_before_decoding_with_flat_memory(make_a
 def cold_client_and_spy(make_app, monkeypatch):
     """A fresh app (no thumbnail cached), then a record of every file opened, read or stat-ed and every
     thumbnail made from here on."""
-    import web.thumbnails
+    from emoreact import web
+    import emoreact.web.thumbnails  # noqa: F401 - the module the spy wraps
 
     client = make_app().test_client()
     touched = []

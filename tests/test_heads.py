@@ -4,8 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from heads import EmotionHead, HeadConfig, HeadError, fit_head, label_text_embeddings, zero_shot_head
-from heads.metrics import decide, macro_f1, tune_thresholds
+from emoreact.heads import EmotionHead, HeadConfig, HeadError, fit_head, label_text_embeddings, zero_shot_head
+from emoreact.heads.metrics import decide, macro_f1, tune_thresholds
 
 
 def blobs(count, dim=16, seed=0, skew=(0.5, 0.3, 0.1, 0.05, 0.03, 0.01, 0.005, 0.005), noise=1.2):
@@ -114,7 +114,7 @@ def test_bad_hyperparameters_are_refused():
 
 
 def test_f1_per_threshold_equals_the_brute_force_count():
-    from heads.metrics import THRESHOLD_GRID, f1_per_threshold
+    from emoreact.heads.metrics import THRESHOLD_GRID, f1_per_threshold
 
     rng = np.random.default_rng(0)
     probs = np.round(rng.random((400, 8)), 2).astype(np.float32)  # ties on the grid on purpose

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embed import ImageError, decode_image
+from emoreact.embed import ImageError, decode_image
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -89,7 +89,7 @@ def test_animation_gives_its_first_frame():
 
 
 def test_reduced_jpeg_decode_keeps_at_least_the_model_size_and_reports_the_full_size():
-    from embed.images import decode_image_with_size
+    from emoreact.embed.images import decode_image_with_size
 
     data = encode(Image.new("RGB", (640, 480), (200, 40, 40)), "JPEG")
     image, size = decode_image_with_size(data, min_side=224)
@@ -103,7 +103,7 @@ def test_reduced_jpeg_decode_keeps_at_least_the_model_size_and_reports_the_full_
 
 
 def test_reduced_jpeg_decode_reports_the_displayed_size_of_a_turned_photo():
-    from embed.images import decode_image_with_size
+    from emoreact.embed.images import decode_image_with_size
 
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
@@ -117,7 +117,7 @@ def test_reduced_jpeg_decode_gives_the_model_the_same_input_as_a_full_decode(bac
     Compared on pixels, not embeddings: a random-weight model's embeddings are all alike anyway."""
     import torch
 
-    from bench.common import write_photos
+    from emoreact.bench.common import write_photos
 
     paths = write_photos(tmp_path, 16)
     size = max(backbone.preprocess.image_size)

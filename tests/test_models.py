@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY, TINY_MODEL
-from embed import ModelLoadError, ModelSpec, load_backbone
+from emoreact.embed import ModelLoadError, ModelSpec, load_backbone
 from synthetic import draw
 
 

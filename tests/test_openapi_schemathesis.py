@@ -23,10 +23,10 @@ OPERATIONS = ["POST /api/predict", "GET /api/neighbours", "POST /api/neighbours"
 
 @pytest.fixture(scope="module")
 def app(store_path, trained):
-    from pipeline import Predictor
-    from web import WebConfig, create_app
+    from emoreact.predictor import load
+    from emoreact.web import WebConfig, create_app
 
-    predictor = Predictor.load(store_path, trained[0], "cpu")
+    predictor = load(store_path, trained[0], device="cpu")
     return create_app(WebConfig(loader=lambda config: predictor, max_files=4))
 
 

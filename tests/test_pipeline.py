@@ -25,10 +25,10 @@ def test_train_writes_metrics_and_plots(trained):
 
 
 def test_predictor_answers_in_the_mission_format(store_path, trained):
-    from pipeline import Predictor
+    from emoreact.predictor import load
     import io
 
-    predictor = Predictor.load(store_path, trained[0], "cpu", pretrained=TINY.pretrained)
+    predictor = load(store_path, trained[0], device="cpu", pretrained=TINY.pretrained)
     buffer = io.BytesIO()
     draw(("sad",), seed=999_001).save(buffer, "PNG")
     [result] = predictor.predict_files([("sad.png", buffer.getvalue())], k=3)
@@ -45,10 +45,10 @@ def test_predictor_answers_in_the_mission_format(store_path, trained):
 
 
 def test_bad_file_in_a_batch_gets_its_own_error(store_path, trained):
-    from pipeline import Predictor
+    from emoreact.predictor import load
     import io
 
-    predictor = Predictor.load(store_path, trained[0], "cpu")
+    predictor = load(store_path, trained[0], device="cpu")
     buffer = io.BytesIO()
     draw(("happy",), seed=5).save(buffer, "JPEG")
     results = predictor.predict_files([("notes.jpg", b"hello, not an image"), ("ok.jpg", buffer.getvalue())])
@@ -57,9 +57,9 @@ def test_bad_file_in_a_batch_gets_its_own_error(store_path, trained):
 
 
 def test_neighbours_of_a_stored_image_exclude_itself(store_path, trained):
-    from pipeline import Predictor
+    from emoreact.predictor import load
 
-    predictor = Predictor.load(store_path, trained[0], "cpu")
+    predictor = load(store_path, trained[0], device="cpu")
     near = predictor.neighbours_of_id(0, k=4)
     assert len(near) == 4 and all(n["id"] != 0 for n in near)
     assert np.isclose(predictor.store.vector(0) @ predictor.store.vector(0), 1.0, atol=2e-3)
@@ -68,9 +68,9 @@ def test_neighbours_of_a_stored_image_exclude_itself(store_path, trained):
 def test_micro_batched_concurrent_requests_match_single_ones(store_path, trained):
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline import Predictor
+    from emoreact.predictor import load
 
-    predictor = Predictor.load(store_path, trained[0], "cpu", micro_batch=True)
+    predictor = load(store_path, trained[0], device="cpu", micro_batch=True)
     images = [draw((label,), seed=4242 + n) for n, label in enumerate(["happy", "sad", "angry", "fear"] * 6)]
     alone = np.concatenate([predictor.embed([image]) for image in images])
     with ThreadPoolExecutor(8) as pool:

@@ -1,7 +1,7 @@
 """The label config and the emoji policy."""
 import pytest
 
-from heads import ConfigError, emoji_policy, parse_label_config
+from emoreact.heads import ConfigError, emoji_policy, parse_label_config
 
 
 def test_sad_allows_and_blocks_what_the_user_specified(label_config):

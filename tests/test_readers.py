@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from embed import Record, SourceError, detect_format, read_source
-from heads import ConfigError
+from emoreact.embed import Record, SourceError, detect_format, read_source
+from emoreact.heads import ConfigError
 
 
 def touch(path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from index import Store
+from emoreact.index import Store
 from test_web import encoded, multipart_body, upload
 
 SMALL = 100  # images in the second store
@@ -43,7 +43,7 @@ def small_store(tmp_path_factory, store_path) -> Path:
 def served(tmp_path, store_path, small_store, trained):
     """(app, folder): the app serves `folder/current` (a symlink to `big`, a copy of the session store)
     and `folder/head`; `folder/small` is a smaller store."""
-    from web import WebConfig, create_app
+    from emoreact.web import WebConfig, create_app
 
     shutil.copytree(store_path, tmp_path / "big")
     shutil.copytree(trained[0], tmp_path / "head")
@@ -124,9 +124,14 @@ def test_reload_serves_a_new_store_once_it_is_pointed_at(served):
     assert_serving(client, SMALL)
 
 
+def _as(kind, loaded):
+    """Gives the loaded predictor's parts in a predictor of another (test) class."""
+    return kind(loaded.backbone, loaded.store, loaded.head, loaded.max_pixels)
+
+
 def test_a_request_in_flight_finishes_on_the_store_it_started_with(served):
-    from pipeline import Predictor
-    from web import WebConfig, create_app
+    from emoreact.predictor import Predictor, load
+    from emoreact.web import WebConfig, create_app
 
     _, folder = served
     entered, release = threading.Event(), threading.Event()
@@ -139,7 +144,7 @@ def test_a_request_in_flight_finishes_on_the_store_it_started_with(served):
 
     kinds = iter([Slow, Predictor])  # the first load is slow to answer, the reload is not
     app = create_app(WebConfig(store=folder / "current", head=folder / "head", device="cpu",
-                               loader=lambda c: next(kinds).load(c.store, c.head, c.device)))
+                               loader=lambda c: _as(next(kinds), load(c.store, c.head, device=c.device))))
     client, resources = app.test_client(), app.extensions["emoreact"]
     with ThreadPoolExecutor(max_workers=1) as pool:
         in_flight = pool.submit(client.get, "/api/neighbours?id=600&k=3")  # id 600 is only in the big store
@@ -153,7 +158,7 @@ def test_a_request_in_flight_finishes_on_the_store_it_started_with(served):
 
 
 def test_reloads_under_concurrent_requests_cause_no_errors(served):
-    from web import background_server
+    from emoreact.web import background_server
 
     app, folder = served
     resources = app.extensions["emoreact"]
@@ -192,7 +197,7 @@ def test_reloads_under_concurrent_requests_cause_no_errors(served):
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reloads_in_the_background_and_the_old_handler_comes_back(served):
-    from web import reload_on_sighup
+    from emoreact.web import reload_on_sighup
 
     app, folder = served
     resources = app.extensions["emoreact"]
@@ -217,8 +222,8 @@ def test_sighup_reloads_in_the_background_and_the_old_handler_comes_back(served)
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_serve_installs_the_sighup_reload(store_path, trained, monkeypatch):
-    import web
-    from cli import main
+    from emoreact import web
+    from emoreact.cli import main
 
     seen = {}
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import FAST_EMBED, TINY
-from embed import Record, run_embed_job
-from index import Store, StoreError, brute_force_search, build_index, search
+from emoreact.embed import Record, run_embed_job
+from emoreact.index import Store, StoreError, brute_force_search, build_index, search
 from synthetic import draw
 
 
@@ -123,7 +123,7 @@ def test_store_search_is_cosine_over_stored_vectors(store_path):
 def test_torch_exact_search_matches_faiss_flat():
     import torch
 
-    from index.search import TorchFlatIndex
+    from emoreact.index.search import TorchFlatIndex
 
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(3000, 48)).astype(np.float32)
@@ -137,13 +137,14 @@ def test_torch_exact_search_matches_faiss_flat():
 
 
 def test_sharded_run_over_two_processes_equals_a_single_process_run(tmp_path, label_config):
-    from pipeline import embed_source
+    from emoreact import embed_source
 
     make_images(tmp_path / "src", 9)
     (tmp_path / "src" / "copy.png").write_bytes((tmp_path / "src" / "000.png").read_bytes())
     (tmp_path / "src" / "bad.jpg").write_text("not an image")
     for name, device in (("single", "cpu"), ("sharded", "cpu,cpu")):
-        report = embed_source(tmp_path / "src", tmp_path / name, TINY, label_config, device=device, config=FAST_EMBED)
+        report = embed_source(tmp_path / "src", tmp_path / name, TINY, labels=label_config, device=device,
+                              config=FAST_EMBED)
         assert report.added == 9 and sum(report.skipped.values()) == 2
     single, sharded = Store.open(tmp_path / "single"), Store.open(tmp_path / "sharded")
     assert [(i.path, i.sha256, i.split) for i in single.items()] == [(i.path, i.sha256, i.split) for i in sharded.items()]

@@ -26,16 +26,16 @@ LABELS = ["happy", "sad", "angry", "fear", "surprise", "disgust", "neutral", "ot
 
 @pytest.fixture(scope="module")
 def predictor(store_path, trained):
-    from pipeline import Predictor
+    from emoreact.predictor import load
 
-    return Predictor.load(store_path, trained[0], "cpu")
+    return load(store_path, trained[0], device="cpu")
 
 
 @pytest.fixture
 def make_app(predictor):
     """Builds an app around the module's model, store and head (the loader is the seam tests replace)."""
-    from pipeline import Predictor
-    from web import WebConfig, create_app
+    from emoreact.predictor import Predictor, load
+    from emoreact.web import WebConfig, create_app
 
     def load(config):
         return Predictor(predictor.backbone, predictor.store, predictor.head, config.max_pixels)
@@ -97,8 +97,8 @@ def assert_error(response, status: int, *words: str) -> str:
 # ---- POST /api/predict --------------------------------------------------------------------
 
 def test_predict_answers_one_image_in_the_cli_format(client, predictor, tmp_path, store_path, trained):
-    from cli import main
-    from web.schemas import Prediction
+    from emoreact.cli import main
+    from emoreact.web.schemas import Prediction
 
     data = encoded(("sad",))
     response = client.post("/api/predict", data=upload(("sad.png", data)))
@@ -251,7 +251,7 @@ def test_too_many_files_is_413(make_app):
 # ---- /api/neighbours ----------------------------------------------------------------------
 
 def test_neighbours_of_an_indexed_image(client, predictor):
-    from web.schemas import NeighboursResponse
+    from emoreact.web.schemas import NeighboursResponse
 
     response = client.get("/api/neighbours?id=0&k=4")
     assert response.status_code == 200
@@ -326,7 +326,7 @@ def test_thumbnail_whose_file_is_gone_is_404(make_app, predictor, tmp_path):
         def items(self, ids=None):
             return [replace(item, path=str(tmp_path / "gone.jpg")) for item in predictor.store.items(ids)]
 
-    from web import WebConfig, create_app
+    from emoreact.web import WebConfig, create_app
 
     moved = type("Moved", (), {"store": MovedStore()})()
     client = create_app(WebConfig(loader=lambda config: moved)).test_client()
@@ -337,7 +337,7 @@ def test_thumbnail_whose_file_is_gone_is_404(make_app, predictor, tmp_path):
 # ---- labels, health, docs -----------------------------------------------------------------
 
 def test_labels_give_the_emoji_policy_in_force(client, predictor):
-    from web.schemas import LabelsResponse
+    from emoreact.web.schemas import LabelsResponse
 
     body = client.get("/api/labels").get_json()
     LabelsResponse.model_validate(body)
@@ -349,7 +349,7 @@ def test_labels_give_the_emoji_policy_in_force(client, predictor):
 
 
 def test_healthz(client, predictor):
-    from web.schemas import Health
+    from emoreact.web.schemas import Health
 
     body = client.get("/healthz").get_json()
     Health.model_validate(body)
@@ -412,7 +412,7 @@ def test_wrong_method_is_json_405_with_allow(client):
 
 
 def test_an_unexpected_failure_is_json_500_without_a_traceback(make_app, predictor, caplog):
-    from web import WebConfig, create_app
+    from emoreact.web import WebConfig, create_app
 
     class Broken:
         store, head, backbone, labels, max_pixels = (predictor.store, predictor.head, predictor.backbone,
@@ -429,7 +429,7 @@ def test_an_unexpected_failure_is_json_500_without_a_traceback(make_app, predict
 
 
 def test_config_may_be_a_mapping_and_unknown_keys_are_refused(predictor):
-    from web import create_app
+    from emoreact.web import create_app
 
     app = create_app({"loader": lambda config: predictor, "k_default": 2})
     assert len(app.test_client().get("/api/neighbours?id=1").get_json()["neighbours"]) == 2
@@ -440,12 +440,12 @@ def test_config_may_be_a_mapping_and_unknown_keys_are_refused(predictor):
 
 
 def test_the_default_loader_loads_the_store_and_head_once(store_path, trained, monkeypatch):
-    from pipeline import Predictor
-    from web import WebConfig, create_app
+    from emoreact import predictor
+    from emoreact.web import WebConfig, create_app
 
     calls = []
-    real_load = Predictor.load
-    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, *a, **kw: calls.append(a) or real_load(*a, **kw)))
+    real_load = predictor.load
+    monkeypatch.setattr(predictor, "load", lambda *a, **kw: calls.append(a) or real_load(*a, **kw))
     client = create_app(WebConfig(store=store_path, head=trained[0], device="cpu")).test_client()
     for _ in range(3):
         assert client.post("/api/predict", data=upload(("a.png", encoded()))).status_code == 200
@@ -473,7 +473,7 @@ def test_concurrent_requests_answer_as_sequential_ones(client):
 
 
 def test_real_server_under_concurrent_clients(app):
-    from web import background_server
+    from emoreact.web import background_server
 
     images = _images(8)
 
@@ -495,7 +495,7 @@ def test_real_server_under_concurrent_clients(app):
 def test_real_server_refuses_a_chunked_upload_over_the_limit_with_json_413(make_app):
     import http.client
 
-    from web import background_server
+    from emoreact.web import background_server
 
     app = make_app(max_upload_bytes=20_000)
     body, content_type = multipart_body([("a.png", encoded(size=64) + b"\0" * 30_000)])
@@ -521,8 +521,8 @@ def test_real_server_refuses_a_chunked_upload_over_the_limit_with_json_413(make_
 # ---- the CLI command ----------------------------------------------------------------------
 
 def test_serve_command_builds_the_app_and_runs_waitress(store_path, trained, monkeypatch):
-    import web
-    from cli import main
+    from emoreact import web
+    from emoreact.cli import main
 
     started = {}
 
@@ -547,7 +547,7 @@ def test_serve_command_builds_the_app_and_runs_waitress(store_path, trained, mon
 
 
 def test_serve_command_explains_a_missing_store(tmp_path, trained):
-    from cli import main
+    from emoreact.cli import main
 
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["serve", "--store", str(tmp_path / "empty"), "--head", str(trained[0])])

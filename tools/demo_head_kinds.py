@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from demo import DEMO_HEAD, DEMO_LABELS, DEMO_MODEL, STYLES, style_evaluation  # noqa: E402
-from embed import load_backbone  # noqa: E402
-from heads import HeadConfig  # noqa: E402
-from heads.config import load_label_config  # noqa: E402
+from emoreact.demo import DEMO_HEAD, DEMO_LABELS, DEMO_MODEL, STYLES, style_evaluation  # noqa: E402
+from emoreact.embed import load_backbone  # noqa: E402
+from emoreact.heads import HeadConfig  # noqa: E402
+from emoreact.labels import load_label_config  # noqa: E402
 
 
 def main(argv=None) -> int:

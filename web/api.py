@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING
 from flask import abort, current_app, g, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
-from embed import ImageError, ModelLoadError, decode_image
-from heads import ConfigError, HeadError
-from index import StoreError
+from emoreact.embed import ImageError, ModelLoadError, decode_image
+from emoreact.heads import ConfigError, HeadError
+from emoreact.index import StoreError
 
 from . import schemas as s
 from .config import WebConfig
 from .thumbnails import ThumbnailMissing, Thumbnails
 
 if TYPE_CHECKING:
-    from pipeline import Predictor
+    from emoreact.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ from flask_openapi3 import Info, OpenAPI, Tag
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from emoreact import __version__
+
 from .api import Resources, api_blueprint, health, resources
 from .config import WebConfig, describe_size
 from .page import page_blueprint
@@ -34,7 +36,7 @@ _MISSING = {  # what to say when a required field is absent
 def create_app(config: WebConfig | Mapping | None = None) -> OpenAPI:
     """Gives the EmoReact WSGI app; the predictor is loaded here, once, by `config.loader`."""
     config = _as_config(config)
-    app = OpenAPI(__name__, info=Info(title="EmoReact API", version=_version(), description=_DESCRIPTION),
+    app = OpenAPI(__name__, info=Info(title="EmoReact API", version=__version__, description=_DESCRIPTION),
                   doc_prefix="/docs", doc_url="/openapi.json", validation_error_status=400,
                   security_schemes={},  # the default, None, is written as `"securitySchemes": null`: invalid OpenAPI
                   validation_error_model=ErrorBody, validation_error_callback=_validation_error)
@@ -123,11 +125,3 @@ def _common_headers(response: Response) -> Response:
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     return response
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("emoreact")
-    except PackageNotFoundError:
-        return "0.1.0"

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from embed.images import DEFAULT_MAX_PIXELS
+from emoreact.embed import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
-    from pipeline import Predictor
+    from emoreact.predictor import Predictor
 
 MiB = 1024 * 1024
 
@@ -23,12 +23,12 @@ def describe_size(n: int) -> str:
 
 def load_predictor(config: "WebConfig") -> "Predictor":
     """Gives the predictor (backbone, store, head) named by the config, loaded once per app."""
-    from pipeline import Predictor
+    from emoreact import predictor
 
     if config.store is None or config.head is None:
         raise ValueError("the web app needs both a store and a head; pass --store STORE --head HEAD")
-    return Predictor.load(config.store, config.head, config.device, config.labels, config.pretrained,
-                          config.max_pixels, config.micro_batch)
+    return predictor.load(config.store, config.head, device=config.device, labels=config.labels,
+                          pretrained=config.pretrained, max_pixels=config.max_pixels, micro_batch=config.micro_batch)
 
 
 @dataclass(frozen=True)

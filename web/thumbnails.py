@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from embed import ImageError, decode_image
-from index import Item
+from emoreact.embed import ImageError, decode_image
+from emoreact.index import Item
 
 log = logging.getLogger(__name__)
 

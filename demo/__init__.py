@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from embed import EmbedConfig, ModelSpec, Record
-from heads import HeadConfig, LabelConfig, fit_head, label_text_embeddings, report, zero_shot_head
-from index import Store, atomic_write_text
+from emoreact.embed import EmbedConfig, ModelSpec, Record
+from emoreact.heads import HeadConfig, LabelConfig, fit_head, label_text_embeddings, report, zero_shot_head
+from emoreact.index import Store, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_DIR = Path(__file__).parent
 DEMO_MODEL = ModelSpec("emoreact-emoji-s", "emoreact")
 DEMO_LABELS = DEMO_DIR / "labels.toml"  # the default config with prompts in emoji vocabulary
 STYLES = ("google", "twitter", "openmoji")
@@ -63,8 +63,8 @@ def _is_val(path: str) -> bool:
 def run_demo(out: Path, labels: LabelConfig, spec: ModelSpec = DEMO_MODEL, device: str = "auto",
              demo_dir: Path = DEMO_DIR) -> dict:
     """Builds the demo store and head under `out`, writes the quality report; gives its summary."""
-    from embed import load_backbone
-    from pipeline import embed_records, train_from_store
+    from emoreact.embed import load_backbone
+    from emoreact.pipeline import embed_records, train_from_store
 
     start = time.perf_counter()
     backbone = load_backbone(spec, device)

@@ -1,0 +1,65 @@
+"""EmoReact: emotions and emoji reactions for social-media images, from frozen CLIP features.
+
+The public Python API is what this module lists in `__all__`; nothing else is promised::
+
+    import emoreact
+
+    clf = emoreact.load(store="runs/fi", head="runs/fi-head")  # head only: emoreact.load(head="runs/fi-head")
+    clf.predict("photo.jpg")                   # one result dict; also bytes, a PIL image, or a list of them
+    for result in clf.predict_many(paths, batch_size=64):
+        ...
+    emoreact.embed_source("photos/", store="runs/p", model="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    emoreact.train(store="runs/p", out="runs/p-head", head="linear")
+    emoreact.evaluate(store="runs/p", head="runs/p-head", split="test")
+
+The names load lazily, so `import emoreact` stays fast and does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.2.0"  # the one place the version lives; pyproject.toml and every manifest read it
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "load": "emoreact.predictor",
+    "embed_source": "emoreact.pipeline",
+    "train": "emoreact.pipeline",
+    "evaluate": "emoreact.pipeline",
+    "Predictor": "emoreact.predictor",
+    "EmbedConfig": "emoreact.embed",
+    "EmbedReport": "emoreact.embed",
+    "HeadConfig": "emoreact.heads",
+    "LabelConfig": "emoreact.labels",
+    "load_label_config": "emoreact.labels",
+    # the errors a caller catches; each message names the problem and the fix
+    "StoreError": "emoreact.index",
+    "ModelLoadError": "emoreact.embed",
+    "ImageError": "emoreact.embed",
+    "SourceError": "emoreact.embed",
+    "HeadError": "emoreact.heads",
+    "ConfigError": "emoreact.labels",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
+    from .embed import EmbedConfig, EmbedReport, ImageError, ModelLoadError, SourceError
+    from .heads import HeadConfig, HeadError
+    from .index import StoreError
+    from .labels import ConfigError, LabelConfig, load_label_config
+    from .pipeline import embed_source, evaluate, train
+    from .predictor import Predictor, load
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'emoreact' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -1,0 +1,247 @@
+"""Predicting emotions and emoji reactions: `load` gives a `Predictor`, which takes paths, bytes or PIL images.
+
+The backbone, head and (optionally) store are loaded once; every image goes through the one decode
+function of `emoreact.embed`, whichever way it comes in.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from itertools import islice
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from emoreact.embed import (DEFAULT_MAX_PIXELS, Backbone, ImageError, ModelLoadError, ModelSpec, decode_image,
+                            decode_pil, load_backbone)
+from emoreact.heads import EmotionHead, decide, emoji_policy
+from emoreact.index import Store, StoreError
+from emoreact.labels import LabelConfig, load_label_config
+
+from .pipeline import backbone_for_store
+
+ImageInput = Union[str, os.PathLike, bytes, Image.Image]  # what `predict` takes, alone or in a list
+
+
+def load(store: str | Path | None = None, head: str | Path | None = None, *, device: str = "auto",
+         labels: str | Path | LabelConfig | None = None, pretrained: str | None = None, model: str | None = None,
+         max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None) -> "Predictor":
+    """Gives a predictor for a trained head, with neighbours from `store` when one is given.
+
+    `labels` swaps in another emoji policy (same label names). Without a store the backbone is the
+    one the head was trained on (its manifest names it); `model`/`pretrained` re-point it, e.g. at a
+    local weights file when the head was trained elsewhere.
+    """
+    if head is None:
+        raise ValueError("load needs a trained head: emoreact.load(head=\"runs/fi-head\"), "
+                         "and a store for neighbours (store=\"runs/fi\")")
+    if store is not None:
+        opened = Store.open(store)
+        trained = EmotionHead.load(head, opened.model_id, opened.dim)
+        backbone = backbone_for_store(opened, device, pretrained)
+    else:
+        opened, trained = None, EmotionHead.load(head)
+        backbone = _backbone_for_head(trained, device, model, pretrained)
+    if labels is not None:
+        trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
+    return Predictor(backbone, opened, trained, max_pixels, micro_batch)
+
+
+def _backbone_for_head(head: EmotionHead, device: str, model: str | None, pretrained: str | None) -> Backbone:
+    """Gives the backbone a head was trained on, as its manifest names it (or as re-pointed)."""
+    source = head.backbone or {}
+    parsed = ModelSpec.parse(head.model_id)
+    spec = ModelSpec(model=model or source.get("model") or parsed.model,
+                     pretrained=pretrained or source.get("pretrained") or parsed.pretrained)
+    try:
+        backbone = load_backbone(spec, device)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc} (the head was trained on {head.model_id!r}; pass model=/pretrained= "
+                             "naming its weights, or a store built with them)") from exc
+    if backbone.spec.model_id != head.model_id or backbone.dim != head.dim:
+        raise ModelLoadError(f"the head was trained on {head.model_id!r} (dim {head.dim}) but the weights given make "
+                             f"{backbone.spec.model_id!r} (dim {backbone.dim}); pass the same pretrained as at "
+                             "embed time")
+    return backbone
+
+
+class MicroBatcher:
+    """Runs the model calls of concurrent requests as one batch.
+
+    No request waits for company: whatever queued up while the previous batch ran goes into the
+    next one, so a lone request is not slowed and a busy server makes few, large calls.
+    Batching changes floating-point summation order, so scores can differ from a lone request in
+    the last bits; that is why it is on by default only on the GPU, where it pays most.
+    """
+
+    def __init__(self, encode, max_batch: int = 64) -> None:
+        self._encode, self._max_batch = encode, max_batch
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, name="micro-batcher", daemon=True).start()
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        """Gives (N, D) float32 vectors for a (N, 3, H, W) batch, computed together with others."""
+        future: Future = Future()
+        self._queue.put((batch, future))
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            size = len(jobs[0][0])
+            while size < self._max_batch:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+                size += len(jobs[-1][0])
+            try:
+                vectors = self._encode(torch.cat([batch for batch, _ in jobs]))
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for _, future in jobs:
+                    future.set_exception(exc)
+                continue
+            start = 0
+            for batch, future in jobs:
+                future.set_result(vectors[start:start + len(batch)])
+                start += len(batch)
+
+
+
+class Predictor:
+    """Everything a prediction needs, loaded once: backbone, head and, for neighbours, a store."""
+
+    def __init__(self, backbone: Backbone, store: Store | None, head: EmotionHead,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None) -> None:
+        if store is not None and (head.model_id != store.model_id or head.dim != store.dim):
+            raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
+                             f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
+        self.backbone, self.store, self.head, self.max_pixels = backbone, store, head, max_pixels
+        self._min_side = max(backbone.preprocess.image_size)  # JPEGs decode at the scale the model needs
+        self._lock = threading.Lock()  # one forward pass at a time; torch uses all cores per call
+        if micro_batch is None:
+            micro_batch = backbone.device.type == "cuda"
+        self._batcher = MicroBatcher(self._encode) if micro_batch else None
+
+    @property
+    def labels(self) -> list[str]:
+        return self.head.labels
+
+    # ---- the Python API ------------------------------------------------------------------
+
+    def predict(self, images: ImageInput | list[ImageInput], k: int = 5) -> dict | list[dict]:
+        """Gives the result dict for one image (a path, encoded bytes or a PIL image), or a list of them
+        for a list. One bad image raises ImageError; in a list it gets {"image", "error", "kind"}."""
+        if isinstance(images, (list, tuple)):
+            return self._predict_chunk(list(images), k)
+        name, image = self.decode(images)
+        return self.predict_images([image], [name], k)[0]
+
+    def predict_many(self, images: Iterable[ImageInput], batch_size: int = 64, k: int = 5,
+                     progress: bool = False) -> Iterator[dict]:
+        """Yields one result per image, in order, reading `batch_size` images at a time: memory does not
+        grow with the number of images. Bad images give {"image", "error", "kind"}, never an exception."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        total = len(images) if hasattr(images, "__len__") else None
+        iterator = iter(images)
+        with tqdm(total=total, unit="img", disable=not progress, desc="predict") as bar:
+            while chunk := list(islice(iterator, batch_size)):
+                yield from self._predict_chunk(chunk, k)
+                bar.update(len(chunk))
+
+    def decode(self, image: ImageInput) -> tuple[str, Image.Image]:
+        """Gives (name, RGB image) for a path, bytes or PIL image, decoded as the embed job decodes."""
+        if isinstance(image, Image.Image):
+            name = getattr(image, "filename", "") or "<PIL image>"
+            return name, decode_pil(image, self.max_pixels, self._min_side)[0]
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return "<bytes>", decode_image(bytes(image), self.max_pixels, self._min_side)
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                data = Path(image).read_bytes()
+            except OSError as exc:
+                raise ImageError(f"cannot read {image}: {exc.strerror}; check the path") from exc
+            return str(image), decode_image(data, self.max_pixels, self._min_side)
+        raise TypeError(f"cannot predict a {type(image).__name__}; pass a file path, encoded bytes or a PIL image")
+
+    def _predict_chunk(self, images: list[ImageInput], k: int) -> list[dict]:
+        decoded, errors = [], {}
+        for i, image in enumerate(images):
+            try:
+                decoded.append((i, *self.decode(image)))
+            except ImageError as exc:
+                name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
+                errors[i] = {"image": name, "error": str(exc), "kind": exc.kind}
+        good = self.predict_images([im for _, _, im in decoded], [name for _, name, _ in decoded], k)
+        by_index = dict(zip([i for i, _, _ in decoded], good)) | errors
+        return [by_index[i] for i in range(len(images))]
+
+    # ---- the building blocks the CLI and the web app use -----------------------------------
+
+    def embed(self, images: list) -> np.ndarray:
+        """Gives (N, D) float32 unit-norm vectors for RGB PIL images."""
+        batch = torch.stack([self.backbone.transform(image) for image in images])
+        return self._batcher(batch) if self._batcher else self._encode(batch)
+
+    def _encode(self, batch: torch.Tensor) -> np.ndarray:
+        with self._lock:
+            return self.backbone.encode_images(batch).cpu().numpy()
+
+    def predict_vectors(self, vectors: np.ndarray, names: list[str], k: int = 5) -> list[dict]:
+        """Gives one result dict per vector: emotions, scores, emojis and (with a store) k neighbours."""
+        probs = self.head.predict_proba(vectors)
+        chosen = decide(probs, self.head.thresholds_)
+        neighbours = self.neighbours(vectors, k) if self.store is not None else [None] * len(vectors)
+        results = []
+        for name, p, c, near in zip(names, probs, chosen, neighbours):
+            predicted = [label for label, on in zip(self.labels, c) if on]
+            predicted.sort(key=lambda label: -p[self.labels.index(label)])
+            allowed, blocked = emoji_policy(predicted, self.head.label_config)
+            result = {"image": name, "predicted_emotions": predicted, "allowed_emojis": allowed,
+                      "blocked_emojis": blocked,
+                      "emotion_scores": {l: round(float(s), 4) for l, s in zip(self.labels, p)}}
+            if near is not None:
+                result["neighbours"] = near
+            results.append(result)
+        return results
+
+    def predict_images(self, images: list, names: list[str], k: int = 5) -> list[dict]:
+        """Gives results for decoded RGB PIL images."""
+        return self.predict_vectors(self.embed(images), names, k) if images else []
+
+    def predict_files(self, named_bytes: list[tuple[str, bytes]], k: int = 5) -> list[dict]:
+        """Gives a result per (name, bytes); an undecodable file gets {"image", "error", "kind"}."""
+        results = self._predict_chunk([data for _, data in named_bytes], k)
+        for (name, _), result in zip(named_bytes, results):
+            result["image"] = name
+        return results
+
+    def neighbours(self, vectors: np.ndarray, k: int = 5) -> list[list[dict]]:
+        """Gives, per vector, the k nearest stored images with id, path, labels and similarity."""
+        if self.store is None:
+            raise StoreError("this predictor has no store, so no neighbours; load it with store=STORE")
+        if k <= 0 or len(self.store) == 0:
+            return [[] for _ in range(len(vectors))]
+        scores, ids = self.store.search(vectors, k)
+        out = []
+        for row_scores, row_ids in zip(scores, ids):
+            valid = [(s, i) for s, i in zip(row_scores, row_ids) if i >= 0]
+            items = self.store.items([int(i) for _, i in valid])
+            out.append([{**item.to_json(), "similarity": round(float(s), 4)} for (s, _), item in zip(valid, items)])
+        return out
+
+    def neighbours_of_id(self, image_id: int, k: int = 5) -> list[dict]:
+        """Gives the k nearest stored images to a stored image (itself excluded)."""
+        if self.store is None:
+            raise StoreError("this predictor has no store, so no neighbours; load it with store=STORE")
+        self.store.items([image_id])  # raises KeyError for an unknown id
+        vector = self.store.vector(image_id)[None, :]
+        return [n for n in self.neighbours(vector, k + 1)[0] if n["id"] != image_id][:k]
