@@ -53,7 +53,7 @@ def test_known_answers_shipped_emojis_find_their_own_names(backbone, style):
 
 def test_demo_and_training_script_agree_on_the_emojis_the_clip_never_saw():
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    from train_emoji_clip import is_heldout
+    from emoji_clip_common import is_heldout
 
     hexcodes = [r["hexcode"] for r in csv.DictReader((DEMO_DIR / "labels.csv").open(encoding="utf-8"))]
     assert [unseen_by_clip(h) for h in hexcodes] == [is_heldout(h) for h in hexcodes]

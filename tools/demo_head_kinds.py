@@ -15,12 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from emoreact.demo import DEMO_HEAD, DEMO_LABELS, DEMO_MODEL, STYLES, style_evaluation  # noqa: E402
-from emoreact.embed import load_backbone  # noqa: E402
-from emoreact.heads import HeadConfig  # noqa: E402
-from emoreact.labels import load_label_config  # noqa: E402
+from emoreact.demo import DEMO_HEAD, DEMO_LABELS, DEMO_MODEL, STYLES, style_evaluation
+from emoreact.embed import load_backbone
+from emoreact.heads import HeadConfig
+from emoreact.labels import load_label_config
 
 
 def main(argv=None) -> int:

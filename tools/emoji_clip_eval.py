@@ -4,7 +4,7 @@ Loads the weights file through open_clip exactly as EmoReact does (``add_model_c
 ``create_model_and_transforms(..., pretrained=<file>)``) and uses open_clip's own inference
 transform, so the figures describe what ships.
 
-1. Held-out emojis (the fixed ~10% of hexcodes never trained on, see ``train_emoji_clip.is_heldout``):
+1. Held-out emojis (the fixed ~10% of hexcodes never trained on, see ``emoji_clip_common.is_heldout``):
    every held-out image ranks the captions "an emoji of a <name>" of all held-out emojis; top-1 and
    top-5 accuracy per style and overall. Also ranked against all emojis' names (harder: trained
    names compete).
@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -28,13 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_emoji_clip import (CONFIG_PATH, DEMO_LABELS, DEMO_PROMPT_WORDS, REPO, is_heldout,  # noqa: E402
-                              load_corpus)
-
-STYLES = ("google", "twitter", "openmoji")
+from emoji_clip_common import (CONFIG_PATH, DEMO_LABELS, DEMO_PROMPT_WORDS, REPO, STYLES,  # noqa: E402
+                               cross_style_eval, demo_items, encode_images, is_heldout, load_corpus)
 
 
 def load_model(weights: Path, config: Path):
@@ -44,18 +40,6 @@ def load_model(weights: Path, config: Path):
     model, _, transform = open_clip.create_model_and_transforms(config.stem, pretrained=str(weights))
     model.eval()
     return model, transform, open_clip.get_tokenizer(config.stem)
-
-
-@torch.inference_mode()
-def encode_images(model, transform, paths: list[Path], batch: int = 256) -> torch.Tensor:
-    out = []
-    for i in range(0, len(paths), batch):
-        ims = []
-        for p in paths[i:i + batch]:
-            with Image.open(p) as im:
-                ims.append(transform(im.convert("RGB")))
-        out.append(torch.nn.functional.normalize(model.encode_image(torch.stack(ims)), dim=-1))
-    return torch.cat(out)
 
 
 @torch.inference_mode()
@@ -120,35 +104,6 @@ def demo_eval(model, transform, tokenizer, demo: Path) -> dict:
     res["7way_per_style"] = {s: acc(pred7, emo & np.array([it["style"] == s for it in items])) for s in STYLES}
     res["cross_style"] = cross_style_eval(img, items)
     return res
-
-
-def cross_style_eval(img: torch.Tensor, items: list[dict]) -> dict:
-    """Leave-one-style-out nearest neighbour on the demo set: how style-invariant the features are.
-
-    For each style, every image's nearest neighbour among the other two styles' images: how often it
-    is the same emoji, and the macro-F1 of the 8 demo labels when each image takes its neighbour's
-    labels. This is what the demo's leave-one-style-out head needs from the features.
-    """
-    from sklearn.metrics import f1_score
-
-    styles = np.array([it["style"] for it in items])
-    emoji = np.array([Path(it["path"]).stem for it in items])
-    y = np.array([[lab in it["labels"].split("|") for lab in DEMO_LABELS] for it in items])
-    sims = (img @ img.T).numpy()
-    res = {}
-    for held in STYLES:
-        test, pool = np.flatnonzero(styles == held), np.flatnonzero(styles != held)
-        nn = pool[sims[np.ix_(test, pool)].argmax(1)]
-        res[held] = {"same_emoji": round(float((emoji[nn] == emoji[test]).mean()), 4),
-                     "label_macro_f1": round(float(f1_score(y[test], y[nn], average="macro", zero_division=0)), 4)}
-    res["mean_same_emoji"] = round(float(np.mean([res[s]["same_emoji"] for s in STYLES])), 4)
-    res["mean_label_macro_f1"] = round(float(np.mean([res[s]["label_macro_f1"] for s in STYLES])), 4)
-    return res
-
-
-def demo_items(demo: Path) -> list[dict]:
-    with open(demo / "manifest.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def evaluate(weights: Path, config: Path, data: Path, demo: Path, seed: int = 0, threads: int = 2) -> dict:

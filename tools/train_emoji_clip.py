@@ -35,7 +35,6 @@ and exits, to pick a model size that trains in the time budget on this machine.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -51,36 +50,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emoji_clip_common import (CLIP_MEAN, CLIP_STD, CONFIG_PATH, DEMO_LABELS, HELDOUT_MOD, MODEL_NAME, REPO,  # noqa: E402,F401
+                               cross_style_eval, demo_items, encode_images, is_heldout, load_corpus)
+
 log = logging.getLogger("train_emoji_clip")
-
-REPO = Path(__file__).resolve().parent.parent
-MODEL_NAME = "emoreact-emoji-s"
-CONFIG_PATH = REPO / "embed" / "model_configs" / f"{MODEL_NAME}.json"
-HELDOUT_MOD = 10  # 1 emoji in 10 held out
-# open_clip's default (OpenAI CLIP) normalisation; open_clip ignores a preprocess_cfg in a
-# plain model-config JSON, so the bundled model uses these defaults at inference time too.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEMO_LABELS = ("happy", "sad", "angry", "fear", "surprise", "disgust", "neutral", "other")
-DEMO_PROMPT_WORDS = {"happy": "happy", "sad": "sad", "angry": "angry", "fear": "afraid",
-                     "surprise": "surprised", "disgust": "disgusted", "neutral": "neutral"}
-
-
-def is_heldout(hexcode: str) -> bool:
-    """Tells whether an emoji is in the fixed held-out set (about 10% of hexcodes)."""
-    return int(hashlib.sha256(hexcode.encode()).hexdigest(), 16) % HELDOUT_MOD == 0
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def load_corpus(data: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (data / "captions.jsonl").read_text().splitlines() if line.strip()]
-    rows.sort(key=lambda r: (r["style"], r["hexcode"]))  # independent of file order
-    return rows
 
 
 def load_images(data: Path, rows: list[dict]) -> torch.Tensor:
@@ -282,9 +261,6 @@ def build_model(config_path: Path, name: str):
 def demo_probe(demo: Path, model: torch.nn.Module):
     """Gives a function that measures the demo set's cross-style neighbours with the current weights."""
     import open_clip
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from emoji_clip_eval import cross_style_eval, demo_items, encode_images
 
     items = demo_items(demo)
     transform = open_clip.image_transform(model.visual.image_size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD)
@@ -547,7 +523,6 @@ def main(argv=None) -> int:
     write_log(log_path, record)
 
     # evaluate exactly what ships: reload the fp16 file through open_clip
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from emoji_clip_eval import evaluate
 
     t_eval = time.time()
