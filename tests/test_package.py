@@ -90,6 +90,7 @@ def test_installed_wheel_runs_the_cli_and_the_python_api_from_another_folder(ins
 
     helped = _run(installed, ["emoreact", "--help"], tmp_path).stdout
     assert all(f"  {name} " in helped for name in cli.main.commands)
+    assert _run(installed, [python, "-m", "emoreact", "--help"], tmp_path).stdout == helped
 
     demo = _run(installed, ["emoreact", "demo", "--no-serve", "--out", "demo-out", "--device", "cpu"], tmp_path)
     summary = json.loads(demo.stdout.strip().splitlines()[-1])
