@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from emoreact.embed import (DEFAULT_MAX_PIXELS, Backbone, ImageError, ModelLoadError, ModelSpec, decode_image,
-                            decode_pil, load_backbone)
+                            decode_pil, load_backbone, same_model)
 from emoreact.heads import EmotionHead, decide, emoji_policy
 from emoreact.index import Store, StoreError
 from emoreact.labels import LabelConfig, load_label_config
@@ -44,14 +44,18 @@ def load(store: str | Path | None = None, head: str | Path | None = None, *, dev
                          "and a store for neighbours (store=\"runs/fi\")")
     if store is not None:
         opened = Store.open(store)
-        trained = EmotionHead.load(head, opened.model_id, opened.dim)
-        backbone = backbone_for_store(opened, device, pretrained)
+        try:
+            trained = EmotionHead.load(head, opened.model_id, opened.dim)
+            backbone = backbone_for_store(opened, device, pretrained)
+        except BaseException:
+            opened.close()
+            raise
     else:
         opened, trained = None, EmotionHead.load(head)
         backbone = _backbone_for_head(trained, device, model, pretrained)
     if labels is not None:
         trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
-    return Predictor(backbone, opened, trained, max_pixels, micro_batch)
+    return Predictor(backbone, opened, trained, max_pixels, micro_batch, owns_store=True)
 
 
 def _backbone_for_head(head: EmotionHead, device: str, model: str | None, pretrained: str | None) -> Backbone:
@@ -65,7 +69,7 @@ def _backbone_for_head(head: EmotionHead, device: str, model: str | None, pretra
     except ModelLoadError as exc:
         raise ModelLoadError(f"{exc} (the head was trained on {head.model_id!r}; pass model=/pretrained= "
                              "naming its weights, or a store built with them)") from exc
-    if backbone.spec.model_id != head.model_id or backbone.dim != head.dim:
+    if not same_model(head.model_id, backbone.spec) or backbone.dim != head.dim:
         raise ModelLoadError(f"the head was trained on {head.model_id!r} (dim {head.dim}) but the weights given make "
                              f"{backbone.spec.model_id!r} (dim {backbone.dim}); pass the same pretrained as at "
                              "embed time")
@@ -84,42 +88,70 @@ class MicroBatcher:
     def __init__(self, encode, max_batch: int = 64) -> None:
         self._encode, self._max_batch = encode, max_batch
         self._queue: queue.Queue = queue.Queue()
-        threading.Thread(target=self._run, name="micro-batcher", daemon=True).start()
+        self._closed = False
+        self._closing = threading.Lock()  # no call may be queued behind the stop marker: it would wait forever
+        self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
+        self._thread.start()
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         """Gives (N, D) float32 vectors for a (N, 3, H, W) batch, computed together with others."""
         future: Future = Future()
-        self._queue.put((batch, future))
+        with self._closing:
+            if self._closed:
+                raise RuntimeError("this predictor was closed; load a new one")
+            self._queue.put((batch, future))
         return future.result()
 
+    def close(self) -> None:
+        """Stops the batching thread once the calls already queued are answered; waits for it."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join()
+
     def _run(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             jobs = [self._queue.get()]
+            if jobs[0] is _STOP:
+                return
             size = len(jobs[0][0])
             while size < self._max_batch:
                 try:
-                    jobs.append(self._queue.get_nowait())
+                    job = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                size += len(jobs[-1][0])
-            try:
-                vectors = self._encode(torch.cat([batch for batch, _ in jobs]))
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for _, future in jobs:
-                    future.set_exception(exc)
-                continue
-            start = 0
-            for batch, future in jobs:
-                future.set_result(vectors[start:start + len(batch)])
-                start += len(batch)
+                if job is _STOP:  # answer what was gathered, then stop
+                    stopping = True
+                    break
+                jobs.append(job)
+                size += len(job[0])
+            self._answer(jobs)
 
+    def _answer(self, jobs: list) -> None:
+        try:
+            vectors = self._encode(torch.cat([batch for batch, _ in jobs]))
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            for _, future in jobs:
+                future.set_exception(exc)
+            return
+        start = 0
+        for batch, future in jobs:
+            future.set_result(vectors[start:start + len(batch)])
+            start += len(batch)
+
+
+_STOP = object()  # put on a MicroBatcher's queue by close()
 
 
 class Predictor:
     """Everything a prediction needs, loaded once: backbone, head and, for neighbours, a store."""
 
     def __init__(self, backbone: Backbone, store: Store | None, head: EmotionHead,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None, *,
+                 owns_store: bool = False) -> None:
         if store is not None and (head.model_id != store.model_id or head.dim != store.dim):
             raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
                              f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
@@ -129,10 +161,25 @@ class Predictor:
         if micro_batch is None:
             micro_batch = backbone.device.type == "cuda"
         self._batcher = MicroBatcher(self._encode) if micro_batch else None
+        self._owns_store = owns_store  # close() closes the store too (`load` opened it for this predictor)
 
     @property
     def labels(self) -> list[str]:
         return self.head.labels
+
+    def close(self) -> None:
+        """Releases what this predictor holds: stops its batching thread and closes the store it opened.
+        Call it once no request uses the predictor any more (the web app does so after a reload)."""
+        if self._batcher is not None:
+            self._batcher.close()
+        if self.store is not None and self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- the Python API ------------------------------------------------------------------
 

@@ -5,13 +5,15 @@ plus a `pretrained` source:
 
 - an open_clip pretrained tag (``laion2b_s34b_b79k``): fetched into the Hugging Face cache,
 - a local weights file (``.bin``/``.pt``/``.safetensors``) or a folder holding one,
-- ``local-dir:FOLDER`` / ``hf-hub:ORG/REPO`` (open_clip's own forms; `model` is then ignored),
+- ``local-dir:FOLDER`` / ``hf-hub:ORG/REPO`` (open_clip's own forms, as `model` or `pretrained`;
+  the folder's or repository's config then decides the architecture; a cached repository loads
+  from the cache with no network call),
 - ``none``: random weights seeded with 0, for tests and benchmarks,
 - ``emoreact``: the weights bundled in ``embed/weights/`` (the offline ``emoreact-emoji-s`` model).
 
 `default_pretrained(model)` picks the weights when none are named.
 
-`ModelSpec.model_id` is the one string written into every artifact; loaders compare it.
+`ModelSpec` (in `identity`) gives the one model id written into every artifact.
 """
 from __future__ import annotations
 
@@ -25,53 +27,14 @@ from pathlib import Path
 
 import torch
 
+from .identity import (DEFAULT_MODEL, DEFAULT_PRETRAINED, HUB, LOCAL_DIR, RANDOM_WEIGHTS, WEIGHT_SUFFIXES,
+                       ModelLoadError, ModelSpec, is_local_path, weights_file)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
-RANDOM_WEIGHTS = "none"
 BUNDLED_TAG = "emoreact"
 _BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
 _BUNDLED_WEIGHTS = Path(__file__).parent / "weights"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-class ModelLoadError(RuntimeError):
-    """The backbone could not be built; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which CLIP backbone to use."""
-
-    model: str = DEFAULT_MODEL  # open_clip model name, or a path to a model-config JSON
-    pretrained: str = DEFAULT_PRETRAINED  # tag, weights file/folder, local-dir:/hf-hub: form, or "none"
-
-    @property
-    def model_name(self) -> str:
-        """Gives the open_clip registry name (a config file's stem)."""
-        if self.model.endswith(".json"):
-            return Path(self.model).stem
-        return self.model
-
-    @property
-    def model_id(self) -> str:
-        """Gives the identifier written into stores and heads, e.g. ``ViT-B-32/laion2b_s34b_b79k``."""
-        source = self.pretrained
-        if _is_local_path(source):
-            # A machine path would make the id differ between machines; the file name is stable.
-            source = "file:" + Path(source).name
-        return f"{self.model_name}/{source}"
-
-    @classmethod
-    def parse(cls, model_id: str) -> "ModelSpec":
-        """Gives the spec back from a ``model/pretrained`` id (inverse of `model_id` for tags)."""
-        if model_id.startswith(("hf-hub:", "local-dir:")):
-            return cls(model=model_id, pretrained=RANDOM_WEIGHTS)
-        name, sep, pretrained = model_id.rpartition("/")
-        if not sep or not name:
-            raise ModelLoadError(f"model id {model_id!r} is not of the form MODEL/PRETRAINED")
-        return cls(model=name, pretrained=pretrained)
 
 
 @dataclass(frozen=True)
@@ -122,6 +85,8 @@ def default_pretrained(model: str) -> str:
     """Gives the weights used when none are named: bundled ones, laion2b for ViT-B-32, else the first tag."""
     import open_clip
 
+    if model.startswith((HUB, LOCAL_DIR)):
+        return model  # the repository or folder holds its own weights
     name = Path(model).stem if model.endswith(".json") else model
     if bundled_weights(name) is not None:
         return BUNDLED_TAG
@@ -146,9 +111,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except RuntimeError as exc:
         raise ModelLoadError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ModelLoadError(f"--device {device} was asked for but only {count} CUDA GPU(s) are visible "
+                             f"(cuda:0 to cuda:{count - 1}); pick one of them")
+    return chosen
 
 
 def load_backbone(spec: ModelSpec, device: str = "auto") -> Backbone:
@@ -156,12 +126,17 @@ def load_backbone(spec: ModelSpec, device: str = "auto") -> Backbone:
     import open_clip
 
     torch_device = resolve_device(device)
-    name = _register_config(spec.model)
-    kwargs = _weights_kwargs(spec, name)
-    # Random weights must be the same in every process: embeddings from two runs must agree.
-    torch.manual_seed(0)
+    if spec.hub is not None:
+        name, kwargs = _hub_source(spec.hub), {}
+    else:
+        name = _register_config(spec.model)
+        kwargs = _weights_kwargs(spec, name)
     try:
-        model, _, transform = open_clip.create_model_and_transforms(name, device=torch_device, **kwargs)
+        # Random weights must be the same in every process (embeddings from two runs must agree),
+        # without resetting the caller's random state: the seed is set inside a fork of it.
+        with torch.random.fork_rng(devices=_cuda_devices(torch_device)):
+            torch.manual_seed(0)
+            model, _, transform = open_clip.create_model_and_transforms(name, device=torch_device, **kwargs)
         tokenizer = open_clip.get_tokenizer(name)
     except ModelLoadError:
         raise
@@ -215,10 +190,43 @@ def _register_config(model: str) -> str:
             raise ModelLoadError(f"model config {model} lacks embed_dim/vision_cfg: not an open_clip config")
         open_clip.add_model_config(path)
         return path.stem
-    if model.startswith(("hf-hub:", "local-dir:")) or model in open_clip.list_models():
+    if model in open_clip.list_models():
         return model
     raise ModelLoadError(f"unknown model {model!r}; choose one listed by `cli.py info` "
                          f"(e.g. ViT-B-32, ViT-L-14) or give a model-config JSON path")
+
+
+def _hub_source(reference: str) -> str:
+    """Gives the open_clip name for an ``hf-hub:``/``local-dir:`` reference: a cached repository is
+    read from the cache as a local folder, so that it loads offline with no network call."""
+    if reference.startswith(LOCAL_DIR):
+        _check_model_folder(Path(reference[len(LOCAL_DIR):]), reference)
+        return reference
+    snapshot = _cached_snapshot(reference[len(HUB):])
+    if snapshot is not None:
+        return LOCAL_DIR + str(snapshot)
+    _require_hub(reference)
+    return reference
+
+
+def _cached_snapshot(repo: str) -> Path | None:
+    """Gives the Hugging Face cache folder holding a repository's open_clip config and weights, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo, "open_clip_config.json")
+    if not isinstance(config, str):
+        return None
+    folder = Path(config).parent
+    return folder if any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()) else None
+
+
+def _check_model_folder(folder: Path, reference: str) -> None:
+    # open_clip only warns when a folder holds no weights, then builds a random model: refuse instead.
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelLoadError(f"{reference}: {folder} holds no open_clip_config.json; give a folder with an "
+                             "open_clip config and weights, or --model NAME --pretrained FILE")
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+        raise ModelLoadError(f"{reference}: {folder} holds no {'/'.join(WEIGHT_SUFFIXES)} weights file")
 
 
 def _weights_kwargs(spec: ModelSpec, name: str) -> dict:
@@ -226,10 +234,6 @@ def _weights_kwargs(spec: ModelSpec, name: str) -> dict:
     import open_clip
 
     source = spec.pretrained
-    if name.startswith(("hf-hub:", "local-dir:")):
-        if name.startswith("hf-hub:"):
-            _require_hub(name)
-        return {}
     if source == RANDOM_WEIGHTS:
         return {"pretrained": None}
     if source == BUNDLED_TAG:
@@ -238,13 +242,10 @@ def _weights_kwargs(spec: ModelSpec, name: str) -> dict:
             raise ModelLoadError(f"EmoReact bundles no weights for {name!r}; bundled models: "
                                  f"{sorted(p.stem for p in _BUNDLED_WEIGHTS.glob('*.safetensors'))}")
         return {"pretrained": str(path)}
-    if _is_local_path(source):
-        path = Path(source)
+    if is_local_path(source):
+        path = weights_file(Path(source))
         if path.is_dir():
-            found = [p for p in sorted(path.iterdir()) if p.suffix in _WEIGHT_SUFFIXES]
-            if not found:
-                raise ModelLoadError(f"weights folder {path} holds no {'/'.join(_WEIGHT_SUFFIXES)} file")
-            path = found[0]
+            raise ModelLoadError(f"weights folder {path} holds no {'/'.join(WEIGHT_SUFFIXES)} file")
         if not path.is_file():
             raise ModelLoadError(f"weights file {path} does not exist. {_HOW_TO_SUPPLY}")
         return {"pretrained": str(path)}
@@ -287,9 +288,9 @@ def _require_hub(what: str) -> None:
                              f"({host} unreachable: {exc}). " + _HOW_TO_SUPPLY) from exc
 
 
-def _is_local_path(source: str) -> bool:
-    return source not in ("", RANDOM_WEIGHTS) and (os.sep in source or Path(source).suffix in _WEIGHT_SUFFIXES
-                                                   or Path(source).exists())
+def _cuda_devices(device: torch.device) -> list[int]:
+    # torch.manual_seed also seeds every GPU; fork all of them so that none keeps the seed.
+    return list(range(torch.cuda.device_count())) if device.type == "cuda" else []
 
 
 def _autocast(device: torch.device):

@@ -55,7 +55,7 @@ def test_local_weights_file_loads(tmp_path, backbone):
     path = tmp_path / "tiny.pt"
     torch.save(backbone.model.state_dict(), path)
     loaded = load_backbone(ModelSpec(TINY_MODEL, str(path)), "cpu")
-    assert loaded.spec.model_id == "tiny-clip/file:tiny.pt"
+    assert loaded.spec.model_id.startswith("tiny-clip/file:tiny.pt@sha256:")
     image = backbone.transform(draw(("sad",), seed=1))[None]
     assert np.allclose(loaded.encode_images(image), backbone.encode_images(image), atol=1e-6)
 

@@ -249,3 +249,62 @@ def test_serve_installs_the_sighup_reload(store_path, trained, monkeypatch):
     assert signal.getsignal(signal.SIGHUP) is before
     help_text = CliRunner().invoke(main, ["serve", "--help"]).output
     assert "SIGHUP" in help_text and "previous store and head keep serving" in help_text
+
+
+def test_reload_leaks_no_batcher_thread_and_closes_each_old_store(served):
+    from emoreact.web import WebConfig, create_app
+    from emoreact.web.config import load_predictor
+
+    _, folder = served
+    loaded = []
+
+    def loader(config):
+        loaded.append(load_predictor(config))
+        return loaded[-1]
+
+    app = create_app(WebConfig(store=folder / "current", head=folder / "head", device="cpu", micro_batch=True,
+                               loader=loader))
+    client, resources = app.test_client(), app.extensions["emoreact"]
+    assert_serving(client, 640)
+    threads = threading.active_count()
+    for n in range(20):
+        repoint(folder, "small" if n % 2 == 0 else "big")
+        assert resources.reload().ok
+        assert_serving(client, SMALL if n % 2 == 0 else 640)
+    assert threading.active_count() == threads
+    assert [t.name for t in threading.enumerate()].count("micro-batcher") == 1
+    assert len(loaded) == 21 and all(p.store.closed for p in loaded[:-1]) and not loaded[-1].store.closed
+
+
+def test_a_replaced_store_is_closed_only_after_its_last_request(served):
+    from emoreact.predictor import Predictor, load
+    from emoreact.web import WebConfig, create_app
+
+    _, folder = served
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(Predictor):
+        def neighbours_of_id(self, image_id, k=5):
+            entered.set()
+            assert release.wait(30)
+            return super().neighbours_of_id(image_id, k)
+
+    kinds, loaded = iter([Slow, Predictor]), []
+
+    def loader(c):
+        base = load(c.store, c.head, device=c.device)
+        loaded.append(next(kinds)(base.backbone, base.store, base.head, base.max_pixels, owns_store=True))
+        return loaded[-1]
+
+    app = create_app(WebConfig(store=folder / "current", head=folder / "head", device="cpu", loader=loader))
+    client, resources = app.test_client(), app.extensions["emoreact"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight = pool.submit(client.get, "/api/neighbours?id=600&k=3")
+        assert entered.wait(30)
+        repoint(folder, "small")
+        assert resources.reload().ok
+        assert_serving(client, SMALL)
+        assert not loaded[0].store.closed  # its request is still running on it
+        release.set()
+        assert in_flight.result(timeout=30).status_code == 200
+    assert loaded[0].store.closed and not loaded[1].store.closed

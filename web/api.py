@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -39,18 +40,40 @@ class Reload:
 
 
 class Resources:
-    """What the views share, kept in `app.extensions["emoreact"]`; `reload()` swaps in a new predictor."""
+    """What the views share, kept in `app.extensions["emoreact"]`; `reload()` swaps in a new predictor.
+
+    Each request leases the predictor it starts on (`acquire`/`release`); a predictor that a reload
+    replaced is closed (its batching thread stopped, its store closed) when its last lease ends.
+    """
 
     def __init__(self, config: WebConfig, predictor: "Predictor", thumbnails: Thumbnails) -> None:
         self.config, self.thumbnails = config, thumbnails
         self._predictor = predictor
         self._reloading = threading.Lock()  # one reload at a time; requests never wait for it
+        self._leases_lock = threading.Lock()  # guards the swap and the lease counts together
+        self._leases: Counter = Counter()  # predictor -> requests running on it
         self.last_reload: Reload | None = None
 
     @property
     def predictor(self) -> "Predictor":
         """The predictor that new requests use; a reload replaces it, it never changes in place."""
         return self._predictor
+
+    def acquire(self) -> "Predictor":
+        """Gives the served predictor, kept open until the matching `release`."""
+        with self._leases_lock:
+            self._leases[self._predictor] += 1
+            return self._predictor
+
+    def release(self, predictor: "Predictor") -> None:
+        """Ends a lease; closes the predictor if a reload replaced it and this was its last request."""
+        with self._leases_lock:
+            self._leases[predictor] -= 1
+            retired = self._leases[predictor] == 0 and predictor is not self._predictor
+            if self._leases[predictor] == 0:
+                del self._leases[predictor]
+        if retired:
+            _close(predictor)
 
     def reload(self) -> Reload:
         """Loads store and head again through `config.loader`; serves them only if they load; says how it went."""
@@ -62,12 +85,25 @@ class Resources:
                     "reload failed, still serving the previous store and head: %s", exc)
                 result = Reload(False, f"reload failed, still serving the previous store and head: {exc}", _now())
             else:
-                # One reference swap: requests already running hold the old predictor and finish on it.
-                self._predictor = predictor
+                # One reference swap: requests already running hold the old predictor and finish on it;
+                # the last of them closes it (or we do now, when none is running).
+                with self._leases_lock:
+                    old, self._predictor = self._predictor, predictor
+                    idle = self._leases[old] == 0
+                if idle:
+                    _close(old)
                 result = Reload(True, f"reloaded: now serving {len(predictor.store)} indexed images", _now())
                 log.info("%s", result.message)
             self.last_reload = result
             return result
+
+def _close(predictor: "Predictor") -> None:
+    close = getattr(predictor, "close", None)  # tests may serve a stand-in without one
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - a failed close must not fail the request that triggered it
+            log.exception("closing a replaced predictor failed")
 
 
 def _now() -> str:
@@ -82,8 +118,15 @@ def resources() -> Resources:
 def predictor() -> "Predictor":
     """Gives the predictor of this request: the one served when it first asked, even if a reload swaps it."""
     if "emoreact_predictor" not in g:
-        g.emoreact_predictor = resources().predictor
+        g.emoreact_predictor = resources().acquire()
     return g.emoreact_predictor
+
+
+def release_predictor(_exc: BaseException | None = None) -> None:
+    """Ends this request's lease on its predictor (registered as an app-context teardown)."""
+    served = g.pop("emoreact_predictor", None)
+    if served is not None:
+        resources().release(served)
 
 
 def predict(form: s.ImageForm, query: s.KQuery):

@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from emoreact import __version__
 
-from .api import Resources, api_blueprint, health, resources
+from .api import Resources, api_blueprint, health, release_predictor, resources
 from .config import WebConfig, describe_size
 from .page import page_blueprint
 from .schemas import ErrorBody, Health
@@ -54,6 +54,7 @@ def create_app(config: WebConfig | Mapping | None = None) -> OpenAPI:
     app.register_api(page_blueprint())
     app.get("/healthz", tags=[Tag(name="meta")], summary="Status, model id, index size, device and limits",
             responses={200: Health})(health)
+    app.teardown_appcontext(release_predictor)  # a reload closes the old predictor after its last request
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     app.after_request(_common_headers)
