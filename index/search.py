@@ -1,14 +1,16 @@
 """Exact cosine search over unit-norm vectors: FAISS inner product, and a numpy reference."""
 from __future__ import annotations
 
-import contextlib
 import logging
+import threading
 
 import faiss
 import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
+
+_BLOCK = 65_536  # stored vectors per float64 block when TF32 is on: bounds the extra memory
 
 
 def build_index(vectors: np.ndarray) -> faiss.Index:
@@ -29,18 +31,55 @@ class TorchFlatIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.xb.device)
-        # fp32 matrix product without TF32, so scores (and so rankings) match faiss-cpu's.
-        with _no_tf32():
-            scores, ids = torch.topk(q @ self.xb.T, k, dim=1)
+        scores, ids = torch.topk(_full_precision_products(q, self.xb), k, dim=1)
         return scores.cpu().numpy(), ids.cpu().numpy().astype(np.int64)
 
     def reconstruct(self, i: int) -> np.ndarray:
         return self.xb[int(i)].cpu().numpy()
 
 
-def to_gpu_if_available(index: faiss.Index) -> faiss.Index | TorchFlatIndex:
+def _full_precision_products(q: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    """Gives (Q, N) float32 q @ xb.T at full fp32 precision, so that scores (and so rankings) match
+    faiss-cpu's. When the process allows TF32 or bf16 for fp32 products (a setting made for someone
+    else's model), this call works in float64 block by block: the process-wide flag is only read,
+    never flipped, because other threads run under it."""
+    if not (torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"):
+        return q @ xb.T
+    out = torch.empty((q.shape[0], xb.shape[0]), dtype=torch.float32, device=xb.device)
+    q64 = q.double()
+    for start in range(0, xb.shape[0], _BLOCK):
+        out[:, start:start + _BLOCK] = (q64 @ xb[start:start + _BLOCK].double().T).float()
+    return out
+
+
+class SerialisedIndex:
+    """An index that answers one call at a time. FAISS GPU indexes are not thread-safe, not even
+    for searches (they share one scratch memory and stream), and the server searches from several
+    request threads; for torch search it also bounds GPU memory at one score matrix."""
+
+    def __init__(self, index) -> None:
+        self._index = index
+        self._lock = threading.Lock()
+        self.ntotal, self.d = index.ntotal, index.d
+
+    @property
+    def busy(self) -> bool:
+        """Tells whether a call is running now (the others wait for it)."""
+        return self._lock.locked()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._index.search(queries, k)
+
+    def reconstruct(self, i: int) -> np.ndarray:
+        with self._lock:
+            return self._index.reconstruct(i)
+
+
+def to_gpu_if_available(index: faiss.Index) -> "faiss.Index | SerialisedIndex":
     """Gives the index on GPU 0 when one is visible: faiss-gpu if this build runs on the card
-    (checked by a test search), else exact torch search; without a GPU, the index itself."""
+    (checked by a test search), else exact torch search, either answering one call at a time;
+    without a GPU, the index itself (faiss-cpu searches are thread-safe)."""
     if not torch.cuda.is_available() or index.ntotal == 0:
         return index
     probe = index.reconstruct_n(0, min(index.ntotal, 8))
@@ -48,24 +87,14 @@ def to_gpu_if_available(index: faiss.Index) -> faiss.Index | TorchFlatIndex:
         try:
             gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
             if np.array_equal(gpu.search(probe, 1)[1], index.search(probe, 1)[1]):
-                return gpu
+                return SerialisedIndex(gpu)
             log.warning("faiss-gpu gave different neighbours on this GPU; using torch search")
         except RuntimeError as exc:  # e.g. a wheel built without kernels for this card
             log.warning("faiss-gpu cannot use this GPU (%s); using torch search", exc)
-    return TorchFlatIndex(index.reconstruct_n(0, index.ntotal), "cuda")
+    return SerialisedIndex(TorchFlatIndex(index.reconstruct_n(0, index.ntotal), "cuda"))
 
 
-@contextlib.contextmanager
-def _no_tf32():
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def search(index: "faiss.Index | TorchFlatIndex", queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: "faiss.Index | SerialisedIndex", queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Gives (scores, ids), each (Q, k'), k' = min(k, N), best first, for (Q, D) unit-norm queries."""
     k = min(int(k), index.ntotal)
     if k <= 0:
