@@ -22,6 +22,7 @@ import click  # noqa: E402
 import emoreact  # noqa: E402
 from emoreact import ConfigError, HeadError, ImageError, ModelLoadError, SourceError, StoreError  # noqa: E402
 from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402
+from emoreact.index import NEAR_DUPLICATE_THRESHOLD  # noqa: E402
 from emoreact.labels import load_label_config  # noqa: E402
 
 _USER_ERRORS = (ModelLoadError, StoreError, HeadError, ConfigError, SourceError, ImageError, ValueError,
@@ -101,14 +102,20 @@ def info() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(1))
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--wait", is_flag=True, help="If another job is writing the store, wait for it instead of failing.")
+@click.option("--near-duplicate-threshold", default=str(NEAR_DUPLICATE_THRESHOLD), show_default=True,
+              callback=lambda ctx, param, value: _threshold_or_off(value), metavar="COSINE|off",
+              help="Images at least this similar go to one split, unless the source fixed their split; "
+                   "off keeps every split as the content hash gave it.")
 @_labels_option
 @_friendly
-def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, shard_size, no_progress,
-          labels_path) -> None:
+def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, shard_size, no_progress, wait,
+          near_duplicate_threshold, labels_path) -> None:
     """Embed images from SOURCE (folder, CSV/JSONL manifest, FI/EmoSet/Emotion6/AffectNet) into a store."""
     report = emoreact.embed_source(source, store_path, model, pretrained, labels=labels_path, source_format=fmt,
                                    device=device, batch_size=batch_size, workers=workers, shard_size=shard_size,
-                                   progress=not no_progress)
+                                   progress=not no_progress, wait=wait,
+                                   near_duplicate_threshold=near_duplicate_threshold)
     click.echo(json.dumps({**report.to_json(), "store": str(store_path)}, ensure_ascii=False))
 
 
@@ -139,7 +146,8 @@ def train(store_path, out, kind, loss, zero_shot_prior, epochs, patience, lr, sc
 @main.command()
 @click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--split", default=None, type=click.Choice(["train", "val", "test"]),
+              help="Default: test, or val (said so in the output) when the store has no labelled test images.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Report folder (default: the head's).")
 @_friendly
 def evaluate(store_path, head_path, split, out) -> None:
@@ -283,8 +291,20 @@ def bench(what, device, model, size, rounds) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
+def _threshold_or_off(value: str) -> float | None:
+    if value == "off":
+        return None
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = float("nan")
+    if not 0 < threshold <= 1:
+        raise click.BadParameter(f"{value!r} is not a cosine similarity in (0, 1] nor 'off'; try 0.95")
+    return threshold
+
+
 def _summary(metrics: dict, out) -> dict:
-    keep = ("split", "count", "macro_f1", "micro_f1", "mAP", "alpha", "epochs")
+    keep = ("split", "note", "count", "macro_f1", "micro_f1", "mAP", "alpha", "epochs")
     summary = {k: metrics[k] for k in keep if k in metrics}
     summary["per_label_f1"] = {k: round(v["f1"], 4) for k, v in metrics.get("per_label", {}).items()}
     summary["report"] = str(out)

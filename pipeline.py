@@ -40,7 +40,8 @@ def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec =
     devices = _devices(device)
     if len(devices) == 1:
         return embed_records(records, store, load_backbone(spec, devices[0]), label_config, config)
-    writable = _writable_store(store, load_backbone(spec, devices[0]), label_config)  # each device loads its own
+    # This backbone only names the model for the store; each device's process loads its own.
+    writable = _writable_store(store, load_backbone(spec, devices[0]), label_config, config.wait)
     try:
         report_ = run_sharded_embed_job(records, writable, spec, devices, config)
         _write_report(writable, report_)
@@ -62,9 +63,9 @@ def train(store: str | Path, out: str | Path, head: str = "linear", *,
     return metrics
 
 
-def evaluate(store: str | Path, head: str | Path, split: str = "test", out: str | Path | None = None) -> dict:
-    """Evaluates a saved head on a store split; gives the metrics and writes them (JSON, plots) to `out`
-    (default: the head's folder)."""
+def evaluate(store: str | Path, head: str | Path, split: str | None = None, out: str | Path | None = None) -> dict:
+    """Evaluates a saved head on a store split (default: test, or val with a note when the store has no
+    test images); gives the metrics and writes them (JSON, plots) to `out` (default: the head's folder)."""
     return evaluate_head(store, head, split, out)
 
 
@@ -84,7 +85,7 @@ def _label_config(labels: str | Path | LabelConfig | None) -> LabelConfig:
 def embed_records(records: list, store_path: str | Path, backbone: Backbone, labels: LabelConfig,
                   config: EmbedConfig = EmbedConfig()) -> EmbedReport:
     """Embeds records into a store (created or resumed) on one device; writes STORE/report.json."""
-    store = _writable_store(store_path, backbone, labels)
+    store = _writable_store(store_path, backbone, labels, config.wait)
     try:
         report_ = run_embed_job(records, store, backbone, config)
         _write_report(store, report_)
@@ -93,11 +94,11 @@ def embed_records(records: list, store_path: str | Path, backbone: Backbone, lab
     return report_
 
 
-def _writable_store(store_path: str | Path, backbone: Backbone, labels: LabelConfig) -> Store:
+def _writable_store(store_path: str | Path, backbone: Backbone, labels: LabelConfig, wait: bool = False) -> Store:
     spec = backbone.spec
     return Store.create_or_resume(store_path, spec.model_id, backbone.dim,
                                   {**backbone.preprocess.to_json(), "model": spec.model, "pretrained": spec.pretrained},
-                                  labels.names)
+                                  labels.names, wait=wait)
 
 
 def _write_report(store: Store, report_: EmbedReport) -> None:
@@ -181,31 +182,46 @@ def train_from_store(store_path: str | Path, out: str | Path, config: HeadConfig
     out = Path(out)
     head.save(out)
     split = "test" if len(data.x["test"]) else "val"
-    metrics = _evaluate(head, data.x[split], data.y[split], split, out, history)
+    metrics = _evaluate(head, data.x[split], data.y[split], split, out, history, _note_for(split))
     store.close()
     return head, metrics
 
 
-def evaluate_head(store_path: str | Path, head_path: str | Path, split: str = "test",
+def evaluate_head(store_path: str | Path, head_path: str | Path, split: str | None = None,
                   out: str | Path | None = None) -> dict:
-    """Evaluates a saved head on a store split; writes metrics JSON and plots into `out` (or the head)."""
+    """Evaluates a saved head on a store split (None: test, or val when there is no test split);
+    writes metrics JSON and plots into `out` (or the head)."""
     store = Store.open(store_path)
     head = EmotionHead.load(head_path, store.model_id, store.dim)
     data = labelled_splits(store, head.labels)
     store.close()
+    note = None
+    if split is None:
+        split = "test" if len(data.x["test"]) or not len(data.x["val"]) else "val"
+        note = _note_for(split)
     if split not in data.x:
         raise ValueError(f"unknown split {split!r}; choose train, val or test")
     if len(data.x[split]) == 0:
         raise StoreError(f"store {store_path} has no labelled images in split {split!r}")
-    return _evaluate(head, data.x[split], data.y[split], split, Path(out or head_path), None)
+    return _evaluate(head, data.x[split], data.y[split], split, Path(out or head_path), None, note)
+
+
+def _note_for(split: str) -> str | None:
+    """Gives the caveat for metrics measured on `split` in place of test, or None for test itself."""
+    if split == "test":
+        return None
+    return (f"the store has no labelled test images, so these metrics are on the {split} split, which also "
+            "chose the thresholds and the stopping epoch: expect them to be optimistic; embed a source with "
+            "a test split for an unbiased figure")
 
 
 def _evaluate(head: EmotionHead, x: np.ndarray, y: np.ndarray, split: str, out: Path,
-              history: list[dict] | None) -> dict:
+              history: list[dict] | None, note: str | None = None) -> dict:
+    caveat = {"note": note} if note else {}
     if len(x) == 0:
-        return {"split": split, "count": 0}
+        return {"split": split, "count": 0, **caveat}
     probs = head.predict_proba(x)
-    metrics = {"split": split, "model_id": head.model_id, "head": head.config.kind,
+    metrics = {"split": split, **caveat, "model_id": head.model_id, "head": head.config.kind,
                "alpha": head.alpha_, **report(probs, y, head.thresholds_, head.labels)}
     plots = write_plots(out, head.labels, metrics, probs, y, history)
     metrics["plots"] = [p.name for p in plots]

@@ -34,7 +34,8 @@ def run(model: str = "ViT-B-32", seconds: float = 10.0, device: str = "auto",
         names = load_label_config().names
         manifest.write_text("path,labels\n" + "".join(f"{p},{names[i % 8]}\n" for i, p in enumerate(photos)))
         embed_source(manifest, root / "store", ModelSpec(model, "none"), labels=load_label_config(),
-                     device=device, config=EmbedConfig(workers=0, progress=False))
+                     # random weights make every image a near-duplicate of every other: keep the hash splits
+                     device=device, config=EmbedConfig(workers=0, progress=False, near_duplicate_threshold=None))
         train_from_store(root / "store", root / "head", HeadConfig(epochs=5), load_label_config(), "cpu")
         uploads = [p.read_bytes() for p in photos[:16]]
         figures = {}

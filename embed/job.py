@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from emoreact.index import Store
+from emoreact.index import NEAR_DUPLICATE_THRESHOLD, Store
 
 from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
 from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image_with_size
@@ -39,6 +39,9 @@ class EmbedConfig:
     # None: on when the model runs on a GPU (nvJPEG), off on the CPU (PIL is as fast there)
     reduced_jpeg_decode: bool = True  # PIL path: decode JPEGs at 1/2-1/8 scale (libjpeg DCT scaling) while
     # the shorter side stays >= the model's input size; off decodes every pixel, as plain open_clip code does
+    near_duplicate_threshold: float | None = NEAR_DUPLICATE_THRESHOLD  # images this close (cosine) share a split,
+    # so a resized or re-encoded copy never sits in train while its twin is in test; None leaves splits alone
+    wait: bool = False  # another job is writing the store: wait for it to finish instead of failing at once
 
 
 @dataclass
@@ -49,6 +52,8 @@ class EmbedReport:
     already_present: int = 0
     skipped: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    near_duplicate_groups_moved: int = 0  # groups of near-duplicates that straddled splits and were united
+    near_duplicate_images_moved: int = 0  # images that changed split for it
 
     @property
     def images_per_second(self) -> float:
@@ -57,7 +62,9 @@ class EmbedReport:
     def to_json(self) -> dict:
         return {"added": self.added, "already_present": self.already_present,
                 "skipped": sum(self.skipped.values()), "skipped_by_reason": dict(self.skipped),
-                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1)}
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1),
+                "near_duplicates_moved": {"groups": self.near_duplicate_groups_moved,
+                                          "images": self.near_duplicate_images_moved}}
 
 
 def split_for(sha256: str) -> str:
@@ -101,7 +108,11 @@ def _collate(items: list[dict]) -> list[dict]:
 
 def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
                   config: EmbedConfig = EmbedConfig(), known: set[str] = frozenset()) -> EmbedReport:
-    """Embeds the records not yet in `store` (nor in `known`), records skipped files, finishes the store."""
+    """Embeds the records not yet in `store` (nor in `known`), records skipped files, finishes the store.
+
+    A duplicate's skip row is committed with the shard holding its original: committed earlier,
+    a kill in between would leave the original's hash looking stored when it is not.
+    """
     report = EmbedReport()
     start = time.perf_counter()
     known = store.known_hashes() | set(known)
@@ -113,6 +124,8 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
     pending_rows: list[dict] = []
     pending_vectors: list[np.ndarray] = []
+    pending_duplicates: list[tuple[str, str, str]] = []  # copies of images in pending_rows
+    pending_hashes: set[str] = set()
     seen: dict[str, str] = {}
     bar = tqdm(total=len(records), unit="img", desc="embed", disable=not config.progress, smoothing=0.1)
     for batch in loader:
@@ -127,31 +140,50 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
             elif "error" in item:
                 skipped.append((str(record.path), item["sha"], item["error"]))
             elif item["sha"] in seen:
-                skipped.append((str(record.path), item["sha"], f"duplicate of {seen[item['sha']]}"))
+                duplicate = (str(record.path), item["sha"], f"duplicate of {seen[item['sha']]}")
+                (pending_duplicates if item["sha"] in pending_hashes else skipped).append(duplicate)
             else:
                 seen[item["sha"]] = str(record.path)
+                pending_hashes.add(item["sha"])
                 good.append((record, item))
         if skipped:
-            store.add_skipped(skipped)
-            report.skipped.update(_reason_kind(reason) for _, _, reason in skipped)
-            for path, _, reason in skipped:
-                log.info("skipped %s: %s", path, reason)
+            _record_skipped(store, report, skipped)
         if good:
             vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device) for _, item in good]))
             pending_vectors.append(vectors.cpu().numpy().astype(np.float16))
             pending_rows += [_row(record, item) for record, item in good]
             report.added += len(good)
         if len(pending_rows) >= config.shard_size:
-            store.add(pending_rows, np.concatenate(pending_vectors))
-            pending_rows, pending_vectors = [], []
+            _commit_shard(store, report, pending_rows, pending_vectors, pending_duplicates)
+            pending_rows, pending_vectors, pending_duplicates, pending_hashes = [], [], [], set()
         bar.update(len(batch))
     bar.close()
     if pending_rows:
-        store.add(pending_rows, np.concatenate(pending_vectors))
-    store.finish()
+        _commit_shard(store, report, pending_rows, pending_vectors, pending_duplicates)
+    report.near_duplicate_groups_moved, report.near_duplicate_images_moved = \
+        store.finish(config.near_duplicate_threshold)
     report.seconds = time.perf_counter() - start
     log.info("embed: %s", report.to_json())
     return report
+
+
+def _record_skipped(store: Store, report: EmbedReport, skipped: list[tuple[str, str | None, str]]) -> None:
+    """Commits (path, sha256, reason) skip rows and counts them."""
+    store.add_skipped(skipped)
+    _count_skipped(report, skipped)
+
+
+def _commit_shard(store: Store, report: EmbedReport, rows: list[dict], vectors: list[np.ndarray],
+                  duplicates: list[tuple[str, str, str]]) -> None:
+    """Commits a shard's rows and vectors together with the skip rows of their duplicates."""
+    store.add(rows, np.concatenate(vectors), duplicates)
+    _count_skipped(report, duplicates)
+
+
+def _count_skipped(report: EmbedReport, skipped: list[tuple[str, str | None, str]]) -> None:
+    report.skipped.update(_reason_kind(reason) for _, _, reason in skipped)
+    for path, _, reason in skipped:
+        log.info("skipped %s: %s", path, reason)
 
 
 def _decode_fast(batch: list[dict], backbone: Backbone, dataset: _ImageFiles) -> None:
@@ -176,7 +208,8 @@ def _decode_fast(batch: list[dict], backbone: Backbone, dataset: _ImageFiles) ->
 
 def _row(record: Record, item: dict) -> dict:
     return {"path": str(record.path), "sha256": item["sha"], "labels": record.labels,
-            "split": record.split or split_for(item["sha"]), "width": item["size"][0],
+            "split": record.split or split_for(item["sha"]), "split_fixed": bool(record.split),
+            "width": item["size"][0],
             "height": item["size"][1], "bytes": item["bytes"]}
 
 

@@ -33,7 +33,7 @@ def run_sharded_embed_job(records: list[Record], store: Store, spec: ModelSpec, 
     # spawn, not fork: each process initialises its own CUDA context.
     with ProcessPoolExecutor(len(devices), mp_context=get_context("spawn")) as pool:
         reports = list(pool.map(_embed_part, jobs))
-    report = _merge(records, store, [Store.open(job[1]) for job in jobs], config.shard_size)
+    report = _merge(records, store, [Store.open(job[1]) for job in jobs], config)
     report.seconds = max(r.seconds for r in reports)
     shutil.rmtree(parts_root, ignore_errors=True)
     return report
@@ -43,12 +43,14 @@ def _embed_part(job) -> EmbedReport:
     records, path, spec, device, config, known, labels = job
     backbone = load_backbone(spec, device)
     part = Store.create_or_resume(path, backbone.spec.model_id, backbone.dim, {}, labels)
-    report = run_embed_job(records, part, backbone, replace(config, progress=False), known)
+    # Near-duplicates are grouped once, over the merged store, not per part.
+    report = run_embed_job(records, part, backbone, replace(config, progress=False, near_duplicate_threshold=None),
+                           known)
     part.close()
     return report
 
 
-def _merge(records: list[Record], store: Store, parts: list[Store], shard_size: int) -> EmbedReport:
+def _merge(records: list[Record], store: Store, parts: list[Store], config: EmbedConfig) -> EmbedReport:
     """Adds the parts' rows and skips to `store` in input order, as one process would have."""
     done, skipped, sizes = {}, {}, {}
     for part in parts:
@@ -68,8 +70,8 @@ def _merge(records: list[Record], store: Store, parts: list[Store], shard_size: 
                 continue
             seen[item.sha256] = path
             rows.append({"path": path, "sha256": item.sha256, "labels": record.labels,
-                         "split": record.split or split_for(item.sha256), "width": item.width,
-                         "height": item.height, "bytes": sizes[path]})
+                         "split": record.split or split_for(item.sha256), "split_fixed": bool(record.split),
+                         "width": item.width, "height": item.height, "bytes": sizes[path]})
             vectors.append(vector)
         elif path in skipped:
             sha, reason = skipped[path]
@@ -78,16 +80,23 @@ def _merge(records: list[Record], store: Store, parts: list[Store], shard_size: 
             skips.append((path, sha, reason))
         else:
             report.already_present += 1
-        if len(rows) >= shard_size:
-            store.add(rows, np.stack(vectors))
-            report.added += len(rows)
-            rows, vectors = [], []
-    if rows:
-        store.add(rows, np.stack(vectors))
-        report.added += len(rows)
-    store.add_skipped(skips)
-    report.skipped.update(_reason_kind(reason) for _, _, reason in skips)
-    store.finish()
+        if len(rows) >= config.shard_size:
+            _commit(store, report, rows, vectors, skips)
+            rows, vectors, skips = [], [], []
+    _commit(store, report, rows, vectors, skips)
+    report.near_duplicate_groups_moved, report.near_duplicate_images_moved = \
+        store.finish(config.near_duplicate_threshold)
     for part in parts:
         part.close()
     return report
+
+
+def _commit(store: Store, report: EmbedReport, rows: list[dict], vectors: list[np.ndarray],
+            skips: list[tuple[str, str | None, str]]) -> None:
+    # Skips go with the shard after them: a duplicate's original is always in it or before it.
+    if rows:
+        store.add(rows, np.stack(vectors), skips)
+    else:
+        store.add_skipped(skips)
+    report.added += len(rows)
+    report.skipped.update(_reason_kind(reason) for _, _, reason in skips)

@@ -6,8 +6,9 @@
     STORE/index.faiss         exact inner-product index over all rows
 
 A shard file is written (atomically) before the rows that point at it are committed, so a
-killed job leaves at worst an orphan shard, which the next writer deletes. The manifest and
-the index are rewritten only by `finish()`; a store whose rows and manifest disagree is refused.
+killed job leaves at worst an orphan shard or a temporary file, which the next writer deletes.
+The manifest and the index are rewritten only by `finish()`; a store whose rows and manifest
+disagree is refused. One writer at a time holds STORE/.writer.lock; readers take no lock.
 """
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ import numpy as np
 from emoreact import __version__
 
 from .atomic import atomic_path, atomic_write_text
+from .dedup import near_duplicate_groups, split_moves
+from .faults import fault_point
 from .manifest import read_manifest
 from .search import build_index, search, to_gpu_if_available
+from .writelock import WriterLock
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ CREATE TABLE IF NOT EXISTS images (
     sha256 TEXT NOT NULL UNIQUE,     -- content hash: the resume key
     labels TEXT,                     -- our labels joined by '|', NULL when unlabeled
     split TEXT NOT NULL,
+    split_fixed INTEGER NOT NULL DEFAULT 1,  -- 1: the source gave the split; 0: the hash did, near-duplicates move it
     width INTEGER, height INTEGER, bytes INTEGER,
     shard TEXT NOT NULL
 );
@@ -79,15 +84,27 @@ class Store:
         self._conn = conn
         self._lock = threading.Lock()  # one connection shared by server threads
         self._index: faiss.Index | None = None
+        self._writer: WriterLock | None = None  # held by a store opened for writing
 
     # ---- opening -------------------------------------------------------------------------
 
     @classmethod
     def create_or_resume(cls, root: str | Path, model_id: str, dim: int, preprocess: dict,
-                         labels: list[str]) -> "Store":
-        """Gives a writable store, new or resumed; refuses one built for another model or labels."""
+                         labels: list[str], wait: bool = False) -> "Store":
+        """Gives a writable store, new or resumed, holding its write lock until `close()`; refuses one
+        built for another model or labels, or one another process is writing (unless `wait`)."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
+        writer = _lock_for_writing(root, wait)
+        try:
+            return cls._resume(root, model_id, dim, preprocess, labels, writer)
+        except BaseException:
+            writer.release()
+            raise
+
+    @classmethod
+    def _resume(cls, root: Path, model_id: str, dim: int, preprocess: dict, labels: list[str],
+                writer: WriterLock) -> "Store":
         manifest_path = root / "manifest.json"
         expected = {"model_id": model_id, "dim": dim, "labels": list(labels)}
         if manifest_path.exists():
@@ -100,7 +117,10 @@ class Store:
             manifest = {"format": STORE_FORMAT, "format_version": STORE_VERSION, **expected,
                         "preprocess": preprocess, "count": 0, "package_version": __version__}
         store = cls(root, manifest, _connect(root / "metadata.sqlite"))
+        store._writer = writer
+        _add_split_fixed(store._conn)
         store._drop_orphan_shards()
+        store._drop_temporary_files()
         return store
 
     @classmethod
@@ -195,8 +215,11 @@ class Store:
         return dict(self._query("SELECT path, bytes FROM images"))
 
     def known_hashes(self) -> set[str]:
-        """Gives the content hashes already embedded or already refused."""
-        rows = self._query("SELECT sha256 FROM images UNION SELECT sha256 FROM skipped WHERE sha256 IS NOT NULL")
+        """Gives the content hashes already embedded or already refused for their own content."""
+        # A "duplicate of" row vouches for a hash only through its original, which a killed job
+        # may never have written: counting it would lose that image for good.
+        rows = self._query("SELECT sha256 FROM images UNION SELECT sha256 FROM skipped "
+                           "WHERE sha256 IS NOT NULL AND reason NOT LIKE 'duplicate of %'")
         return {r[0] for r in rows}
 
     def vector(self, image_id: int) -> np.ndarray:
@@ -213,9 +236,12 @@ class Store:
 
     # ---- writing -------------------------------------------------------------------------
 
-    def add(self, rows: list[dict], vectors: np.ndarray) -> None:
-        """Appends images (dicts with path, sha256, labels, split, width, height, bytes) and their vectors."""
+    def add(self, rows: list[dict], vectors: np.ndarray, skipped: list[tuple[str, str | None, str]] = ()) -> None:
+        """Appends images (dicts with path, sha256, labels, split, width, height, bytes, and split_fixed:
+        False when the split came from the hash) and their vectors; commits `skipped` entries (see
+        `add_skipped`) in the same transaction, which is how a duplicate is never recorded without its original."""
         if not rows:
+            self.add_skipped(list(skipped))
             return
         if vectors.shape != (len(rows), self.dim):
             raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(rows)}, {self.dim})")
@@ -224,31 +250,46 @@ class Store:
         with atomic_path(self.root / "vectors" / name) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, vectors.astype(np.float16), allow_pickle=False)
+            fault_point("during_shard_write")
+        fault_point("after_shard_file")
         with self._lock, self._conn:
             self._conn.execute("INSERT INTO shards VALUES (?, ?, ?)", (name, first_id, len(rows)))
             self._conn.executemany(
-                "INSERT INTO images (id, path, sha256, labels, split, width, height, bytes, shard) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO images (id, path, sha256, labels, split, split_fixed, width, height, bytes, shard) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(first_id + i, r["path"], r["sha256"], "|".join(r["labels"]) if r["labels"] else None,
-                  r["split"], r["width"], r["height"], r["bytes"], name) for i, r in enumerate(rows)])
+                  r["split"], int(r.get("split_fixed", True)), r["width"], r["height"], r["bytes"], name)
+                 for i, r in enumerate(rows)])
+            self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", skipped)
+        fault_point("after_shard_rows")
 
     def add_skipped(self, entries: list[tuple[str, str | None, str]]) -> None:
         """Records (path, sha256 or None, reason) for files that could not be embedded."""
         with self._lock, self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", entries)
 
-    def finish(self) -> None:
-        """Rebuilds the FAISS index and rewrites the manifest so that readers see the new rows."""
+    def finish(self, near_duplicate_threshold: float | None = None) -> tuple[int, int]:
+        """Rebuilds the FAISS index and rewrites the manifest so that readers see the new rows; first puts
+        each group of near-duplicates (cosine >= the threshold; None: skip) in one split. Gives the
+        number of (groups, images) moved."""
         vectors = self.vectors()
         index = build_index(vectors)
+        moved = (0, 0) if near_duplicate_threshold is None else \
+            self._unite_near_duplicates(index, vectors, near_duplicate_threshold)
         with atomic_path(self.root / "index.faiss") as tmp:
             faiss.write_index(index, str(tmp))
+            fault_point("during_index_write")
+        fault_point("before_manifest")
         self.manifest = {**self.manifest, "count": int(len(vectors)), "package_version": __version__}
         atomic_write_text(self.root / "manifest.json", json.dumps(self.manifest, indent=2) + "\n")
         self._index = index
+        return moved
 
     def close(self) -> None:
+        """Closes the database and, for a writer, gives up the write lock."""
         self._conn.close()
+        if self._writer is not None:
+            self._writer.release()
 
     # ---- private -------------------------------------------------------------------------
 
@@ -265,6 +306,27 @@ class Store:
             raise StoreError(f"{path} holds {index.ntotal} vectors of dim {index.d}, but the manifest says "
                              f"{self.manifest['count']} of dim {self.dim}; run `cli.py embed` again to rebuild it")
         self._index = to_gpu_if_available(index)
+
+    def _unite_near_duplicates(self, index: faiss.Index, vectors: np.ndarray, threshold: float) -> tuple[int, int]:
+        groups = near_duplicate_groups(index, vectors, threshold)
+        members = [int(i) for group in groups for i in group]
+        rows = []
+        for start in range(0, len(members), 10_000):  # SQLite caps the number of bound parameters
+            part = members[start:start + 10_000]
+            rows += self._query(f"SELECT id, split, split_fixed FROM images WHERE id IN ({','.join('?' * len(part))})",
+                                part)
+        moves, moved_groups = split_moves(groups, {r[0]: r[1] for r in rows}, {r[0]: bool(r[2]) for r in rows})
+        with self._lock, self._conn:
+            self._conn.executemany("UPDATE images SET split = ? WHERE id = ?", [(s, i) for i, s in moves.items()])
+        if moves:
+            log.info("moved %d near-duplicate images (%d groups) into their group's split", len(moves), moved_groups)
+        return moved_groups, len(moves)
+
+    def _drop_temporary_files(self) -> None:
+        # Left by a job killed inside an atomic write; at scale a temporary index is gigabytes.
+        for path in [*self.root.glob(".*.tmp"), *self.root.glob("vectors/.*.tmp")]:
+            log.info("removing %s, left by an interrupted job", path)
+            path.unlink(missing_ok=True)
 
     def _drop_orphan_shards(self) -> None:
         folder = self.root / "vectors"
@@ -283,6 +345,25 @@ class Store:
 
     def _scalar(self, sql: str) -> int:
         return int(self._query(sql)[0][0])
+
+
+def _lock_for_writing(root: Path, wait: bool) -> WriterLock:
+    writer = WriterLock(root)
+    try:
+        taken = writer.acquire(wait)
+    except OSError as exc:
+        raise StoreError(f"cannot write to store {root} ({exc}); embed into a folder you may write to") from exc
+    if not taken:
+        raise StoreError(f"store {root} is being written by {writer.holder()}; let that job finish, "
+                         "or pass --wait to start when it does")
+    return writer
+
+
+def _add_split_fixed(conn: sqlite3.Connection) -> None:
+    # Stores written before near-duplicate grouping lack the column; their splits are left as they are.
+    if "split_fixed" not in {row[1] for row in conn.execute("PRAGMA table_info(images)")}:
+        with conn:
+            conn.execute("ALTER TABLE images ADD COLUMN split_fixed INTEGER NOT NULL DEFAULT 1")
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:

@@ -22,7 +22,7 @@ def built(tmp_path_factory):
     runner = CliRunner()
     embedded = runner.invoke(cli.main, ["embed", str(root / "src"), "--store", str(root / "store"),
                                         "--model", TINY_MODEL, "--pretrained", "none", "--device", "cpu",
-                                        "--workers", "0", "--no-progress"])
+                                        "--workers", "0", "--no-progress", "--near-duplicate-threshold", "off"])
     assert embedded.exit_code == 0, embedded.output
     trained = runner.invoke(cli.main, ["train", "--store", str(root / "store"), "--out", str(root / "head"),
                                        "--epochs", "30", "--zero-shot-prior", "--device", "cpu"])
@@ -48,7 +48,8 @@ def test_embed_and_train_report_json(built):
 def test_embed_again_adds_nothing(built, runner):
     root, _, _ = built
     result = runner.invoke(cli.main, ["embed", str(root / "src"), "--store", str(root / "store"), "--model",
-                                      TINY_MODEL, "--pretrained", "none", "--workers", "0", "--no-progress"])
+                                      TINY_MODEL, "--pretrained", "none", "--workers", "0", "--no-progress",
+                                      "--near-duplicate-threshold", "off"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["added"] == 0 and json.loads(result.output)["already_present"] == 100
 

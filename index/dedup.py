@@ -1,0 +1,71 @@
+"""Near-duplicates (a re-encoded or resized copy) kept in one split, so no test image has its twin in train.
+
+Splits come from the content hash, which changes with every re-encoding; the vectors do not. Images
+joined by cosine >= a threshold, directly or through each other, form a group, and the group goes
+to one split. Pure functions over arrays; the store applies the moves.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.95  # resized or re-encoded copies of one picture score above this with CLIP
+
+
+def near_duplicate_groups(index, vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                          block: int = 1024) -> list[np.ndarray]:
+    """Gives the groups (ascending int64 ids, two or more each) of rows joined by cosine >= `threshold`.
+
+    `vectors` (N, D) float32 unit-norm are the rows of `index`, an exact inner-product FAISS index.
+    Queries go `block` rows at a time, so memory holds one block's matches, not an N x N matrix.
+    """
+    # FAISS keeps inner products strictly above the radius; one float32 step below makes it ">=".
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    left, right = [], []
+    for start in range(0, len(vectors), block):
+        queries = np.ascontiguousarray(vectors[start:start + block], dtype=np.float32)
+        lims, _, ids = index.range_search(queries, radius)
+        rows = np.repeat(np.arange(start, start + len(queries)), np.diff(lims).astype(np.int64))
+        keep = ids > rows  # each pair once; a row always matches itself
+        left.append(rows[keep])
+        right.append(ids[keep])
+    if not left or not sum(len(part) for part in left):
+        return []
+    return _components(np.concatenate(left), np.concatenate(right))
+
+
+def _components(a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """Gives the connected components (ascending ids) of the graph with edges a[i] - b[i]."""
+    nodes, pairs = np.unique(np.concatenate([a, b]), return_inverse=True)
+    a, b = pairs[:len(a)], pairs[len(a):]
+    label = np.arange(len(nodes))  # label[x] is always a node of x's component, so jumping through it is safe
+    while True:
+        low = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, low)
+        np.minimum.at(new, b, low)
+        while not np.array_equal(new, new[new]):
+            new = new[new]
+        if np.array_equal(new, label):
+            break
+        label = new
+    order = np.argsort(label, kind="stable")  # stable: members stay in ascending id order
+    cuts = np.flatnonzero(np.diff(label[order])) + 1
+    return [nodes[part] for part in np.split(order, cuts)]
+
+
+def split_moves(groups: list[np.ndarray], split: dict[int, str], fixed: dict[int, bool]) -> tuple[dict[int, str], int]:
+    """Gives ({id: new split} for the images to move, number of groups that had to move) so that each
+    group sits in one split.
+
+    A group goes to the split of its oldest (lowest id) member, or of its oldest member whose split
+    the source gave (`fixed`), since those never move. Only images whose split came from the hash move.
+    """
+    moves, moved_groups = {}, 0
+    for group in groups:
+        members = [int(i) for i in group]
+        anchors = [i for i in members if fixed[i]] or members
+        target = split[anchors[0]]
+        here = {i: target for i in members if not fixed[i] and split[i] != target}
+        moves |= here
+        moved_groups += bool(here)
+    return moves, moved_groups

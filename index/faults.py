@@ -1,0 +1,43 @@
+"""Named fault points: a test makes a writer die by SIGKILL at an exact step, not at a random moment.
+
+`EMOREACT_FAULT=after_shard_file:3` kills the process the 3rd time it reaches
+`fault_point("after_shard_file")`. A kill test that races a signal against the clock can land
+anywhere, or nowhere, and so fails at random; one that names the step gives the same store every
+run. Unset (the normal case), a fault point costs one environment lookup.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+ENV = "EMOREACT_FAULT"
+POINTS = (
+    "during_shard_write",  # a shard's temporary file is written, not yet renamed into vectors/
+    "after_shard_file",  # a shard file is in place, the rows that point at it are not committed
+    "after_shard_rows",  # a shard and its rows are committed, the next shard not started
+    "during_index_write",  # finish(): the temporary index.faiss is written, not yet renamed
+    "before_manifest",  # finish(): the new index is in place, the manifest still has the old count
+)
+_reached: Counter = Counter()
+
+
+def fault_point(name: str) -> None:
+    """Kills this process with SIGKILL if EMOREACT_FAULT names this point and its count is reached."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    point, step = _parse(spec)
+    if point != name:
+        return
+    _reached[name] += 1
+    if _reached[name] == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _parse(spec: str) -> tuple[str, int]:
+    point, _, step = spec.partition(":")
+    if point not in POINTS or not (step or "1").isdigit() or int(step or 1) < 1:
+        raise ValueError(f"{ENV}={spec!r} is not a fault point; use NAME or NAME:N (N >= 1), "
+                         f"NAME one of {', '.join(POINTS)}")
+    return point, int(step or 1)
