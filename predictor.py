@@ -58,6 +58,18 @@ def load(store: str | Path | None = None, head: str | Path | None = None, *, dev
     return Predictor(backbone, opened, trained, max_pixels, micro_batch, owns_store=True)
 
 
+def load_for_neighbours(store: str | Path, *, device: str = "auto", pretrained: str | None = None,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> "Predictor":
+    """Gives a predictor without a head, for `neighbours` only: the store's backbone and the same decode."""
+    opened = Store.open(store)
+    try:
+        backbone = backbone_for_store(opened, device, pretrained)
+    except BaseException:
+        opened.close()
+        raise
+    return Predictor(backbone, opened, None, max_pixels, micro_batch=False, owns_store=True)
+
+
 def _backbone_for_head(head: EmotionHead, device: str, model: str | None, pretrained: str | None) -> Backbone:
     """Gives the backbone a head was trained on, as its manifest names it (or as re-pointed)."""
     source = head.backbone or {}
@@ -149,10 +161,10 @@ _STOP = object()  # put on a MicroBatcher's queue by close()
 class Predictor:
     """Everything a prediction needs, loaded once: backbone, head and, for neighbours, a store."""
 
-    def __init__(self, backbone: Backbone, store: Store | None, head: EmotionHead,
+    def __init__(self, backbone: Backbone, store: Store | None, head: EmotionHead | None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None, *,
                  owns_store: bool = False) -> None:
-        if store is not None and (head.model_id != store.model_id or head.dim != store.dim):
+        if store is not None and head is not None and (head.model_id != store.model_id or head.dim != store.dim):
             raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
                              f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
         self.backbone, self.store, self.head, self.max_pixels = backbone, store, head, max_pixels
@@ -244,6 +256,8 @@ class Predictor:
 
     def predict_vectors(self, vectors: np.ndarray, names: list[str], k: int = 5) -> list[dict]:
         """Gives one result dict per vector: emotions, scores, emojis and (with a store) k neighbours."""
+        if self.head is None:
+            raise ValueError("this predictor has no head, so no emotions; load it with emoreact.load(head=HEAD)")
         probs = self.head.predict_proba(vectors)
         chosen = decide(probs, self.head.thresholds_)
         neighbours = self.neighbours(vectors, k) if self.store is not None else [None] * len(vectors)
@@ -278,11 +292,13 @@ class Predictor:
         if k <= 0 or len(self.store) == 0:
             return [[] for _ in range(len(vectors))]
         scores, ids = self.store.search(vectors, k)
+        roots = self.store.manifest.get("source_roots", [])
         out = []
         for row_scores, row_ids in zip(scores, ids):
             valid = [(s, i) for s, i in zip(row_scores, row_ids) if i >= 0]
             items = self.store.items([int(i) for _, i in valid])
-            out.append([{**item.to_json(), "similarity": round(float(s), 4)} for (s, _), item in zip(valid, items)])
+            out.append([{**item.to_json(), "path": _shown_path(item.path, roots), "similarity": round(float(s), 4)}
+                        for (s, _), item in zip(valid, items)])
         return out
 
     def neighbours_of_id(self, image_id: int, k: int = 5) -> list[dict]:
@@ -292,3 +308,13 @@ class Predictor:
         self.store.items([image_id])  # raises KeyError for an unknown id
         vector = self.store.vector(image_id)[None, :]
         return [n for n in self.neighbours(vector, k + 1)[0] if n["id"] != image_id][:k]
+
+
+def _shown_path(path: str, roots: list[str]) -> str:
+    """Gives a stored (absolute, server-side) path relative to the source root it was embedded from:
+    the longest root holding it, else the latest root. Stores from before roots were kept give the
+    path as stored (embed the same source again to record its root; nothing is re-embedded)."""
+    if not roots or not os.path.isabs(path):
+        return path
+    holding = [r for r in roots if path.startswith(r.rstrip(os.sep) + os.sep)]
+    return os.path.relpath(path, max(holding, key=len) if holding else roots[-1])

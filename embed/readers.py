@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from emoreact.labels import ConfigError, LabelConfig
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 SPLITS = ("train", "val", "test")
@@ -50,8 +53,9 @@ def detect_format(source: Path) -> str:
 
 
 def read_source(source: str | Path, config: LabelConfig, fmt: str = "auto") -> list[Record]:
-    """Gives the records of a source in a stable order (`fmt`: auto or one of READERS)."""
-    source = Path(source)
+    """Gives the records of a source in a stable order (`fmt`: auto or one of READERS), with absolute
+    paths, so that the server finds the files from any working folder."""
+    source = Path(source).absolute()
     fmt = detect_format(source) if fmt == "auto" else fmt
     if fmt not in READERS:
         raise SourceError(f"unknown --format {fmt!r}; choose auto or one of {sorted(READERS)}")
@@ -60,10 +64,23 @@ def read_source(source: str | Path, config: LabelConfig, fmt: str = "auto") -> l
     return list(READERS[fmt](source, config))
 
 
+def source_root(source: str | Path) -> Path:
+    """Gives the absolute folder that a source's image paths are relative to: a folder source itself,
+    or the folder holding a manifest file. Answers name images relative to it, never by server path."""
+    source = Path(source).absolute()
+    return source.parent if source.is_file() else source
+
+
 def _read_folder(root: Path, config: LabelConfig, dataset: str = "mikels") -> Iterator[Record]:
     """One sub-folder per label (our names or the dataset map's), or a flat unlabeled folder."""
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if subdirs and loose:
+        log.warning("%s has label sub-folders (%s) but also %d image(s) at its top level (%s), so every image "
+                    "is read as UNLABELLED. To keep the labels, move the top-level images into a label "
+                    "sub-folder or out of the folder; if the whole folder is meant to be unlabelled, nothing "
+                    "needs to change.", root, ", ".join(p.name for p in subdirs[:5]), len(loose),
+                    ", ".join(p.name for p in loose[:3]))
     if not subdirs or loose:
         yield from (Record(p, None) for p in _files_under(root))
         return

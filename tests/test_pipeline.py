@@ -76,3 +76,33 @@ def test_micro_batched_concurrent_requests_match_single_ones(store_path, trained
     with ThreadPoolExecutor(8) as pool:
         together = np.concatenate(list(pool.map(lambda image: predictor.embed([image]), images)))
     assert np.allclose(alone, together, atol=1e-5)
+
+
+def test_train_on_cuda_1_trains_on_cuda_1_or_fails_clearly(store_path, tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    from emoreact import ModelLoadError, pipeline
+
+    if not torch.cuda.is_available():  # it used to train on the CPU without a word
+        with pytest.raises(ModelLoadError, match="--device cuda:1 was asked for but no CUDA GPU is visible"):
+            pipeline.train(store_path, tmp_path / "head", device="cuda:1")
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fit_head(*args, device, **kwargs):
+        seen["device"] = device
+        raise Stop
+
+    from emoreact.index import store
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs, as far as it asks
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(store, "to_gpu_if_available", lambda index: index)
+    monkeypatch.setattr(pipeline, "fit_head", fit_head)
+    with pytest.raises(Stop):
+        pipeline.train(store_path, tmp_path / "head", device="cuda:1")
+    assert seen["device"] == "cuda:1"

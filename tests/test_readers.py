@@ -109,3 +109,25 @@ def test_manifest_errors_name_the_line(tmp_path, label_config):
 def test_missing_source_is_a_clear_error(tmp_path, label_config):
     with pytest.raises(SourceError, match="does not exist"):
         read_source(tmp_path / "nope", label_config)
+
+
+def test_one_image_at_a_labelled_folder_root_warns_that_labels_are_dropped_and_how_to_fix(tmp_path, label_config,
+                                                                                         caplog):
+    touch(tmp_path / "happy" / "a.jpg")
+    touch(tmp_path / "sad" / "b.png")
+    touch(tmp_path / "stray.jpg")
+    with caplog.at_level("WARNING", logger="emoreact.embed.readers"):
+        records = read_source(tmp_path, label_config)
+    assert [r.labels for r in records] == [None, None, None]
+    assert "stray.jpg" in caplog.text and "UNLABELLED" in caplog.text and "move the top-level images" in caplog.text
+
+
+def test_records_have_absolute_paths_and_the_source_root_is_where_they_are_relative_to(tmp_path, label_config,
+                                                                                       monkeypatch):
+    from emoreact.embed import source_root
+
+    touch(tmp_path / "data" / "a.jpg")
+    (tmp_path / "data" / "m.csv").write_text("path,labels\na.jpg,happy\n")
+    monkeypatch.chdir(tmp_path)
+    assert read_source("data/m.csv", label_config) == [Record(tmp_path / "data" / "a.jpg", ("happy",))]
+    assert source_root("data/m.csv") == source_root("data") == tmp_path / "data"

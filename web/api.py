@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from flask import abort, current_app, g, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
-from emoreact.embed import ImageError, ModelLoadError, decode_image
+from emoreact.embed import ImageError, ModelLoadError
 from emoreact.heads import ConfigError, HeadError
 from emoreact.index import StoreError
 
@@ -174,7 +174,7 @@ def neighbours_of_upload(form: s.OneImageForm):
     k = _k(form.k, minimum=1)
     name = _filename(form.image, 0)
     try:
-        image = decode_image(form.image.read(), served.max_pixels)
+        _, image = served.decode(form.image.read())  # as predict and the embed job decode it
     except ImageError as exc:
         abort(STATUS_OF_KIND[exc.kind], f"{name}: {exc}")
     near = served.neighbours(served.embed([image]), k)[0]
