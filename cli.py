@@ -185,18 +185,12 @@ def predict(images, store_path, head_path, k, device, pretrained, labels_path) -
 @_friendly
 def neighbours(image, store_path, k, device, pretrained) -> None:
     """Print the K indexed images nearest to IMAGE (cosine similarity), as JSON."""
-    from emoreact.embed import decode_image
-    from emoreact.index import Store
-    from emoreact.pipeline import backbone_for_store
+    from emoreact.predictor import load_for_neighbours
 
-    store = Store.open(store_path)
-    backbone = backbone_for_store(store, device, pretrained)
-    vector = backbone.encode_images(backbone.transform(decode_image(Path(image).read_bytes()))[None]).numpy()
-    scores, ids = store.search(vector, k)
-    items = store.items([int(i) for i in ids[0]])
-    click.echo(json.dumps({"image": image, "neighbours": [
-        {**item.to_json(), "similarity": round(float(s), 4)} for s, item in zip(scores[0], items)]},
-        ensure_ascii=False))
+    with load_for_neighbours(store_path, device=device, pretrained=pretrained) as searcher:
+        _, decoded = searcher.decode(image)  # the reduced JPEG decode of predict and embed
+        near = searcher.neighbours(searcher.embed([decoded]), k)[0]
+    click.echo(json.dumps({"image": image, "neighbours": near}, ensure_ascii=False))
 
 
 @main.command()

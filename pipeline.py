@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, ModelSpec, default_pretrained,
-                            load_backbone, read_source, run_embed_job, run_sharded_embed_job)
+                            load_backbone, read_source, resolve_device, run_embed_job, run_sharded_embed_job,
+                            same_model, source_root)
 from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embeddings, report, write_plots,
                             zero_shot_head)
 from emoreact.index import Store, StoreError, atomic_write_text
@@ -39,10 +40,12 @@ def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec =
     records = read_source(source, label_config, source_format)
     devices = _devices(device)
     if len(devices) == 1:
-        return embed_records(records, store, load_backbone(spec, devices[0]), label_config, config)
+        return embed_records(records, store, load_backbone(spec, devices[0]), label_config, config,
+                             source_root=source_root(source))
     # This backbone only names the model for the store; each device's process loads its own.
     writable = _writable_store(store, load_backbone(spec, devices[0]), label_config, config.wait)
     try:
+        _remember_source(writable, source_root(source))
         report_ = run_sharded_embed_job(records, writable, spec, devices, config)
         _write_report(writable, report_)
     finally:
@@ -83,10 +86,12 @@ def _label_config(labels: str | Path | LabelConfig | None) -> LabelConfig:
 
 
 def embed_records(records: list, store_path: str | Path, backbone: Backbone, labels: LabelConfig,
-                  config: EmbedConfig = EmbedConfig()) -> EmbedReport:
-    """Embeds records into a store (created or resumed) on one device; writes STORE/report.json."""
+                  config: EmbedConfig = EmbedConfig(), *, source_root: Path | None = None) -> EmbedReport:
+    """Embeds records into a store (created or resumed) on one device; writes STORE/report.json.
+    `source_root` is the folder the records' paths are relative to, kept in the manifest."""
     store = _writable_store(store_path, backbone, labels, config.wait)
     try:
+        _remember_source(store, source_root)
         report_ = run_embed_job(records, store, backbone, config)
         _write_report(store, report_)
     finally:
@@ -99,6 +104,14 @@ def _writable_store(store_path: str | Path, backbone: Backbone, labels: LabelCon
     return Store.create_or_resume(store_path, spec.model_id, backbone.dim,
                                   {**backbone.preprocess.to_json(), "model": spec.model, "pretrained": spec.pretrained},
                                   labels.names, wait=wait)
+
+
+def _remember_source(store: Store, root: Path | None) -> None:
+    """Adds a source root to the manifest that the job's `finish()` writes: answers name an image by
+    its path relative to the root it was embedded from, never by its path on the server."""
+    if root is not None:
+        roots = [r for r in store.manifest.get("source_roots", []) if r != str(root)]
+        store.manifest = {**store.manifest, "source_roots": [*roots, str(root)]}
 
 
 def _write_report(store: Store, report_: EmbedReport) -> None:
@@ -120,7 +133,7 @@ def backbone_for_store(store: Store, device: str = "auto", pretrained: str | Non
     spec = ModelSpec(model=pre.get("model") or ModelSpec.parse(store.model_id).model,
                      pretrained=pretrained or pre.get("pretrained") or ModelSpec.parse(store.model_id).pretrained)
     backbone = load_backbone(spec, device)
-    if backbone.spec.model_id != store.model_id:
+    if not same_model(store.model_id, backbone.spec):
         raise StoreError(f"store {store.root} was built with {store.model_id!r} but the weights given make "
                          f"{backbone.spec.model_id!r}; pass the same --pretrained as at embed time")
     return backbone
@@ -158,7 +171,7 @@ def train_from_store(store_path: str | Path, out: str | Path, config: HeadConfig
     """Trains a head on a store's train split, tunes on val, evaluates on test; saves head + report."""
     store = Store.open(store_path)
     data = labelled_splits(store, labels.names)
-    dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    dev = str(resolve_device(device))  # cuda:1 trains on cuda:1; an unavailable device is a clear error
     x_val, y_val = data.x["val"], data.y["val"]
     if len(x_val) == 0 and config.kind != "zeroshot":
         log.warning("the store has no labelled validation images; tuning on the training split")

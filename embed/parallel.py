@@ -1,7 +1,9 @@
 """Several devices on one machine: one process per device over disjoint shards of the input.
 
 Each process embeds its shard into a part store beside the target; the parts are then merged in
-the order of the input, so the store is the one a single-process run would have written.
+the order of the input, so the store is the one a single-process run would have written. A killed
+run leaves its part stores in place: run again (with the same devices), each part resumes from
+what it had committed, and the merge skips what an interrupted merge had already added.
 """
 from __future__ import annotations
 
@@ -25,15 +27,14 @@ log = logging.getLogger(__name__)
 def run_sharded_embed_job(records: list[Record], store: Store, spec: ModelSpec, devices: list[str],
                           config: EmbedConfig = EmbedConfig()) -> EmbedReport:
     """Embeds `records` on each of `devices` in parallel and merges the results into `store`."""
-    parts_root = store.root / ".parts"
-    shutil.rmtree(parts_root, ignore_errors=True)  # parts of an interrupted run: redone from scratch
+    parts_root = store.root / ".parts"  # kept after a kill: each part store resumes by content hash
     known = store.known_hashes()
     jobs = [(records[i::len(devices)], parts_root / str(i), spec, device, config, known, store.labels)
             for i, device in enumerate(devices)]
     # spawn, not fork: each process initialises its own CUDA context.
     with ProcessPoolExecutor(len(devices), mp_context=get_context("spawn")) as pool:
         reports = list(pool.map(_embed_part, jobs))
-    report = _merge(records, store, [Store.open(job[1]) for job in jobs], config)
+    report = _merge(records, store, [Store.open(job[1]) for job in jobs], config, known)
     report.seconds = max(r.seconds for r in reports)
     shutil.rmtree(parts_root, ignore_errors=True)
     return report
@@ -50,8 +51,10 @@ def _embed_part(job) -> EmbedReport:
     return report
 
 
-def _merge(records: list[Record], store: Store, parts: list[Store], config: EmbedConfig) -> EmbedReport:
-    """Adds the parts' rows and skips to `store` in input order, as one process would have."""
+def _merge(records: list[Record], store: Store, parts: list[Store], config: EmbedConfig,
+           known: set[str]) -> EmbedReport:
+    """Adds the parts' rows and skips to `store` in input order, as one process would have; rows whose
+    hash the store already `known` (added by an interrupted merge) are not added twice."""
     done, skipped, sizes = {}, {}, {}
     for part in parts:
         vectors = part.vectors()
@@ -63,7 +66,9 @@ def _merge(records: list[Record], store: Store, parts: list[Store], config: Embe
     rows, vectors, skips = [], [], []
     for record in records:
         path = str(record.path)
-        if path in done:
+        if path in done and done[path][0].sha256 in known:
+            report.already_present += 1
+        elif path in done:
             item, vector = done[path]
             if item.sha256 in seen:
                 skips.append((path, item.sha256, f"duplicate of {seen[item.sha256]}"))

@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,7 @@ class Store:
         self._lock = threading.Lock()  # one connection shared by server threads
         self._index: faiss.Index | None = None
         self._writer: WriterLock | None = None  # held by a store opened for writing
+        self._closed = False
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -166,7 +168,9 @@ class Store:
         return list(self.manifest["labels"])
 
     def __len__(self) -> int:
-        return self._scalar("SELECT COUNT(*) FROM images")
+        """Gives the number of images readers see: the manifest's count (checked against the rows at open;
+        a writer's new rows count from its next `finish()`). No query: predict and /healthz ask often."""
+        return int(self.manifest["count"])
 
     def vectors(self) -> np.ndarray:
         """Gives all (N, D) float32 unit-norm vectors in id order."""
@@ -285,9 +289,21 @@ class Store:
         self._index = index
         return moved
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        """Closes the database and, for a writer, gives up the write lock."""
-        self._conn.close()
+        """Closes the database and drops the index; a writer first leaves WAL mode (so that readers need
+        no -wal/-shm files and the store opens from read-only media), then gives up the write lock."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            _leave_wal(self._conn)
+        with self._lock:  # not under a search or query still running on another thread
+            self._conn.close()
+            self._index = None
         if self._writer is not None:
             self._writer.release()
 
@@ -369,7 +385,7 @@ def _add_split_fixed(conn: sqlite3.Connection) -> None:
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            conn = _connect_readonly(path)
         else:
             conn = sqlite3.connect(path, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -378,6 +394,33 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is not a readable SQLite database ({exc}); rebuild the store") from exc
     return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """Opens the database for reading, creating no file. A store still in WAL mode (its writer was killed,
+    or predates leaving WAL at close) needs -wal/-shm files; where they cannot be created (read-only
+    media) it is opened as immutable, which is safe there because nothing can change it."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        conn.execute("SELECT COUNT(*) FROM images").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        try:
+            conn = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+            conn.execute("SELECT COUNT(*) FROM images").fetchone()
+        except sqlite3.DatabaseError:
+            raise exc from None
+    log.info("%s opened as immutable: its -wal/-shm files cannot be created (read-only folder?)", path)
+    return conn
+
+
+def _leave_wal(conn: sqlite3.Connection) -> None:
+    # Readers of a WAL database must create -wal/-shm beside it; in rollback mode they need nothing.
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.DatabaseError as exc:  # e.g. a reader holds it open: it stays in WAL, readers still work
+        log.info("metadata.sqlite stays in WAL mode (%s)", exc)
 
 
 def _read_manifest(path: Path) -> dict:
