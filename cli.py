@@ -298,7 +298,7 @@ def _threshold_or_off(value: str) -> float | None:
 
 
 def _summary(metrics: dict, out) -> dict:
-    keep = ("split", "note", "count", "macro_f1", "micro_f1", "mAP", "alpha", "epochs")
+    keep = ("split", "split_note", "count", "macro_f1", "micro_f1", "mAP", "alpha", "epochs")
     summary = {k: metrics[k] for k in keep if k in metrics}
     summary["per_label_f1"] = {k: round(v["f1"], 4) for k, v in metrics.get("per_label", {}).items()}
     summary["report"] = str(out)

@@ -230,7 +230,7 @@ def _note_for(split: str) -> str | None:
 
 def _evaluate(head: EmotionHead, x: np.ndarray, y: np.ndarray, split: str, out: Path,
               history: list[dict] | None, note: str | None = None) -> dict:
-    caveat = {"note": note} if note else {}
+    caveat = {"split_note": note} if note else {}  # "note" is taken: the report explains its averages there
     if len(x) == 0:
         return {"split": split, "count": 0, **caveat}
     probs = head.predict_proba(x)

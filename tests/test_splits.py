@@ -1,0 +1,135 @@
+"""Splits that do not leak: near-duplicates share one split; metrics taken on val say so."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import FAST_EMBED, LABELS, TINY, TINY_MODEL
+from emoreact import cli, embed_source
+from emoreact.index import Store, build_index, near_duplicate_groups
+from emoreact.index.dedup import split_moves
+from synthetic import make_manifest
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force_groups(vectors: np.ndarray, threshold: float) -> set[tuple[int, ...]]:
+    """The reference: the full similarity matrix and a plain union-find."""
+    parent = list(range(len(vectors)))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(vectors @ vectors.T >= threshold, k=1))):
+        parent[root(i)] = root(j)
+    members = {}
+    for i in range(len(vectors)):
+        members.setdefault(root(i), []).append(i)
+    return {tuple(m) for m in members.values() if len(m) > 1}
+
+
+def chain(dim: int, cos: float) -> np.ndarray:
+    """Three unit vectors a, b, c with cos(a, b) = cos(b, c) = `cos` but cos(a, c) well below it."""
+    angle = np.arccos(cos)
+    out = np.zeros((3, dim), np.float32)
+    for k in range(3):
+        out[k, 0], out[k, 1] = np.cos(k * angle), np.sin(k * angle)
+    return out
+
+
+def test_near_duplicate_groups_match_brute_force_on_seeded_data():
+    rng = np.random.default_rng(7)
+    base = unit(rng.normal(size=(300, 32)))
+    picked = rng.choice(300, size=60)
+    copies = unit(base[picked] + 0.03 * rng.normal(size=(60, 32)))  # cosine about 0.97-0.99 to their original
+    vectors = np.concatenate([base, copies, chain(32, 0.97)])
+    vectors = vectors[rng.permutation(len(vectors))]
+    expected = brute_force_groups(vectors, 0.95)
+    assert len(expected) > 30
+    for block in (1, 7, 1024):
+        got = near_duplicate_groups(build_index(vectors), vectors, 0.95, block=block)
+        assert {tuple(int(i) for i in g) for g in got} == expected
+        assert all(np.all(np.diff(g) > 0) for g in got)
+    links = vectors @ chain(32, 0.97)[[0, 2]].T  # the chain's ends are not near-duplicates of each other...
+    ends = [int(np.argmax(links[:, 0])), int(np.argmax(links[:, 1]))]
+    assert any(set(ends) <= set(g) for g in expected)  # ...but one group through the middle one
+
+
+def test_split_moves_follow_the_oldest_member_and_never_move_source_splits():
+    group = [np.array([0, 3, 5])]
+    split = {0: "test", 3: "train", 5: "val"}
+    assert split_moves(group, split, {0: False, 3: False, 5: False}) == ({3: "test", 5: "test"}, 1)
+    # a member whose split the source gave never moves, and the group joins it
+    assert split_moves(group, split, {0: False, 3: True, 5: False}) == ({0: "train", 5: "train"}, 1)
+    assert split_moves(group, {0: "val", 3: "val", 5: "val"}, {0: False, 3: False, 5: False}) == ({}, 0)
+
+
+def _rows(n: int, splits: list[str], fixed: list[bool]) -> list[dict]:
+    return [{"path": f"/img/{i}.png", "sha256": f"{i:064x}", "labels": None, "split": splits[i],
+             "split_fixed": fixed[i], "width": 8, "height": 8, "bytes": 100} for i in range(n)]
+
+
+def test_near_duplicates_never_straddle_splits_after_finish(tmp_path, backbone, label_config):
+    rng = np.random.default_rng(3)
+    dim = backbone.dim
+    originals = unit(rng.normal(size=(4, dim)))
+    twins = unit(originals + 0.01 * rng.normal(size=(4, dim)))  # a resized copy of each
+    vectors = np.concatenate([originals, twins])
+    splits = ["train", "val", "test", "train", "test", "train", "val", "val"]
+    fixed = [False] * 8
+    fixed[3] = fixed[7] = True  # original 3 and its twin 7 had their splits set by the source
+    store = Store.create_or_resume(tmp_path / "s", backbone.spec.model_id, dim, {}, label_config.names)
+    store.add(_rows(8, splits, fixed), vectors)
+    assert store.finish(0.95) == (3, 3)  # groups 0-4, 1-5, 2-6 moved; 3-7 cannot (both fixed)
+    after = {item.id: item.split for item in store.items()}
+    assert after == {0: "train", 1: "val", 2: "test", 3: "train", 4: "train", 5: "val", 6: "test", 7: "val"}
+    assert store.finish(0.95) == (0, 0)  # a rerun finds nothing left to move
+    store.close()
+
+
+def test_embed_puts_near_duplicates_in_one_split_and_reports_it(tmp_path, label_config):
+    # The tiny model's random weights see every image as a near-duplicate of every other: one group.
+    items = [(("happy",), None)] * 10 + [(("sad",), "train")] * 2
+    manifest = make_manifest(tmp_path / "data", items)
+    report = embed_source(manifest, tmp_path / "store", TINY, labels=label_config, device="cpu",
+                          config=FAST_EMBED, near_duplicate_threshold=0.95)
+    store = Store.open(tmp_path / "store")
+    splits = {item.split for item in store.items()}
+    store.close()
+    assert splits == {"train"}  # the group joins the split the source gave two of its members
+    written = json.loads((tmp_path / "store" / "report.json").read_text())["near_duplicates_moved"]
+    assert written["groups"] == report.near_duplicate_groups_moved == 1
+    assert written["images"] == report.near_duplicate_images_moved > 0
+
+
+@pytest.fixture(scope="module")
+def no_test_split(tmp_path_factory, label_config):
+    """A store whose source has train and val images but no test images."""
+    root = tmp_path_factory.mktemp("no-test")
+    items = [((LABELS[n % 4],), "train" if n % 4 else "val") for n in range(80)] + \
+            [((LABELS[n % 4],), "val") for n in range(16)]
+    embed_source(make_manifest(root / "data", items), root / "store", TINY, labels=label_config, device="cpu",
+                 config=FAST_EMBED)
+    return root
+
+
+def test_metrics_on_val_for_want_of_a_test_split_say_so(no_test_split):
+    runner = CliRunner()
+    store, head = no_test_split / "store", no_test_split / "head"
+    trained = runner.invoke(cli.main, ["train", "--store", str(store), "--out", str(head), "--epochs", "5",
+                                       "--device", "cpu"])
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.output)
+    assert summary["split"] == "val" and "no labelled test images" in summary["split_note"]
+    written = json.loads((head / "metrics_val.json").read_text())
+    assert written["split"] == "val" and written["split_note"] == summary["split_note"]
+    evaluated = runner.invoke(cli.main, ["evaluate", "--store", str(store), "--head", str(head)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["split"] == "val" and "split_note" in json.loads(evaluated.output)
+    asked = runner.invoke(cli.main, ["evaluate", "--store", str(store), "--head", str(head), "--split", "val"])
+    assert "split_note" not in json.loads(asked.output)  # asked for val: nothing to warn about
