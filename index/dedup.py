@@ -3,6 +3,9 @@
 Splits come from the content hash, which changes with every re-encoding; the vectors do not. Images
 joined by cosine >= a threshold, directly or through each other, form a group, and the group goes
 to one split. Pure functions over arrays; the store applies the moves.
+
+A job only searches from the rows it added, and from the groups they join: groups among older rows
+were settled by earlier jobs, and searching every row again is O(N^2) (hours at a million rows).
 """
 from __future__ import annotations
 
@@ -12,23 +15,33 @@ DEFAULT_THRESHOLD = 0.95  # resized or re-encoded copies of one picture score ab
 
 
 def near_duplicate_groups(index, vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-                          block: int = 1024) -> list[np.ndarray]:
-    """Gives the groups (ascending int64 ids, two or more each) of rows joined by cosine >= `threshold`.
+                          block: int = 4096, first_new: int = 0) -> list[np.ndarray]:
+    """Gives the groups (ascending int64 ids, two or more each) of rows joined by cosine >= `threshold`
+    that hold a row numbered `first_new` or above (every group when it is 0).
 
     `vectors` (N, D) float32 unit-norm are the rows of `index`, an exact inner-product FAISS index.
     Queries go `block` rows at a time, so memory holds one block's matches, not an N x N matrix.
     """
     # FAISS keeps inner products strictly above the radius; one float32 step below makes it ">=".
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    reached = np.zeros(len(vectors), bool)
+    frontier = np.arange(first_new, len(vectors))
+    reached[frontier] = True
     left, right = [], []
-    for start in range(0, len(vectors), block):
-        queries = np.ascontiguousarray(vectors[start:start + block], dtype=np.float32)
-        lims, _, ids = index.range_search(queries, radius)
-        rows = np.repeat(np.arange(start, start + len(queries)), np.diff(lims).astype(np.int64))
-        keep = ids > rows  # each pair once; a row always matches itself
-        left.append(rows[keep])
-        right.append(ids[keep])
-    if not left or not sum(len(part) for part in left):
+    while len(frontier):  # new rows first, then any older row they reach, until no new row is reached
+        found = []
+        for start in range(0, len(frontier), block):
+            rows = frontier[start:start + block]
+            lims, _, ids = index.range_search(np.ascontiguousarray(vectors[rows], dtype=np.float32), radius)
+            rows = np.repeat(rows, np.diff(lims).astype(np.int64))
+            keep = ids != rows  # a row always matches itself
+            left.append(rows[keep])
+            right.append(ids[keep])
+            found.append(ids[keep])
+        frontier = np.unique(np.concatenate(found))
+        frontier = frontier[~reached[frontier]]
+        reached[frontier] = True
+    if not sum(len(part) for part in left):
         return []
     return _components(np.concatenate(left), np.concatenate(right))
 

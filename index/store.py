@@ -278,13 +278,19 @@ class Store:
         number of (groups, images) moved."""
         vectors = self.vectors()
         index = build_index(vectors)
-        moved = (0, 0) if near_duplicate_threshold is None else \
-            self._unite_near_duplicates(index, vectors, near_duplicate_threshold)
+        moved, checked = (0, 0), self.manifest.get("near_duplicates")
+        if near_duplicate_threshold is not None:
+            # Rows up to rows_checked were grouped by an earlier job at this threshold: only newer rows search.
+            same = isinstance(checked, dict) and checked.get("threshold") == near_duplicate_threshold
+            done = int(checked.get("rows_checked", 0)) if same else 0
+            moved = self._unite_near_duplicates(index, vectors, near_duplicate_threshold, done)
+            checked = {"threshold": near_duplicate_threshold, "rows_checked": len(vectors)}
         with atomic_path(self.root / "index.faiss") as tmp:
             faiss.write_index(index, str(tmp))
             fault_point("during_index_write")
         fault_point("before_manifest")
-        self.manifest = {**self.manifest, "count": int(len(vectors)), "package_version": __version__}
+        self.manifest = {**self.manifest, "count": int(len(vectors)), "package_version": __version__,
+                         **({"near_duplicates": checked} if checked else {})}
         atomic_write_text(self.root / "manifest.json", json.dumps(self.manifest, indent=2) + "\n")
         self._index = index
         return moved
@@ -323,8 +329,9 @@ class Store:
                              f"{self.manifest['count']} of dim {self.dim}; run `cli.py embed` again to rebuild it")
         self._index = to_gpu_if_available(index)
 
-    def _unite_near_duplicates(self, index: faiss.Index, vectors: np.ndarray, threshold: float) -> tuple[int, int]:
-        groups = near_duplicate_groups(index, vectors, threshold)
+    def _unite_near_duplicates(self, index: faiss.Index, vectors: np.ndarray, threshold: float,
+                               first_new: int) -> tuple[int, int]:
+        groups = near_duplicate_groups(index, vectors, threshold, first_new=first_new)
         members = [int(i) for group in groups for i in group]
         rows = []
         for start in range(0, len(members), 10_000):  # SQLite caps the number of bound parameters

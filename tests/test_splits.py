@@ -55,6 +55,9 @@ def test_near_duplicate_groups_match_brute_force_on_seeded_data():
         got = near_duplicate_groups(build_index(vectors), vectors, 0.95, block=block)
         assert {tuple(int(i) for i in g) for g in got} == expected
         assert all(np.all(np.diff(g) > 0) for g in got)
+    for first_new in (300, 350, len(vectors)):  # a later job: only the groups its new rows are in
+        got = near_duplicate_groups(build_index(vectors), vectors, 0.95, block=16, first_new=first_new)
+        assert {tuple(int(i) for i in g) for g in got} == {g for g in expected if max(g) >= first_new}
     links = vectors @ chain(32, 0.97)[[0, 2]].T  # the chain's ends are not near-duplicates of each other...
     ends = [int(np.argmax(links[:, 0])), int(np.argmax(links[:, 1]))]
     assert any(set(ends) <= set(g) for g in expected)  # ...but one group through the middle one
@@ -89,6 +92,12 @@ def test_near_duplicates_never_straddle_splits_after_finish(tmp_path, backbone, 
     after = {item.id: item.split for item in store.items()}
     assert after == {0: "train", 1: "val", 2: "test", 3: "train", 4: "train", 5: "val", 6: "test", 7: "val"}
     assert store.finish(0.95) == (0, 0)  # a rerun finds nothing left to move
+    # A later job adds a twin of image 0 whose hash says "test", and a twin of that twin: both join 0's split.
+    late = unit(np.stack([originals[0] + 0.01 * rng.normal(size=dim), originals[0] + 0.01 * rng.normal(size=dim)]))
+    store.add(_rows(10, [*splits, "test", "val"], [*fixed, False, False])[8:], late)
+    assert store.finish(0.95) == (1, 2)
+    assert {item.id: item.split for item in store.items([8, 9])} == {8: "train", 9: "train"}
+    assert store.manifest["near_duplicates"] == {"threshold": 0.95, "rows_checked": 10}
     store.close()
 
 
