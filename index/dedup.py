@@ -20,7 +20,7 @@ def near_duplicate_groups(index, vectors: np.ndarray, threshold: float = DEFAULT
     that hold a row numbered `first_new` or above (every group when it is 0).
 
     `vectors` (N, D) float32 unit-norm are the rows of `index`, an exact inner-product FAISS index.
-    Queries go `block` rows at a time, so memory holds one block's matches, not an N x N matrix.
+    Queries go `block` rows at a time, so memory holds the pairs found, never an N x N matrix.
     """
     # FAISS keeps inner products strictly above the radius; one float32 step below makes it ">=".
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
