@@ -123,7 +123,13 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
 @click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the trained head.")
 @click.option("--head", "kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp", "zeroshot"]))
-@click.option("--loss", default="weighted_bce", show_default=True, type=click.Choice(["bce", "weighted_bce", "focal"]))
+@click.option("--task", default="auto", show_default=True, type=click.Choice(["auto", "single", "multi"]),
+              help="single: softmax + cross-entropy, one top label per image; multi: sigmoid per label; "
+                   "auto: single when every labelled image has exactly one label.")
+@click.option("--loss", default="weighted_bce", show_default=True, type=click.Choice(["bce", "weighted_bce", "focal"]),
+              help="For a single-label head: cross-entropy, class-weighted unless bce.")
+@click.option("--no-search", is_flag=True, help="Skip the validation search of the L2 strength (linear) or "
+                                                 "width/dropout (MLP); use the defaults.")
 @click.option("--zero-shot-prior", is_flag=True, help="Initialise, regularise and blend with CLIP text prompts.")
 @click.option("--epochs", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--patience", default=20, show_default=True, type=click.IntRange(1))
@@ -134,12 +140,12 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
 @click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
 @_labels_option
 @_friendly
-def train(store_path, out, kind, loss, zero_shot_prior, epochs, patience, lr, schedule, seed, device, pretrained,
-          labels_path) -> None:
+def train(store_path, out, kind, task, loss, no_search, zero_shot_prior, epochs, patience, lr, schedule, seed, device,
+          pretrained, labels_path) -> None:
     """Train an emotion head on a store; writes weights, thresholds, metrics JSON and plots to OUT."""
     metrics = emoreact.train(store_path, out, kind, labels=labels_path, device=device, pretrained=pretrained,
-                             loss=loss, zero_shot_prior=zero_shot_prior, epochs=epochs, patience=patience, lr=lr,
-                             schedule=schedule, seed=seed)
+                             task=task, loss=loss, search=not no_search, zero_shot_prior=zero_shot_prior,
+                             epochs=epochs, patience=patience, lr=lr, schedule=schedule, seed=seed)
     click.echo(json.dumps(_summary(metrics, out)))
 
 
@@ -298,7 +304,8 @@ def _threshold_or_off(value: str) -> float | None:
 
 
 def _summary(metrics: dict, out) -> dict:
-    keep = ("split", "split_note", "count", "macro_f1", "micro_f1", "mAP", "alpha", "epochs")
+    keep = ("split", "split_note", "count", "task", "top1_accuracy", "macro_f1", "micro_f1", "mAP", "ece",
+            "ece_before_calibration", "alpha", "epochs", "l2_strengths_tried")
     summary = {k: metrics[k] for k in keep if k in metrics}
     summary["per_label_f1"] = {k: round(v["f1"], 4) for k, v in metrics.get("per_label", {}).items()}
     summary["report"] = str(out)

@@ -235,11 +235,13 @@ def _evaluate(head: EmotionHead, x: np.ndarray, y: np.ndarray, split: str, out: 
         return {"split": split, "count": 0, **caveat}
     probs = head.predict_proba(x)
     metrics = {"split": split, **caveat, "model_id": head.model_id, "head": head.config.kind,
-               "alpha": head.alpha_, **report(probs, y, head.thresholds_, head.labels)}
+               "alpha": head.alpha_, "temperature": [round(float(t), 4) for t in head.temperature_],
+               **report(probs, y, head.thresholds_, head.labels, head.task_, head.predict_proba(x, calibrated=False))}
     plots = write_plots(out, head.labels, metrics, probs, y, history)
     metrics["plots"] = [p.name for p in plots]
     if history:
-        metrics["epochs"] = len(history)
+        # MLP: epochs of the chosen width/dropout; linear: L2 strengths on the path.
+        metrics["epochs" if "epoch" in history[0] else "l2_strengths_tried"] = len(history)
         atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
     atomic_write_text(out / f"metrics_{split}.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from emoreact.embed import (DEFAULT_MAX_PIXELS, Backbone, ImageError, ModelLoadError, ModelSpec, decode_image,
                             decode_pil, load_backbone, same_model)
-from emoreact.heads import EmotionHead, decide, emoji_policy
+from emoreact.heads import EmotionHead, emoji_policy
 from emoreact.index import Store, StoreError
 from emoreact.labels import LabelConfig, load_label_config
 
@@ -259,7 +259,7 @@ class Predictor:
         if self.head is None:
             raise ValueError("this predictor has no head, so no emotions; load it with emoreact.load(head=HEAD)")
         probs = self.head.predict_proba(vectors)
-        chosen = decide(probs, self.head.thresholds_)
+        chosen = self.head.decide(probs)  # by the head's task: single-label heads always keep their top label
         neighbours = self.neighbours(vectors, k) if self.store is not None else [None] * len(vectors)
         results = []
         for name, p, c, near in zip(names, probs, chosen, neighbours):

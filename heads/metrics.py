@@ -1,20 +1,27 @@
-"""Multi-label decisions, threshold tuning, metrics and plots. Pure functions over arrays."""
+"""Label decisions, threshold tuning and metrics. Pure functions over arrays."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, precision_recall_fscore_support
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support
+
+from .calibration import ECE_BINS, expected_calibration_error
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
 
 
-def decide(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Gives (N, L) bool predictions: scores at or over each label's threshold, else the top label.
+def decide(probs: np.ndarray, thresholds: np.ndarray, task: str = "multi") -> np.ndarray:
+    """Gives (N, L) bool predictions.
 
-    An image always gets at least one emotion, so it always gets some reactions.
+    multi: the labels scoring at or over their threshold, else the top label, so an image always
+    gets at least one emotion and some reactions. single: the top label, plus any other label at or
+    over its threshold (softmax scores, so a second label needs a real share of the probability;
+    this lets the emoji policy combine two emotions).
     """
     chosen = probs >= thresholds[None, :]
+    rows = np.arange(len(probs))
+    if task == "single":
+        chosen[rows, probs.argmax(axis=1)] = True
+        return chosen
     empty = ~chosen.any(axis=1)
     chosen[empty, probs[empty].argmax(axis=1)] = True
     return chosen
@@ -47,18 +54,68 @@ def tune_thresholds(probs: np.ndarray, targets: np.ndarray, grid: np.ndarray = T
     return best.astype(np.float32)
 
 
-def macro_f1(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> float:
+def tune_secondary_thresholds(probs: np.ndarray, targets: np.ndarray,
+                              grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:
+    """Gives (L,) float32 thresholds for the single-label rule (top label, plus others over threshold).
+
+    The top label is always chosen, so label j's threshold changes only label j's counts: each is
+    tuned alone for its own F1, exactly. Ties go to the highest threshold (fewest second labels);
+    a softmax score under the top one is at most 0.5, so a threshold over 0.5 means "never second".
+    """
+    truth = targets.astype(bool)
+    top = np.zeros_like(truth)
+    top[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    thresholds = np.full(probs.shape[1], grid[-1], np.float32)
+    for j in range(probs.shape[1]):
+        fixed_tp, fixed_fp = int((top[:, j] & truth[:, j]).sum()), int((top[:, j] & ~truth[:, j]).sum())
+        rest = ~top[:, j]
+        pos, neg = np.sort(probs[rest & truth[:, j], j]), np.sort(probs[rest & ~truth[:, j], j])
+        tp = fixed_tp + len(pos) - np.searchsorted(pos, grid, side="left")
+        fp = fixed_fp + len(neg) - np.searchsorted(neg, grid, side="left")
+        fn = int(truth[:, j].sum()) - tp
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        thresholds[j] = grid[len(grid) - 1 - np.argmax(f1[::-1])]
+    return thresholds
+
+
+def tune(probs: np.ndarray, targets: np.ndarray, task: str) -> np.ndarray:
+    """Gives (L,) thresholds for `decide` with this task, tuned on (probs, targets)."""
+    return tune_secondary_thresholds(probs, targets) if task == "single" else tune_thresholds(probs, targets)
+
+
+def macro_f1(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, task: str = "multi") -> float:
     """Gives macro-F1 over labels that have positives, with the `decide` rule."""
-    pred = decide(probs, thresholds)
+    pred = decide(probs, thresholds, task)
     present = targets.sum(axis=0) > 0
     _, _, f1, _ = precision_recall_fscore_support(targets[:, present], pred[:, present], average=None,
                                                   zero_division=0)
     return float(f1.mean()) if len(f1) else 0.0
 
 
-def report(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str]) -> dict:
-    """Gives a JSON-ready dict: macro/micro F1, mAP, and per-label precision/recall/F1/AP/support."""
-    pred = decide(probs, thresholds)
+def top1_macro_f1(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Gives macro-F1 of the top label alone (single-label), over labels with positives."""
+    pred = np.zeros(targets.shape, bool)
+    pred[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    present = targets.sum(axis=0) > 0
+    _, _, f1, _ = precision_recall_fscore_support(targets[:, present], pred[:, present], average=None,
+                                                  zero_division=0)
+    return float(f1.mean()) if len(f1) else 0.0
+
+
+def confusion(pred: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Gives (L, L) int counts: row i, column j = images labelled i that were given label j.
+
+    For a single-label set and top-1 predictions this is the usual confusion matrix; for
+    multi-label sets an image counts once in each of its label rows."""
+    return (targets.T.astype(np.int64) @ pred.astype(np.int64))
+
+
+def report(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str],
+           task: str = "multi", uncalibrated: np.ndarray | None = None) -> dict:
+    """Gives a JSON-ready dict: top-1 accuracy (single-label), macro/micro F1, mAP, ECE (before and
+    after calibration when `uncalibrated` scores are given), a confusion matrix, and per-label
+    precision/recall/F1/AP/support/threshold."""
+    pred = decide(probs, thresholds, task)
     p, r, f1, support = precision_recall_fscore_support(targets, pred, average=None, zero_division=0)
     micro = precision_recall_fscore_support(targets, pred, average="micro", zero_division=0)
     present = support > 0
@@ -69,65 +126,28 @@ def report(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, label
                            "average_precision": ap, "support": int(support[j]),
                            "threshold": float(thresholds[j])}
     aps = [v["average_precision"] for v in per_label.values() if v["average_precision"] is not None]
-    return {
-        "count": int(len(targets)),
+    out = {"count": int(len(targets)), "task": task}
+    top = probs.argmax(axis=1)
+    if task == "single":
+        out["top1_accuracy"] = float((targets[np.arange(len(top)), top] > 0).mean()) if len(top) else 0.0
+        out["top1_macro_f1"] = top1_macro_f1(probs, targets)
+        shown = np.zeros(pred.shape, bool)
+        shown[np.arange(len(top)), top] = True
+    else:
+        shown = pred
+    out.update({
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "micro_f1": float(micro[2]),
         "macro_precision": float(p[present].mean()) if present.any() else 0.0,
         "macro_recall": float(r[present].mean()) if present.any() else 0.0,
         "mAP": float(np.mean(aps)) if aps else 0.0,
-        "per_label": per_label,
-        "note": "macro averages cover labels with at least one positive",
-    }
-
-
-def write_plots(out_dir: Path, labels: list[str], metrics: dict, probs: np.ndarray | None = None,
-                targets: np.ndarray | None = None, history: list[dict] | None = None) -> list[Path]:
-    """Writes PNG plots (training curves, per-label F1, PR curves) and gives their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    if history:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-        epochs = [h["epoch"] for h in history]
-        ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
-        ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
-        ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
-        ax1.legend()
-        ax2.plot(epochs, [h["val_macro_f1"] for h in history], color="tab:green")
-        ax2.set(xlabel="epoch", ylabel="macro-F1", title="Validation macro-F1 (tuned thresholds)", ylim=(0, 1))
-        fig.tight_layout()
-        written.append(_save(fig, out_dir / "training_curves.png"))
-    per = metrics["per_label"]
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    scores = [per[n]["f1"] for n in labels]
-    bars = ax.bar(labels, scores, color=["tab:blue" if per[n]["support"] else "lightgray" for n in labels])
-    ax.bar_label(bars, labels=[f"{s:.2f}\nn={per[n]['support']}" for s, n in zip(scores, labels)], fontsize=8)
-    ax.axhline(metrics["macro_f1"], color="tab:red", linestyle="--", label=f"macro-F1 {metrics['macro_f1']:.3f}")
-    ax.set(ylim=(0, 1.15), ylabel="F1", title="F1 per emotion")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    written.append(_save(fig, out_dir / "per_label_f1.png"))
-    if probs is not None and targets is not None:
-        fig, ax = plt.subplots(figsize=(6, 5))
-        for j, name in enumerate(labels):
-            if targets[:, j].any():
-                precision, recall, _ = precision_recall_curve(targets[:, j], probs[:, j])
-                ax.plot(recall, precision, label=f"{name} (AP {per[name]['average_precision']:.2f})")
-        ax.set(xlabel="recall", ylabel="precision", title="Precision-recall per emotion", xlim=(0, 1), ylim=(0, 1.02))
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(_save(fig, out_dir / "pr_curves.png"))
-    return written
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        "ece": expected_calibration_error(probs, targets, task),
+        "ece_bins": ECE_BINS,
+    })
+    if uncalibrated is not None:
+        out["ece_before_calibration"] = expected_calibration_error(uncalibrated, targets, task)
+    out["confusion_matrix"] = {"rows": "true label", "columns": "top label" if task == "single" else "predicted labels",
+                               "counts": confusion(shown, targets).tolist()}
+    out["per_label"] = per_label
+    out["averaging"] = "macro averages cover labels with at least one positive"
+    return out

@@ -6,8 +6,9 @@ Saved as a folder: `manifest.json` (config, labels, model id, thresholds, blend 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -17,10 +18,17 @@ from safetensors.torch import load_file, save
 from emoreact import __version__
 from emoreact.index import atomic_write_bytes, atomic_write_text, read_manifest
 from emoreact.labels import ConfigError, LabelConfig, load_label_config, parse_label_config
+from .linear import DEFAULT_L2_GRID
+from .losses import TASKS
+from .metrics import decide
 
 HEAD_FORMAT = "emoreact-head"
-HEAD_VERSION = 1
+# Version 2 added the task (softmax heads), calibration and the search record: a version-1 reader
+# would silently skip the calibration, so it must refuse these heads, and this reader refuses v1 ones.
+HEAD_VERSION = 2
 HEAD_KINDS = ("linear", "mlp", "zeroshot")
+# MLP (hidden, dropout) pairs: a narrow and a wide layer, each lightly and heavily regularised.
+MLP_GRID = ((256, 0.1), (256, 0.5), (1024, 0.1), (1024, 0.5))
 
 
 class HeadError(RuntimeError):
@@ -32,28 +40,45 @@ class HeadConfig:
     """Hyperparameters of a head and its training."""
 
     kind: str = "linear"  # linear | mlp | zeroshot (text prompts only, no training)
-    hidden: int = 512  # MLP hidden width
-    dropout: float = 0.1  # MLP dropout
-    loss: str = "weighted_bce"  # bce | weighted_bce (pos_weight from label counts) | focal
+    task: str = "auto"  # auto | single (softmax, cross-entropy) | multi (sigmoid); auto: single when
+    #                     every labelled image has exactly one label
+    hidden: int = 512  # MLP hidden width (with `search`, the width the grid chose)
+    dropout: float = 0.1  # MLP dropout (with `search`, the dropout the grid chose)
+    loss: str = "weighted_bce"  # bce | weighted_bce | focal; single-label: cross-entropy, class-weighted
+    #                             unless bce (see heads/losses.py)
     focal_gamma: float = 2.0  # focal loss focusing parameter
-    lr: float = 1e-2  # AdamW peak learning rate (inputs are standardised, so this is safe)
-    weight_decay: float = 1e-4  # AdamW weight decay
-    epochs: int = 200  # upper bound; early stopping usually ends sooner
-    batch_size: int = 256  # vectors per optimiser step
-    patience: int = 20  # epochs without a better validation macro-F1 before stopping
-    schedule: str = "cosine"  # cosine | step | plateau | none
-    warmup_epochs: int = 3  # linear warm-up before the cosine schedule
+    search: bool = True  # choose the L2 strength (linear) or width/dropout (MLP) on validation
+    l2: float = 1e-3  # linear head: L2 strength when `search` is off (loss is a mean over images)
+    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID  # linear head: strengths tried, strong to weak
+    l2_patience: int = 1  # linear head: strengths without a better validation score before the path stops
+    max_iter: int = 200  # linear head: L-BFGS iterations per strength
+    mlp_grid: tuple[tuple[int, float], ...] = MLP_GRID  # MLP (hidden, dropout) pairs tried with `search`
+    calibrate: bool = True  # fit a temperature on validation so scores read as probabilities
+    lr: float = 1e-2  # MLP: AdamW peak learning rate (inputs are standardised, so this is safe)
+    weight_decay: float = 1e-4  # MLP: AdamW weight decay
+    epochs: int = 200  # MLP: upper bound; early stopping usually ends sooner
+    batch_size: int = 256  # MLP: vectors per optimiser step
+    patience: int = 20  # MLP: epochs without a better validation macro-F1 before stopping
+    schedule: str = "cosine"  # MLP: cosine | step | plateau | none
+    warmup_epochs: int = 3  # MLP: linear warm-up before the cosine schedule
     zero_shot_prior: bool = False  # initialise/regularise/blend with CLIP text-prompt embeddings
-    prior_l2: float = 1e-3  # strength of the pull towards the zero-shot weights (linear head)
+    prior_l2: float = 1e-3  # linear head: strength of the pull towards the prior when `search` is off
     seed: int = 0  # makes training reproducible
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
             raise ValueError(f"unknown head kind {self.kind!r}; choose one of {HEAD_KINDS}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
         if self.loss not in ("bce", "weighted_bce", "focal"):
             raise ValueError(f"unknown loss {self.loss!r}; choose bce, weighted_bce or focal")
         if self.schedule not in ("cosine", "step", "plateau", "none"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step, plateau or none")
+        # JSON gives lists back; tuples keep the config hashable and comparable after a round trip.
+        object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
+        object.__setattr__(self, "mlp_grid", tuple((int(h), float(d)) for h, d in self.mlp_grid))
+        if not self.l2_grid or min(self.l2_grid) < 0 or not self.mlp_grid:
+            raise ValueError("l2_grid needs at least one strength >= 0 and mlp_grid at least one (hidden, dropout)")
 
 
 class Standardize(torch.nn.Module):
@@ -103,7 +128,11 @@ class ZeroShotPrior:
 
 
 class EmotionHead:
-    """A trained (or zero-shot) head. Scores with `predict_proba`, decides with `thresholds_`."""
+    """A trained (or zero-shot) head: `predict_proba` gives calibrated scores, `decide` the labels.
+
+    Learned state ends in `_`. For the scikit-learn estimator contract (fit/predict on raw arrays,
+    get_params, cross-validation) use `LinearHead`/`MLPHead` from `emoreact.heads`, which build one.
+    """
 
     def __init__(self, config: HeadConfig, labels: LabelConfig, model_id: str, dim: int) -> None:
         self.config = config
@@ -116,21 +145,39 @@ class EmotionHead:
         self.prior_: ZeroShotPrior | None = None
         self.alpha_: float = 0.0  # blend weight of the prior: logits = (1 - a) * head + a * prior
         self.thresholds_ = np.full(len(self.labels), 0.5, np.float32)
-        self.activation_ = "sigmoid"  # softmax for the zero-shot-only head (scores sum to 1)
+        self.task_ = "multi"  # single: softmax, the top label plus any other over its threshold
+        self.activation_ = "sigmoid"  # softmax for single-label heads and the zero-shot-only head
+        # Calibration: probabilities come from logits / temperature + offset (per label; one shared
+        # temperature and no offset for softmax, which keeps the top label unchanged).
+        self.temperature_ = np.ones(len(self.labels), np.float32)
+        self.offset_ = np.zeros(len(self.labels), np.float32)
+        self.l2_: list[float] | None = None  # linear head: the L2 strength chosen per label
+        self.search_: list[dict] = []  # what the regularisation search tried, with validation scores
         self.fitted_ = False
 
+    @property
+    def task(self) -> str:
+        """Gives "single" or "multi": how labels are decided (kept in the manifest)."""
+        return self.task_
+
     @torch.inference_mode()
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Gives (N, L) float32 scores in [0, 1] for (N, D) unit-norm vectors."""
+    def predict_proba(self, x: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Gives (N, L) float32 scores in [0, 1] for (N, D) unit-norm vectors (rows sum to 1 for a
+        softmax head); `calibrated=False` skips the temperature (for before/after reports)."""
         if not self.fitted_:
             raise HeadError("this head is not trained; call fit_head(...) or load a saved head first")
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise HeadError(f"expected vectors of shape (N, {self.dim}), got {x.shape}")
-        return self.logits_to_proba(self.logits(torch.from_numpy(x))).numpy()
+        logits = self.logits(torch.from_numpy(x))
+        return self.logits_to_proba(self.calibrate(logits) if calibrated else logits).numpy()
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Gives (N, L) bool labels for `predict_proba` scores, by this head's task and thresholds."""
+        return decide(probs, self.thresholds_, self.task_)
 
     def logits(self, x: torch.Tensor, head_logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Gives (N, L) blended logits; `head_logits` may be passed to reuse a forward pass."""
+        """Gives (N, L) blended, uncalibrated logits; `head_logits` may be passed to reuse a forward pass."""
         if self.net_ is None:
             return self.prior_.logits(x)
         if head_logits is None:
@@ -139,6 +186,10 @@ class EmotionHead:
         if self.prior_ is None or self.alpha_ == 0.0:
             return head_logits
         return (1.0 - self.alpha_) * head_logits + self.alpha_ * self.prior_.logits(x)
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Gives logits / temperature + offset, the calibrated logits."""
+        return logits / torch.from_numpy(self.temperature_).to(logits.device) + torch.from_numpy(self.offset_).to(logits.device)
 
     def logits_to_proba(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=-1) if self.activation_ == "softmax" else torch.sigmoid(logits)
@@ -160,7 +211,9 @@ class EmotionHead:
         manifest = {"format": HEAD_FORMAT, "format_version": HEAD_VERSION, "model_id": self.model_id,
                     "dim": self.dim, "labels": self.labels, "config": asdict(self.config),
                     "thresholds": [float(t) for t in self.thresholds_], "alpha": self.alpha_,
-                    "activation": self.activation_, "package_version": __version__,
+                    "task": self.task_, "activation": self.activation_,
+                    "temperature": [float(t) for t in self.temperature_], "offset": [float(o) for o in self.offset_],
+                    "l2": self.l2_, "search": self.search_, "package_version": __version__,
                     "torch_version": torch.__version__}
         if self.backbone:
             manifest["backbone"] = self.backbone
@@ -197,10 +250,30 @@ class EmotionHead:
             raise HeadError(f"{folder / 'weights.safetensors'} does not match its manifest ({exc})") from exc
         head.thresholds_ = np.asarray(manifest["thresholds"], np.float32)
         head.alpha_ = float(manifest["alpha"])
-        head.activation_ = manifest.get("activation", "sigmoid")
+        head.task_, head.activation_ = manifest["task"], manifest["activation"]
+        head.temperature_ = np.asarray(manifest["temperature"], np.float32)
+        head.offset_ = np.asarray(manifest["offset"], np.float32)
+        head.l2_, head.search_ = manifest.get("l2"), manifest.get("search", [])
+        if head.task_ not in ("single", "multi") or head.temperature_.shape != head.thresholds_.shape:
+            raise HeadError(f"{folder / 'manifest.json'}: task {head.task_!r} or calibration does not fit "
+                            f"{len(head.labels)} labels; retrain the head")
         head.backbone = manifest.get("backbone")
         head.fitted_ = True
         return head
+
+    def __getstate__(self) -> dict:
+        # For pickling by scikit-learn tools (joblib, GridSearchCV(n_jobs=...)); saved heads never
+        # use pickle. The label config holds read-only mappings, which pickle refuses: keep its text.
+        state = dict(self.__dict__)
+        config = self.label_config
+        state["label_config"] = replace(config, datasets={k: dict(v) for k, v in config.datasets.items()})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        config = state["label_config"]
+        state["label_config"] = replace(config, datasets=MappingProxyType(
+            {k: MappingProxyType(v) for k, v in config.datasets.items()}))
+        self.__dict__.update(state)
 
     def with_policy(self, labels: LabelConfig) -> "EmotionHead":
         """Gives this head using another emoji policy; label names must be the same, in order."""
@@ -213,7 +286,8 @@ class EmotionHead:
 
 def _read_manifest(path: Path) -> dict:
     return read_manifest(path, "head", HEAD_FORMAT, HEAD_VERSION,
-                         ("model_id", "dim", "labels", "config", "thresholds", "alpha"), HeadError,
+                         ("model_id", "dim", "labels", "config", "thresholds", "alpha", "task", "activation",
+                          "temperature", "offset"), HeadError,
                          "train one with `cli.py train`")
 
 

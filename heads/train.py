@@ -1,19 +1,27 @@
-"""Training a head on stored vectors: weighted BCE or focal loss, AdamW, schedules, early stopping,
-per-label thresholds and the optional zero-shot prior (CLAP-style init + L2, WiSE-FT-style blend).
+"""Training a head on stored vectors.
+
+The task (single-label softmax or multi-label sigmoid) is detected from the labels; a linear head
+is solved by L-BFGS over an L2 path (heads/linear.py), an MLP by AdamW over a small width/dropout
+grid (heads/mlp.py), each chosen on validation. Validation then sets, in order: the blend weight
+of the optional zero-shot prior (CLAP-style init + L2 pull, WiSE-FT-style blend), the calibration
+(heads/calibration.py) and the decision thresholds.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
-from torch.optim import AdamW  # imported here, not at first use: it pulls in a second of modules
 
 from emoreact.labels import LabelConfig
-from .metrics import THRESHOLD_GRID, f1_per_threshold, tune_thresholds
-from .model import EmotionHead, HeadConfig, ZeroShotPrior
+from .calibration import fit_temperature
+from .linear import solve_path
+from .losses import make_loss, make_loss_grad, resolve_task, soft_targets
+from .metrics import THRESHOLD_GRID, f1_per_threshold, top1_macro_f1, tune, tune_thresholds
+from .mlp import train_layers
+from .model import EmotionHead, HeadConfig, ZeroShotPrior, build_net
 
 log = logging.getLogger(__name__)
 ZERO_SHOT_THRESHOLD = 0.3  # softmax share at which a zero-shot label counts, when no labels tune it
@@ -43,93 +51,123 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
              x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
              text: np.ndarray | None = None, logit_scale: float = 100.0,
              device: str = "cpu") -> tuple[EmotionHead, list[dict]]:
-    """Gives a trained head and its per-epoch history.
+    """Gives a trained head and its history (MLP: per epoch of the chosen width/dropout; linear:
+    per L2 strength of the path).
 
     x_*: (N, D) float32 unit-norm vectors; y_*: (N, L) {0, 1}; text: (L, D) prompt embeddings,
-    needed when `config.zero_shot_prior` is set. Validation data drives early stopping,
-    the blend weight and the thresholds.
+    needed when `config.zero_shot_prior` is set. Validation data chooses the regularisation, the
+    blend weight, the calibration and the thresholds.
     """
     if config.zero_shot_prior and text is None:
         raise ValueError("zero_shot_prior needs the label text embeddings (text=...)")
     torch.manual_seed(config.seed)
     dev = torch.device(device)
+    task = resolve_task(config.task, y_train, y_val)
     head = EmotionHead(config, labels, model_id, x_train.shape[1])
-    xt, yt = _tensor(x_train, dev), _tensor(y_train, dev)
-    xv, yv = _tensor(x_val, dev), _tensor(y_val, dev)
+    head.task_, head.activation_ = task, ("softmax" if task == "single" else "sigmoid")
+    targets = soft_targets(y_train) if task == "single" else y_train.astype(np.float32)
+    val_targets = soft_targets(y_val) if task == "single" else y_val.astype(np.float32)
+    xt, tt, xv, tv = (_tensor(a, dev) for a in (x_train, targets, x_val, val_targets))
     if config.zero_shot_prior:
-        head.prior_ = calibrate_prior(text, x_train, y_train, logit_scale)
-    net = head.net_.to(dev)
+        head.prior_ = calibrate_prior(text, x_train, y_train, logit_scale, task)
+    standardize = head.net_[0].to(dev)
     with torch.no_grad():
         # Layer 0 is a fixed standardisation: apply it once, then train the layers after it.
-        zt, zv = net[0].fit(xt)(xt), net[0](xv)
-    body = net[1:]
-    anchor = _init_from_prior(net, head.prior_, dev) if config.zero_shot_prior else None
-    loss_fn = _loss(config, y_train, dev)
-    optimiser = AdamW(body.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(xt) / config.batch_size))
-    scheduler = _scheduler(config, optimiser, steps_per_epoch)
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    history, best_f1, best_state, stale = [], -1.0, None, 0
+        zt, zv = standardize.fit(xt)(xt), standardize(xv)
     start = time.perf_counter()
-    # Shuffle once, then visit the batches in a new order each epoch: batches are views, not copies.
-    order = torch.randperm(len(zt), generator=generator).to(dev)
-    zt, yt = zt[order], yt[order]
-    starts = torch.arange(0, len(zt), config.batch_size)
-    for epoch in range(1, config.epochs + 1):
-        body.train()
-        total = 0.0
-        for start in starts[torch.randperm(len(starts), generator=generator)].tolist():
-            zb, yb = zt[start:start + config.batch_size], yt[start:start + config.batch_size]
-            with _autocast(dev):
-                logits = body(zb).float()
-            loss = loss_fn(logits, yb)
-            if anchor is not None:
-                loss = loss + config.prior_l2 * ((net[1].weight - anchor) ** 2).sum()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            if config.schedule == "cosine":
-                scheduler.step()
-            total += float(loss.detach()) * len(zb)
-        val_logits, val_loss = _evaluate(body, zv, yv, loss_fn)
-        f1 = _best_macro_f1(torch.sigmoid(val_logits).cpu().numpy(), y_val)
-        history.append({"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,
-                        "val_macro_f1": f1, "lr": optimiser.param_groups[0]["lr"]})
-        if config.schedule == "step":
-            scheduler.step()
-        elif config.schedule == "plateau":
-            scheduler.step(f1)
-        if f1 > best_f1 + 1e-4:
-            best_f1, best_state, stale = f1, {k: v.clone() for k, v in net.state_dict().items()}, 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    net.load_state_dict(best_state)
-    head.net_ = net.eval().cpu()
+    if config.kind == "linear":
+        history = _fit_linear(head, zt, tt, zv, y_val, make_loss_grad(task, config.loss, y_train, config.focal_gamma, dev), dev)
+    else:
+        history = _fit_mlp(head, zt, tt, zv, tv, y_val, make_loss(task, config.loss, y_train, config.focal_gamma, dev))
+    head.net_ = head.net_.eval().cpu()
     head.fitted_ = True
-    _tune_blend_and_thresholds(head, x_val, y_val)
-    log.info("trained %s head: %d epochs in %.2fs, best val macro-F1 %.3f, alpha %.1f",
-             config.kind, len(history), time.perf_counter() - start, best_f1, head.alpha_)
+    _tune_on_validation(head, x_val, y_val)
+    log.info("trained %s %s-label head in %.2fs (%s), alpha %.1f", config.kind, task,
+             time.perf_counter() - start, head.search_[-1] if head.search_ else "", head.alpha_)
     return head, history
 
 
-def calibrate_prior(text: np.ndarray, x: np.ndarray, y: np.ndarray, logit_scale: float,
-                    steps: int = 200) -> ZeroShotPrior:
-    """Gives the prior with a per-label affine map of cosine scores fitted by logistic regression.
+def _fit_linear(head: EmotionHead, zt, tt, zv, y_val, loss_grad, dev) -> list[dict]:
+    """Solves the linear layer over the L2 path (or at the one given strength); gives the path."""
+    config, task, linear = head.config, head.task_, head.net_[1]
+    anchor = _prior_weights(head.net_[0], head.prior_, dev) if head.prior_ is not None else None
+    grid = config.l2_grid if config.search else ((config.prior_l2 if anchor is not None else config.l2),)
+    frequency = tt.mean(0).clamp(1e-4, 1 - 1e-4)
+    # Starting from the label frequencies (log-prior), the first solve only has to learn directions.
+    bias_init = frequency.log() if task == "single" else (frequency / (1 - frequency)).log()
+    if anchor is not None:
+        bias_init = _prior_bias(head.net_[0], head.prior_, dev)
+    result = solve_path(zt, tt, loss_grad, zv, _label_scores(task, y_val), grid, per_label=(task == "multi"),
+                        bias_init=bias_init, anchor=anchor, patience=config.l2_patience, max_iter=config.max_iter)
+    with torch.no_grad():
+        linear.weight.copy_(result.weight)
+        linear.bias.copy_(result.bias)
+    head.l2_ = [float(v) for v in result.l2]
+    head.search_ = [{k: h[k] for k in ("l2", "val_macro_f1", "evaluations", "seconds")} for h in result.history]
+    return result.history
 
-    Raw CLIP cosines are tuned for a softmax over classes; a sigmoid head needs each label's
-    scores shifted and scaled on its own (the recalibration DATASETS.md warns about).
+
+def _fit_mlp(head: EmotionHead, zt, tt, zv, tv, y_val, loss_fn) -> list[dict]:
+    """Trains one MLP per (hidden, dropout) of the grid (or the configured one); keeps the best on validation."""
+    config = head.config
+    pairs = config.mlp_grid if config.search else ((config.hidden, config.dropout),)
+    score = _mean_score(head.task_, y_val)
+    best = (-np.inf, None, None, None)
+    for hidden, dropout in pairs:
+        candidate = replace(config, hidden=hidden, dropout=dropout)
+        torch.manual_seed(config.seed)
+        net = build_net(candidate, zt.shape[1], tt.shape[1]).to(zt.device)
+        net[0].load_state_dict(head.net_[0].state_dict())
+        history, value = train_layers(candidate, net[1:], zt, tt, zv, tv, loss_fn, score)
+        head.search_.append({"hidden": hidden, "dropout": dropout, "val_macro_f1": value, "epochs": len(history)})
+        if value > best[0] + 1e-4:
+            best = (value, candidate, net, history)
+    _, chosen, net, history = best
+    head.config, head.net_ = chosen, net
+    return history
+
+
+def _tune_on_validation(head: EmotionHead, x_val: np.ndarray, y_val: np.ndarray) -> None:
+    """Chooses the prior's blend weight, then fits the calibration, then tunes the thresholds."""
+    x = torch.from_numpy(x_val.astype(np.float32))
+    score = _mean_score(head.task_, y_val)
+    with torch.inference_mode():
+        head_logits = head.net_(x).float()
+        best = (-1.0, 0.0)
+        for alpha in (_ALPHAS if head.prior_ is not None else [0.0]):
+            head.alpha_ = float(alpha)
+            best = max(best, (score(head.logits(x, head_logits)), float(alpha)))
+        head.alpha_ = best[1]
+        logits = head.logits(x, head_logits)
+    if head.config.calibrate and len(x_val):
+        targets = soft_targets(y_val) if head.task_ == "single" else y_val.astype(np.float32)
+        head.temperature_, head.offset_ = fit_temperature(logits, torch.from_numpy(targets), head.task_)
+    with torch.inference_mode():
+        probs = head.logits_to_proba(head.calibrate(logits)).numpy()
+    head.thresholds_ = tune(probs, y_val, head.task_)
+
+
+def calibrate_prior(text: np.ndarray, x: np.ndarray, y: np.ndarray, logit_scale: float, task: str = "multi",
+                    steps: int = 200) -> ZeroShotPrior:
+    """Gives the prior with a per-label affine map of cosine scores fitted on the training labels.
+
+    Raw CLIP cosines are tuned for a softmax over classes at CLIP's own scale; a head needs each
+    label's scores shifted and scaled on its own (the recalibration DATASETS.md warns about):
+    logistic regression per label for a sigmoid head, one softmax regression for a softmax head.
     """
     cos = torch.from_numpy(x.astype(np.float32)) @ torch.from_numpy(text.astype(np.float32)).T
-    target = torch.from_numpy(y.astype(np.float32))
+    target = torch.from_numpy(soft_targets(y) if task == "single" else y.astype(np.float32))
     scale = torch.full((text.shape[0],), float(logit_scale), requires_grad=True)
     bias = (-cos.mean(0) * logit_scale).detach().requires_grad_(True)
     optimiser = torch.optim.LBFGS([scale, bias], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         optimiser.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(cos * scale + bias, target)
+        logits = cos * scale + bias
+        if task == "single":
+            loss = -(target * torch.log_softmax(logits, dim=-1)).sum(1).mean()
+        else:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
         loss.backward()
         return loss
 
@@ -137,96 +175,45 @@ def calibrate_prior(text: np.ndarray, x: np.ndarray, y: np.ndarray, logit_scale:
     return ZeroShotPrior(text.astype(np.float32), scale.detach().numpy(), bias.detach().numpy())
 
 
-def _init_from_prior(net: torch.nn.Sequential, prior: ZeroShotPrior, dev: torch.device) -> torch.Tensor | None:
-    """Starts a linear head at the calibrated zero-shot classifier; gives the weights to pull towards.
+def _prior_weights(standardize, prior: ZeroShotPrior, dev: torch.device) -> torch.Tensor:
+    """Gives the calibrated zero-shot classifier as weights over standardised vectors: the linear
+    head starts there and its L2 term pulls towards it (CLAP).
 
-    The head sees standardised vectors z = (x - m) / s, so W0 x + b0 = (W0 * s) z + (b0 + W0 m).
+    The head sees z = (x - m) / s, so W0 x + b0 = (W0 * s) z + (b0 + W0 m).
     """
-    if len(net) != 2:
-        return None  # an MLP cannot start from text weights; it still gets the blended prior
-    standardize, linear = net[0], net[1]
     raw = torch.from_numpy(prior.text * prior.scale[:, None]).to(dev)
-    weight = raw * standardize.std[None, :]
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(torch.from_numpy(prior.bias).to(dev) + raw @ standardize.mean)
-    return weight.detach()
+    return (raw * standardize.std[None, :]).detach()
 
 
-def _tune_blend_and_thresholds(head: EmotionHead, x_val: np.ndarray, y_val: np.ndarray) -> None:
-    """Chooses the prior's blend weight and then per-label thresholds on validation data."""
-    x = torch.from_numpy(x_val.astype(np.float32))
-    with torch.inference_mode():
-        head_logits = head.net_(x).float()
-        best = (-1.0, 0.0)
-        for alpha in (_ALPHAS if head.prior_ is not None else [0.0]):
-            head.alpha_ = float(alpha)
-            probs = head.logits_to_proba(head.logits(x, head_logits)).numpy()
-            best = max(best, (_best_macro_f1(probs, y_val), float(alpha)))
-        head.alpha_ = best[1]
-        head.thresholds_ = tune_thresholds(head.logits_to_proba(head.logits(x, head_logits)).numpy(), y_val)
+def _prior_bias(standardize, prior: ZeroShotPrior, dev: torch.device) -> torch.Tensor:
+    raw = torch.from_numpy(prior.text * prior.scale[:, None]).to(dev)
+    return (torch.from_numpy(prior.bias).to(dev) + raw @ standardize.mean).detach()
 
 
-def _best_macro_f1(probs: np.ndarray, targets: np.ndarray) -> float:
-    present = targets.sum(axis=0) > 0
-    if not present.any():
-        return 0.0
-    return float(f1_per_threshold(probs, targets, THRESHOLD_GRID).max(axis=0)[present].mean())
+def _label_scores(task: str, y_val: np.ndarray):
+    """Gives score(val_logits) -> validation F1: single, the top label's macro-F1 (1 value);
+    multi, each label's F1 at its best threshold ((L,), NaN where validation has no positives)."""
+    present = y_val.sum(axis=0) > 0
+    if task == "single":
+        return lambda logits: np.array([top1_macro_f1(logits.cpu().numpy(), y_val)])
+
+    def per_label(logits: torch.Tensor) -> np.ndarray:
+        f1 = f1_per_threshold(torch.sigmoid(logits).cpu().numpy(), y_val, THRESHOLD_GRID).max(axis=0)
+        return np.where(present, f1, np.nan)
+
+    return per_label
 
 
-def _loss(config: HeadConfig, y: np.ndarray, dev: torch.device):
-    positives = y.sum(axis=0)
-    # pos_weight = negatives / positives balances each label's gradient; capped for near-empty labels.
-    pos_weight = torch.from_numpy(np.clip((len(y) - positives) / np.maximum(positives, 1), 1.0, 100.0)
-                                  .astype(np.float32)).to(dev)
-    if config.loss == "bce":
-        return torch.nn.BCEWithLogitsLoss()
-    if config.loss == "weighted_bce":
-        return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    gamma = config.focal_gamma
+def _mean_score(task: str, y_val: np.ndarray):
+    """Gives score(val_logits) -> one validation macro-F1 (mean over labels with positives)."""
+    scores = _label_scores(task, y_val)
 
-    def focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight,
-                                                                   reduction="none")
-        p = torch.sigmoid(logits)
-        p_t = p * target + (1 - p) * (1 - target)
-        return ((1 - p_t) ** gamma * bce).mean()
+    def mean(logits: torch.Tensor) -> float:
+        values = scores(logits)
+        return float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
 
-    return focal
-
-
-def _scheduler(config: HeadConfig, optimiser, steps_per_epoch: int):
-    if config.schedule == "cosine":
-        warmup = config.warmup_epochs * steps_per_epoch
-        total = config.epochs * steps_per_epoch
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, config.epochs // 3), gamma=0.1)
-    if config.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max",
-                                                          patience=max(1, config.patience // 3))
-    return None
-
-
-@torch.inference_mode()
-def _evaluate(net, x: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, float]:
-    net.eval()
-    with _autocast(x.device):
-        logits = net(x).float()
-    return logits, float(loss_fn(logits, y))
+    return mean
 
 
 def _tensor(array: np.ndarray, dev: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(dev)
-
-
-def _autocast(dev: torch.device):
-    if dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)

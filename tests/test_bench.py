@@ -1,13 +1,31 @@
 """The benchmarks run end to end on small sizes and report both sides (figures are not asserted)."""
+import numpy as np
+
 from conftest import TINY_MODEL
 
 
-def test_head_bench_reports_both_heads():
+def test_head_bench_reports_both_heads_on_both_sets():
     from emoreact.bench import head_bench
 
-    result = head_bench.run(3000, device="cpu")
-    assert {"ours_seconds", "baseline_sklearn_ovr_logreg_seconds", "speedup", "macro_f1_gap"} <= set(result)
-    assert abs(result["macro_f1_gap"]) < 0.1
+    result = head_bench.run(1500, device="cpu", c_grid=(1e-3, 1e-2))
+    for task in ("single", "multi"):
+        compared = result[task]
+        assert {"ours", "sklearn", "speedup", "macro_f1_gap"} <= set(compared)
+        assert compared["ours"]["task_detected"] == task and compared["ours"]["seconds"] > 0
+        assert abs(compared["macro_f1_gap"]) < 0.1
+    assert {"top1_accuracy", "top1_macro_f1"} <= set(result["single"]["ours"])
+    assert "top1_accuracy" in result["single"]["sklearn"]
+
+
+def test_head_bench_sets_are_single_and_multi_label_with_middle_classes():
+    from emoreact.bench.head_bench import make_data
+
+    x, y = make_data(500, "single")
+    assert x.shape == (500, 512) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert (y.sum(axis=1) == 1).all()
+    x, y = make_data(500, "multi")
+    assert (y.sum(axis=1) >= 1).all() and (y.sum(axis=1) > 1).mean() > 0.2
+    assert 0.4 < float((x[:100] @ x[:100].T).mean()) < 0.6  # CLIP-like shared direction
 
 
 def test_index_bench_agrees_with_brute_force():
