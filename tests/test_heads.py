@@ -317,3 +317,25 @@ def test_linear_head_is_not_worse_than_scikit_learns_best_c_logistic_regression(
     theirs = top1_macro_f1(sklearn_probs(best, xt), yt)
     assert head.task_ == "single"
     assert ours >= theirs - 0.03, (ours, theirs, head.l2_, best[-1].C)
+
+
+def test_the_shipped_mikels_config_reads_fi_and_emoset_with_their_own_classes(tmp_path):
+    """FI folders and EmoSet records keep their native class (no mapping onto our 8 labels), in
+    EmoSet's index order, each with an emoji policy."""
+    from emoreact.embed import read_source
+    from emoreact.heads import MIKELS_LABELS_PATH, emoji_policy, load_label_config
+
+    config = load_label_config(MIKELS_LABELS_PATH)
+    assert config.names == ["amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness"]
+    for emotion in ("awe", "sadness"):
+        (tmp_path / "fi" / emotion).mkdir(parents=True)
+        (tmp_path / "fi" / emotion / "1.jpg").write_bytes(b"")
+    records = read_source(tmp_path / "fi", config, "fi")
+    assert sorted(r.labels for r in records) == [("awe",), ("sadness",)]
+    (tmp_path / "emoset").mkdir()
+    for split in ("train", "val", "test"):
+        (tmp_path / "emoset" / f"{split}.json").write_text(
+            json.dumps([["amusement", "image/amusement/a.jpg", "annotation/amusement/a.json"]]))
+    assert {r.labels for r in read_source(tmp_path / "emoset", config, "emoset")} == {("amusement",)}
+    allowed, blocked = emoji_policy(["amusement", "sadness"], config)
+    assert "😂" in blocked and "😂" not in allowed and "😢" not in allowed  # each blocks the other's laugh/tears
