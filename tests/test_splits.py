@@ -63,6 +63,21 @@ def test_near_duplicate_groups_match_brute_force_on_seeded_data():
     assert any(set(ends) <= set(g) for g in expected)  # ...but one group through the middle one
 
 
+def test_near_duplicate_groups_past_the_exact_size_go_through_ivf_and_still_match_brute_force():
+    """Beyond `exact_up_to` rows the range search runs on an IVF index (an exact all-pairs search would
+    take hours at a million rows); the near-duplicates found must be the same."""
+    rng = np.random.default_rng(11)
+    centres = unit(rng.normal(size=(40, 48)))  # clustered, as CLIP features are, not uniform noise
+    base = unit(centres[rng.integers(0, 40, size=3000)] + 0.35 * rng.normal(size=(3000, 48)))
+    picked = rng.choice(3000, size=400, replace=False)
+    copies = unit(base[picked] + 0.025 * rng.normal(size=(400, 48)))
+    vectors = np.concatenate([base, copies])[rng.permutation(3400)]
+    expected = brute_force_groups(vectors, 0.95)
+    assert len(expected) >= 350
+    got = near_duplicate_groups(build_index(vectors), vectors, 0.95, exact_up_to=500)
+    assert {tuple(int(i) for i in g) for g in got} == expected
+
+
 def test_split_moves_follow_the_oldest_member_and_never_move_source_splits():
     group = [np.array([0, 3, 5])]
     split = {0: "test", 3: "train", 5: "val"}
