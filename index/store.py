@@ -16,7 +16,6 @@ import json
 import logging
 import sqlite3
 import threading
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,37 +24,18 @@ import numpy as np
 
 from emoreact import __version__
 
+from . import metadata
 from .atomic import atomic_path, atomic_write_text
 from .dedup import near_duplicate_groups, split_moves
 from .faults import fault_point
 from .manifest import read_manifest
 from .search import build_index, search, to_gpu_if_available
-from .writelock import WriterLock
+from .writelock import lock_for_writing
 
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "emoreact-store"
 STORE_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,          -- row of the vector in the store and id in the FAISS index
-    path TEXT NOT NULL,
-    sha256 TEXT NOT NULL UNIQUE,     -- content hash: the resume key
-    labels TEXT,                     -- our labels joined by '|', NULL when unlabeled
-    split TEXT NOT NULL,
-    split_fixed INTEGER NOT NULL DEFAULT 1,  -- 1: the source gave the split; 0: the hash did, near-duplicates move it
-    width INTEGER, height INTEGER, bytes INTEGER,
-    shard TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS skipped (
-    path TEXT PRIMARY KEY,
-    sha256 TEXT,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, first_id INTEGER NOT NULL, count INTEGER NOT NULL);
-"""
-
-
 class StoreError(RuntimeError):
     """The store is missing, damaged or built for another model; the message names the file."""
 
@@ -85,7 +65,7 @@ class Store:
         self._conn = conn
         self._lock = threading.Lock()  # one connection shared by server threads
         self._index: faiss.Index | None = None
-        self._writer: WriterLock | None = None  # held by a store opened for writing
+        self._writer = None  # held by a store opened for writing
         self._closed = False
 
     # ---- opening -------------------------------------------------------------------------
@@ -97,7 +77,7 @@ class Store:
         built for another model or labels, or one another process is writing (unless `wait`)."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        writer = _lock_for_writing(root, wait)
+        writer = lock_for_writing(root, wait, StoreError)
         try:
             return cls._resume(root, model_id, dim, preprocess, labels, writer)
         except BaseException:
@@ -106,7 +86,7 @@ class Store:
 
     @classmethod
     def _resume(cls, root: Path, model_id: str, dim: int, preprocess: dict, labels: list[str],
-                writer: WriterLock) -> "Store":
+                writer) -> "Store":
         manifest_path = root / "manifest.json"
         expected = {"model_id": model_id, "dim": dim, "labels": list(labels)}
         if manifest_path.exists():
@@ -120,7 +100,7 @@ class Store:
                         "preprocess": preprocess, "count": 0, "package_version": __version__}
         store = cls(root, manifest, _connect(root / "metadata.sqlite"))
         store._writer = writer
-        _add_split_fixed(store._conn)
+        metadata.add_split_fixed(store._conn)
         store._drop_orphan_shards()
         store._drop_temporary_files()
         return store
@@ -306,7 +286,7 @@ class Store:
             return
         self._closed = True
         if self._writer is not None:
-            _leave_wal(self._conn)
+            metadata.leave_wal(self._conn)
         with self._lock:  # not under a search or query still running on another thread
             self._conn.close()
             self._index = None
@@ -370,64 +350,11 @@ class Store:
         return int(self._query(sql)[0][0])
 
 
-def _lock_for_writing(root: Path, wait: bool) -> WriterLock:
-    writer = WriterLock(root)
-    try:
-        taken = writer.acquire(wait)
-    except OSError as exc:
-        raise StoreError(f"cannot write to store {root} ({exc}); embed into a folder you may write to") from exc
-    if not taken:
-        raise StoreError(f"store {root} is being written by {writer.holder()}; let that job finish, "
-                         "or pass --wait to start when it does")
-    return writer
-
-
-def _add_split_fixed(conn: sqlite3.Connection) -> None:
-    # Stores written before near-duplicate grouping lack the column; their splits are left as they are.
-    if "split_fixed" not in {row[1] for row in conn.execute("PRAGMA table_info(images)")}:
-        with conn:
-            conn.execute("ALTER TABLE images ADD COLUMN split_fixed INTEGER NOT NULL DEFAULT 1")
-
-
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     try:
-        if readonly:
-            conn = _connect_readonly(path)
-        else:
-            conn = sqlite3.connect(path, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-        conn.execute("SELECT COUNT(*) FROM images").fetchone()
+        return metadata.connect(path, readonly)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is not a readable SQLite database ({exc}); rebuild the store") from exc
-    return conn
-
-
-def _connect_readonly(path: Path) -> sqlite3.Connection:
-    """Opens the database for reading, creating no file. A store still in WAL mode (its writer was killed,
-    or predates leaving WAL at close) needs -wal/-shm files; where they cannot be created (read-only
-    media) it is opened as immutable, which is safe there because nothing can change it."""
-    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        conn.execute("SELECT COUNT(*) FROM images").fetchone()
-        return conn
-    except sqlite3.OperationalError as exc:
-        try:
-            conn = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
-            conn.execute("SELECT COUNT(*) FROM images").fetchone()
-        except sqlite3.DatabaseError:
-            raise exc from None
-    log.info("%s opened as immutable: its -wal/-shm files cannot be created (read-only folder?)", path)
-    return conn
-
-
-def _leave_wal(conn: sqlite3.Connection) -> None:
-    # Readers of a WAL database must create -wal/-shm beside it; in rollback mode they need nothing.
-    try:
-        conn.execute("PRAGMA journal_mode=DELETE")
-    except sqlite3.DatabaseError as exc:  # e.g. a reader holds it open: it stays in WAL, readers still work
-        log.info("metadata.sqlite stays in WAL mode (%s)", exc)
 
 
 def _read_manifest(path: Path) -> dict:

@@ -62,3 +62,16 @@ class WriterLock:
         os.ftruncate(self._fd, 0)  # before unlocking, so the next holder's name is never erased
         os.close(self._fd)
         self._fd = None
+
+
+def lock_for_writing(root: Path, wait: bool, error: type[Exception]) -> WriterLock:
+    """Gives the store's write lock, taken; raises `error` naming the holder when another process has it."""
+    writer = WriterLock(root)
+    try:
+        taken = writer.acquire(wait)
+    except OSError as exc:
+        raise error(f"cannot write to store {root} ({exc}); embed into a folder you may write to") from exc
+    if not taken:
+        raise error(f"store {root} is being written by {writer.holder()}; let that job finish, "
+                    "or pass --wait to start when it does")
+    return writer
