@@ -27,8 +27,9 @@ HEAD_FORMAT = "emoreact-head"
 # would silently skip the calibration, so it must refuse these heads, and this reader refuses v1 ones.
 HEAD_VERSION = 2
 HEAD_KINDS = ("linear", "mlp", "zeroshot")
-# MLP (hidden, dropout) pairs: a narrow and a wide layer, each lightly and heavily regularised.
-MLP_GRID = ((256, 0.1), (256, 0.5), (1024, 0.1), (1024, 0.5))
+# MLP (hidden, dropout) pairs: the default first (it wins ties), half and twice its width, and the
+# wide layer heavily regularised.
+MLP_GRID = ((512, 0.1), (256, 0.1), (1024, 0.1), (1024, 0.5))
 
 
 class HeadError(RuntimeError):

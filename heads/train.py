@@ -139,12 +139,24 @@ def _tune_on_validation(head: EmotionHead, x_val: np.ndarray, y_val: np.ndarray)
             best = max(best, (score(head.logits(x, head_logits)), float(alpha)))
         head.alpha_ = best[1]
         logits = head.logits(x, head_logits)
+    if head.task_ == "multi":
+        # Thresholds are tuned on the uncalibrated scores and carried through each label's
+        # increasing calibration map, so calibrating changes no decision (tuning on the calibrated
+        # scale would snap them to a different grid).
+        with torch.inference_mode():
+            thresholds = tune(head.logits_to_proba(logits).numpy(), y_val, "multi")
     if head.config.calibrate and len(x_val):
         targets = soft_targets(y_val) if head.task_ == "single" else y_val.astype(np.float32)
         head.temperature_, head.offset_ = fit_temperature(logits, torch.from_numpy(targets), head.task_)
-    with torch.inference_mode():
-        probs = head.logits_to_proba(head.calibrate(logits)).numpy()
-    head.thresholds_ = tune(probs, y_val, head.task_)
+    if head.task_ == "multi":
+        raw = np.log(thresholds) - np.log1p(-thresholds)
+        head.thresholds_ = (1 / (1 + np.exp(-(raw / head.temperature_ + head.offset_)))).astype(np.float32)
+    else:
+        # Softmax: one temperature keeps the top label; the second-label thresholds apply to the
+        # calibrated shares, so they are tuned on them.
+        with torch.inference_mode():
+            probs = head.logits_to_proba(head.calibrate(logits)).numpy()
+        head.thresholds_ = tune(probs, y_val, "single")
 
 
 def calibrate_prior(text: np.ndarray, x: np.ndarray, y: np.ndarray, logit_scale: float, task: str = "multi",
