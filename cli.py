@@ -268,17 +268,18 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["embed", "head", "index", "api"]))
+@click.argument("what", type=click.Choice(["embed", "head", "index", "api", "dedup"]))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Backbone for embed/api (random weights).")
 @click.option("--size", default=None, type=click.IntRange(1),
-              help="Images (embed: 256), vectors (head: 100000, index: 1000000) or seconds per level (api: 10).")
+              help="Images (embed: 256), vectors (head: 100000, index: 1000000, dedup: 50000) or seconds per "
+                   "level (api: 10).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
               help="embed: measure each pipeline this many times, in turn, and keep its best.")
 @_friendly
 def bench(what, device, model, size, rounds) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
-    from emoreact.bench import api_bench, embed_bench, head_bench, index_bench
+    from emoreact.bench import api_bench, dedup_bench, embed_bench, head_bench, index_bench
 
     if what == "embed":
         result = embed_bench.run(model, images=size or 256, device=device, rounds=rounds)
@@ -286,6 +287,8 @@ def bench(what, device, model, size, rounds) -> None:
         result = head_bench.run(size or 100_000, device=device)
     elif what == "index":
         result = index_bench.run(size or 1_000_000)
+    elif what == "dedup":
+        result = dedup_bench.run(size or 50_000)
     else:
         result = api_bench.run(model, seconds=size or 10, device=device)
     click.echo(json.dumps(result, indent=2))

@@ -21,10 +21,11 @@ def run(count: int = 50_000, dim: int = 512, copies: float = 0.05, clusters: int
     centres = rng.standard_normal((clusters, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     unique = count - int(count * copies)
-    spread = rng.uniform(0.02, 0.06, size=(unique, 1)).astype(np.float32)
+    # noise of norm 0.45-1.35 around a unit centre: members of a cluster score cosine 0.4-0.8, as CLIP's do
+    spread = rng.uniform(0.45, 1.35, size=(unique, 1)).astype(np.float32) / np.sqrt(dim)
     vectors = centres[rng.integers(0, clusters, unique)] + spread * rng.standard_normal((unique, dim), dtype=np.float32)
     twins = vectors[rng.choice(unique, count - unique, replace=False)]
-    twins = twins + 0.006 * rng.standard_normal(twins.shape, dtype=np.float32)
+    twins = twins + 0.14 / np.sqrt(dim) * rng.standard_normal(twins.shape, dtype=np.float32)
     vectors = np.concatenate([vectors, twins])
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = build_index(vectors)

@@ -27,8 +27,11 @@ def range_search_index(index, vectors: np.ndarray, exact_up_to: int = EXACT_UP_T
     if n <= exact_up_to:
         return index
     nlist = int(4 * np.sqrt(n))  # FAISS's guideline for IVF: 4*sqrt(N) to 16*sqrt(N) cells
-    sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
+    sample = np.random.default_rng(0).choice(n, size=min(n, 40 * nlist), replace=False)
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    # Training dominates the cost; rough cells do here, since a pair only has to share one of
+    # IVF_NPROBE cells, so fewer k-means rounds than FAISS's default 25 (measured: same groups).
+    ivf.cp.niter = 10
     ivf.train(np.ascontiguousarray(vectors[np.sort(sample)], dtype=np.float32))
     for start in range(0, n, 65_536):
         ivf.add(np.ascontiguousarray(vectors[start:start + 65_536], dtype=np.float32))

@@ -42,3 +42,11 @@ def test_embed_bench_runs_all_three_pipelines():
     result = embed_bench.run(TINY_MODEL, images=24, batch_size=8, workers=0, device="cpu", rounds=1)
     for key in ("ours_images_per_s", "baseline_pil_dataloader_images_per_s", "limit_model_only_images_per_s"):
         assert result[key] > 0
+
+
+def test_dedup_bench_reports_both_searches_and_the_groups_found():
+    from emoreact.bench import dedup_bench
+
+    result = dedup_bench.run(count=2000, dim=32, clusters=20)
+    assert result["exact_groups"] == 100 and result["group_recall"] == 1.0
+    assert result["baseline_exact_seconds"] > 0 and result["ours_ivf_seconds"] > 0
