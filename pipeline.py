@@ -236,7 +236,8 @@ def _evaluate(head: EmotionHead, x: np.ndarray, y: np.ndarray, split: str, out: 
     probs = head.predict_proba(x)
     metrics = {"split": split, **caveat, "model_id": head.model_id, "head": head.config.kind,
                "alpha": head.alpha_, "temperature": [round(float(t), 4) for t in head.temperature_],
-               **report(probs, y, head.thresholds_, head.labels, head.task_, head.predict_proba(x, calibrated=False))}
+               **report(probs, y, head.thresholds_, head.labels, head.task_, head.predict_proba(x, calibrated=False),
+                         head.fallback_)}
     plots = write_plots(out, head.labels, metrics, probs, y, history)
     metrics["plots"] = [p.name for p in plots]
     if history:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from emoreact.heads import HeadConfig, fit_head, load_label_config
-from emoreact.heads.metrics import macro_f1, top1_macro_f1, tune_thresholds
+from emoreact.heads.metrics import choose_fallback, macro_f1, top1_macro_f1, tune_thresholds
 
 from .common import environment, timed
 
@@ -81,7 +81,7 @@ def _compare(task: str, count: int, dev: torch.device, c_grid: tuple[float, ...]
     probs = head.predict_proba(x[test])
     ours = {"seconds": round(ours_s, 2), "task_detected": head.task_,
             "l2_tried": [h["l2"] for h in history], "l2_chosen": sorted(set(head.l2_)),
-            "macro_f1": round(macro_f1(probs, y[test], head.thresholds_, head.task_), 4)}
+            "macro_f1": round(macro_f1(probs, y[test], head.thresholds_, head.task_, head.fallback_), 4)}
     search = _sklearn_single if task == "single" else _sklearn_multi
     base_s, base = timed(lambda: search(x[train], y[train], x[val], y[val], x[test], y[test], c_grid))
     base["seconds"] = round(base_s, 2)
@@ -124,7 +124,11 @@ def _sklearn_multi(xt, yt, xv, yv, xs, ys, c_grid) -> dict:
         probs = model.predict_proba(xv)
         thresholds = tune_thresholds(probs, yv)
         best = max(best, (macro_f1(probs, yv, thresholds), c, model, thresholds), key=lambda b: b[0])
-    return {"C": best[1], "macro_f1": round(macro_f1(best[2].predict_proba(xs), ys, best[3]), 4)}
+    # The same decision rule as ours: the fallback for images with no label over threshold is
+    # chosen on validation.
+    fallback = choose_fallback(best[2].predict_proba(xv), yv, best[3])
+    return {"C": best[1], "fallback": fallback,
+            "macro_f1": round(macro_f1(best[2].predict_proba(xs), ys, best[3], "multi", fallback), 4)}
 
 
 def _warm_up() -> None:

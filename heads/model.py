@@ -20,7 +20,7 @@ from emoreact.index import atomic_write_bytes, atomic_write_text, read_manifest
 from emoreact.labels import ConfigError, LabelConfig, load_label_config, parse_label_config
 from .linear import DEFAULT_L2_GRID
 from .losses import TASKS
-from .metrics import decide
+from .metrics import FALLBACKS, decide
 
 HEAD_FORMAT = "emoreact-head"
 # Version 2 added the task (softmax heads), calibration and the search record: a version-1 reader
@@ -147,6 +147,7 @@ class EmotionHead:
         self.alpha_: float = 0.0  # blend weight of the prior: logits = (1 - a) * head + a * prior
         self.thresholds_ = np.full(len(self.labels), 0.5, np.float32)
         self.task_ = "multi"  # single: softmax, the top label plus any other over its threshold
+        self.fallback_ = "top"  # multi: the label an image with none over threshold gets (metrics.decide)
         self.activation_ = "sigmoid"  # softmax for single-label heads and the zero-shot-only head
         # Calibration: probabilities come from logits / temperature + offset (per label; one shared
         # temperature and no offset for softmax, which keeps the top label unchanged).
@@ -175,7 +176,7 @@ class EmotionHead:
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Gives (N, L) bool labels for `predict_proba` scores, by this head's task and thresholds."""
-        return decide(probs, self.thresholds_, self.task_)
+        return decide(probs, self.thresholds_, self.task_, self.fallback_)
 
     def logits(self, x: torch.Tensor, head_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Gives (N, L) blended, uncalibrated logits; `head_logits` may be passed to reuse a forward pass."""
@@ -212,7 +213,7 @@ class EmotionHead:
         manifest = {"format": HEAD_FORMAT, "format_version": HEAD_VERSION, "model_id": self.model_id,
                     "dim": self.dim, "labels": self.labels, "config": asdict(self.config),
                     "thresholds": [float(t) for t in self.thresholds_], "alpha": self.alpha_,
-                    "task": self.task_, "activation": self.activation_,
+                    "task": self.task_, "fallback": self.fallback_, "activation": self.activation_,
                     "temperature": [float(t) for t in self.temperature_], "offset": [float(o) for o in self.offset_],
                     "l2": self.l2_, "search": self.search_, "package_version": __version__,
                     "torch_version": torch.__version__}
@@ -251,11 +252,12 @@ class EmotionHead:
             raise HeadError(f"{folder / 'weights.safetensors'} does not match its manifest ({exc})") from exc
         head.thresholds_ = np.asarray(manifest["thresholds"], np.float32)
         head.alpha_ = float(manifest["alpha"])
-        head.task_, head.activation_ = manifest["task"], manifest["activation"]
+        head.task_, head.activation_, head.fallback_ = manifest["task"], manifest["activation"], manifest["fallback"]
         head.temperature_ = np.asarray(manifest["temperature"], np.float32)
         head.offset_ = np.asarray(manifest["offset"], np.float32)
         head.l2_, head.search_ = manifest.get("l2"), manifest.get("search", [])
-        if head.task_ not in ("single", "multi") or head.temperature_.shape != head.thresholds_.shape:
+        if head.task_ not in ("single", "multi") or head.fallback_ not in FALLBACKS \
+                or head.temperature_.shape != head.thresholds_.shape:
             raise HeadError(f"{folder / 'manifest.json'}: task {head.task_!r} or calibration does not fit "
                             f"{len(head.labels)} labels; retrain the head")
         head.backbone = manifest.get("backbone")
@@ -287,7 +289,7 @@ class EmotionHead:
 
 def _read_manifest(path: Path) -> dict:
     return read_manifest(path, "head", HEAD_FORMAT, HEAD_VERSION,
-                         ("model_id", "dim", "labels", "config", "thresholds", "alpha", "task", "activation",
+                         ("model_id", "dim", "labels", "config", "thresholds", "alpha", "task", "fallback", "activation",
                           "temperature", "offset"), HeadError,
                          "train one with `cli.py train`")
 

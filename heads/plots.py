@@ -47,6 +47,8 @@ def _training_curves(plt, history: list[dict], path: Path) -> Path:
 
 
 def _l2_path(plt, history: list[dict], path: Path) -> Path:
+    # The grid's solves only: the refinement (per-label strengths) and the final solve are not on the grid.
+    history = [h for h in history if "l2_per_label" not in h and not h.get("final")] or history
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     strengths = [max(h["l2"], 1e-12) for h in history]
     ax1.semilogx(strengths, [h["train_loss"] for h in history], marker="o")

@@ -19,7 +19,7 @@ from emoreact.labels import LabelConfig
 from .calibration import fit_temperature
 from .linear import solve_path
 from .losses import make_loss, make_loss_grad, resolve_task, soft_targets
-from .metrics import THRESHOLD_GRID, f1_per_threshold, top1_macro_f1, tune, tune_thresholds
+from .metrics import THRESHOLD_GRID, choose_fallback, f1_per_threshold, top1_macro_f1, tune, tune_thresholds
 from .mlp import train_layers
 from .model import EmotionHead, HeadConfig, ZeroShotPrior, build_net
 
@@ -103,7 +103,7 @@ def _fit_linear(head: EmotionHead, zt, tt, zv, y_val, loss_grad, dev) -> list[di
         linear.weight.copy_(result.weight)
         linear.bias.copy_(result.bias)
     head.l2_ = [float(v) for v in result.l2]
-    head.search_ = [{k: h[k] for k in ("l2", "val_macro_f1", "evaluations", "seconds")} for h in result.history]
+    head.search_ = [{k: v for k, v in h.items() if k != "train_loss"} for h in result.history]
     return result.history
 
 
@@ -151,6 +151,9 @@ def _tune_on_validation(head: EmotionHead, x_val: np.ndarray, y_val: np.ndarray)
     if head.task_ == "multi":
         raw = np.log(thresholds) - np.log1p(-thresholds)
         head.thresholds_ = (1 / (1 + np.exp(-(raw / head.temperature_ + head.offset_)))).astype(np.float32)
+        with torch.inference_mode():
+            probs = head.logits_to_proba(head.calibrate(logits)).numpy()
+        head.fallback_ = choose_fallback(probs, y_val, head.thresholds_)
     else:
         # Softmax: one temperature keeps the top label; the second-label thresholds apply to the
         # calibrated shares, so they are tuned on them.

@@ -339,3 +339,16 @@ def test_the_shipped_mikels_config_reads_fi_and_emoset_with_their_own_classes(tm
     assert {r.labels for r in read_source(tmp_path / "emoset", config, "emoset")} == {("amusement",)}
     allowed, blocked = emoji_policy(["amusement", "sadness"], config)
     assert "😂" in blocked and "😂" not in allowed and "😢" not in allowed  # each blocks the other's laugh/tears
+
+
+def test_multi_label_fallback_is_the_top_or_the_nearest_label_as_validation_chooses():
+    from emoreact.heads.metrics import choose_fallback
+
+    probs = np.array([[0.40, 0.30], [0.45, 0.10], [0.9, 0.1]], np.float32)
+    thresholds = np.array([0.8, 0.35], np.float32)
+    # Row 0 has no label over threshold: top gives label 0, nearest (0.30 / 0.35 > 0.40 / 0.8) label 1.
+    assert decide(probs, thresholds, "multi", "top")[0].tolist() == [True, False]
+    assert decide(probs, thresholds, "multi", "nearest")[0].tolist() == [False, True]
+    truth = np.array([[0, 1], [1, 0], [1, 0]], np.float32)
+    assert choose_fallback(probs, truth, thresholds) == "nearest"
+    assert choose_fallback(probs, np.array([[1, 0], [1, 0], [1, 0]], np.float32), thresholds) == "top"
