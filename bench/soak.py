@@ -1,6 +1,6 @@
 """Soak test: many clients send valid and hostile uploads to a real `cli.py serve` for a while.
 
-    python -m bench.soak --seconds 60 --clients 16
+    python -m emoreact.bench.soak --seconds 60 --clients 16
 
 Passes (exit 0) only with zero 5xx answers, zero dropped connections, every valid image answered
 exactly as when it was sent alone, and every hostile upload answered with a JSON 4xx. Prints the
