@@ -43,13 +43,7 @@ def load(store: str | Path | None = None, head: str | Path | None = None, *, dev
         raise ValueError("load needs a trained head: emoreact.load(head=\"runs/fi-head\"), "
                          "and a store for neighbours (store=\"runs/fi\")")
     if store is not None:
-        opened = Store.open(store)
-        try:
-            trained = EmotionHead.load(head, opened.model_id, opened.dim)
-            backbone = backbone_for_store(opened, device, pretrained)
-        except BaseException:
-            opened.close()
-            raise
+        opened, trained, backbone = _open_store(store, device, pretrained, head)
     else:
         opened, trained = None, EmotionHead.load(head)
         backbone = _backbone_for_head(trained, device, model, pretrained)
@@ -61,13 +55,21 @@ def load(store: str | Path | None = None, head: str | Path | None = None, *, dev
 def load_for_neighbours(store: str | Path, *, device: str = "auto", pretrained: str | None = None,
                         max_pixels: int = DEFAULT_MAX_PIXELS) -> "Predictor":
     """Gives a predictor without a head, for `neighbours` only: the store's backbone and the same decode."""
+    opened, _, backbone = _open_store(store, device, pretrained)
+    return Predictor(backbone, opened, None, max_pixels, micro_batch=False, owns_store=True)
+
+
+def _open_store(store: str | Path, device: str, pretrained: str | None,
+                head: str | Path | None = None) -> tuple[Store, EmotionHead | None, Backbone]:
+    """Gives (store, head checked against it or None, the store's backbone); the store is closed again
+    when the head or the backbone fails to load."""
     opened = Store.open(store)
     try:
-        backbone = backbone_for_store(opened, device, pretrained)
+        trained = EmotionHead.load(head, opened.model_id, opened.dim) if head is not None else None
+        return opened, trained, backbone_for_store(opened, device, pretrained)
     except BaseException:
         opened.close()
         raise
-    return Predictor(backbone, opened, None, max_pixels, micro_batch=False, owns_store=True)
 
 
 def _backbone_for_head(head: EmotionHead, device: str, model: str | None, pretrained: str | None) -> Backbone:

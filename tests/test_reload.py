@@ -124,16 +124,12 @@ def test_reload_serves_a_new_store_once_it_is_pointed_at(served):
     assert_serving(client, SMALL)
 
 
-def _as(kind, loaded):
-    """Gives the loaded predictor's parts in a predictor of another (test) class."""
-    return kind(loaded.backbone, loaded.store, loaded.head, loaded.max_pixels)
-
-
-def test_a_request_in_flight_finishes_on_the_store_it_started_with(served):
+@pytest.fixture
+def slow_first_load():
+    """(loader, loaded, entered, release): a loader whose first predictor holds /api/neighbours until
+    `release` is set (`entered` says a request got there); every predictor it made is in `loaded`."""
     from emoreact.predictor import Predictor, load
-    from emoreact.web import WebConfig, create_app
 
-    _, folder = served
     entered, release = threading.Event(), threading.Event()
 
     class Slow(Predictor):
@@ -142,9 +138,22 @@ def test_a_request_in_flight_finishes_on_the_store_it_started_with(served):
             assert release.wait(30)
             return super().neighbours_of_id(image_id, k)
 
-    kinds = iter([Slow, Predictor])  # the first load is slow to answer, the reload is not
-    app = create_app(WebConfig(store=folder / "current", head=folder / "head", device="cpu",
-                               loader=lambda c: _as(next(kinds), load(c.store, c.head, device=c.device))))
+    kinds, loaded = iter([Slow, Predictor]), []  # the first load is slow to answer, the reload is not
+
+    def loader(c):
+        base = load(c.store, c.head, device=c.device)
+        loaded.append(next(kinds)(base.backbone, base.store, base.head, base.max_pixels, owns_store=True))
+        return loaded[-1]
+
+    return loader, loaded, entered, release
+
+
+def test_a_request_in_flight_finishes_on_the_store_it_started_with(served, slow_first_load):
+    from emoreact.web import WebConfig, create_app
+
+    _, folder = served
+    loader, _, entered, release = slow_first_load
+    app = create_app(WebConfig(store=folder / "current", head=folder / "head", device="cpu", loader=loader))
     client, resources = app.test_client(), app.extensions["emoreact"]
     with ThreadPoolExecutor(max_workers=1) as pool:
         in_flight = pool.submit(client.get, "/api/neighbours?id=600&k=3")  # id 600 is only in the big store
@@ -277,26 +286,11 @@ def test_reload_leaks_no_batcher_thread_and_closes_each_old_store(served):
     assert len(loaded) == 21 and all(p.store.closed for p in loaded[:-1]) and not loaded[-1].store.closed
 
 
-def test_a_replaced_store_is_closed_only_after_its_last_request(served):
-    from emoreact.predictor import Predictor, load
+def test_a_replaced_store_is_closed_only_after_its_last_request(served, slow_first_load):
     from emoreact.web import WebConfig, create_app
 
     _, folder = served
-    entered, release = threading.Event(), threading.Event()
-
-    class Slow(Predictor):
-        def neighbours_of_id(self, image_id, k=5):
-            entered.set()
-            assert release.wait(30)
-            return super().neighbours_of_id(image_id, k)
-
-    kinds, loaded = iter([Slow, Predictor]), []
-
-    def loader(c):
-        base = load(c.store, c.head, device=c.device)
-        loaded.append(next(kinds)(base.backbone, base.store, base.head, base.max_pixels, owns_store=True))
-        return loaded[-1]
-
+    loader, loaded, entered, release = slow_first_load
     app = create_app(WebConfig(store=folder / "current", head=folder / "head", device="cpu", loader=loader))
     client, resources = app.test_client(), app.extensions["emoreact"]
     with ThreadPoolExecutor(max_workers=1) as pool:
