@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import FAST_EMBED, LABELS, TINY, TINY_MODEL
+from conftest import FAST_EMBED, LABELS, TINY
 from emoreact import cli, embed_source
 from emoreact.index import Store, build_index, near_duplicate_groups
 from emoreact.index.dedup import split_moves

@@ -34,7 +34,7 @@ def predictor(store_path, trained):
 @pytest.fixture
 def make_app(predictor):
     """Builds an app around the module's model, store and head (the loader is the seam tests replace)."""
-    from emoreact.predictor import Predictor, load
+    from emoreact.predictor import Predictor
     from emoreact.web import WebConfig, create_app
 
     def load(config):
