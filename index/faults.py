@@ -4,6 +4,9 @@
 `fault_point("after_shard_file")`. A kill test that races a signal against the clock can land
 anywhere, or nowhere, and so fails at random; one that names the step gives the same store every
 run. Unset (the normal case), a fault point costs one environment lookup.
+
+A process that is restarted after the kill (a Ray worker) would count from zero and die again at
+the same step: with `EMOREACT_FAULT_ONCE=FILE` it dies only if FILE does not exist yet, and creates it.
 """
 from __future__ import annotations
 
@@ -12,12 +15,18 @@ import signal
 from collections import Counter
 
 ENV = "EMOREACT_FAULT"
+ONCE_ENV = "EMOREACT_FAULT_ONCE"
 POINTS = (
     "during_shard_write",  # a shard's temporary file is written, not yet renamed into vectors/
     "after_shard_file",  # a shard file is in place, the rows that point at it are not committed
     "after_shard_rows",  # a shard and its rows are committed, the next shard not started
     "during_index_write",  # finish(): the temporary index.faiss is written, not yet renamed
-    "before_manifest",  # finish(): the new index is in place, the manifest still has the old count
+    "before_manifest",  # the new index file is in place, the manifest still names the old one
+    "after_remove_commit",  # remove(): the rows are gone from SQLite, the shard and index still hold them
+    "during_remove",  # remove(): the vectors are zeroed, the new index is not yet written
+)
+WORKER_POINTS = (  # outside the store writer, so that kill tests drawing from POINTS never wait for them
+    "in_embed_worker",  # a Ray model worker has taken a batch and not yet given back its vectors
 )
 _reached: Counter = Counter()
 
@@ -31,13 +40,24 @@ def fault_point(name: str) -> None:
     if point != name:
         return
     _reached[name] += 1
-    if _reached[name] == step:
+    if _reached[name] == step and _first_time(os.environ.get(ONCE_ENV)):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_time(marker: str | None) -> bool:
+    """Tells whether this kill is the first of its marker file (always, without one); creates the file."""
+    if not marker:
+        return True
+    try:
+        with open(marker, "x"):
+            return True
+    except FileExistsError:
+        return False
 
 
 def _parse(spec: str) -> tuple[str, int]:
     point, _, step = spec.partition(":")
-    if point not in POINTS or not (step or "1").isdigit() or int(step or 1) < 1:
+    if point not in POINTS + WORKER_POINTS or not (step or "1").isdigit() or int(step or 1) < 1:
         raise ValueError(f"{ENV}={spec!r} is not a fault point; use NAME or NAME:N (N >= 1), "
-                         f"NAME one of {', '.join(POINTS)}")
+                         f"NAME one of {', '.join(POINTS + WORKER_POINTS)}")
     return point, int(step or 1)

@@ -29,6 +29,15 @@ CREATE TABLE IF NOT EXISTS skipped (
     reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, first_id INTEGER NOT NULL, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS removed (      -- removed images: the log, and tombstones by content hash
+    id INTEGER PRIMARY KEY,              -- the image's id (never reused)
+    sha256 TEXT NOT NULL,                -- stops a later embed from adding the same file again
+    removed_at TEXT NOT NULL,            -- UTC, ISO 8601
+    removed_by TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    applied INTEGER NOT NULL DEFAULT 0   -- 1 once the vector row is zeroed and the index no longer holds it
+);
+CREATE INDEX IF NOT EXISTS removed_sha256 ON removed (sha256);
 """
 
 

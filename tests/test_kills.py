@@ -94,7 +94,7 @@ def test_duplicate_skipped_before_its_original_is_written_is_not_lost_after_a_ki
 
 
 @pytest.mark.parametrize("fault, leftover", [("during_shard_write:2", "vectors/.*.npy.*.tmp"),
-                                             ("during_index_write:1", ".index.faiss.*.tmp")])
+                                             ("during_index_write:1", ".index-*.faiss.*.tmp")])
 def test_temporary_file_of_a_killed_atomic_write_is_removed_by_the_rerun(source, clean, tmp_path, fault, leftover):
     killed(source, tmp_path / "store", fault)
     assert list((tmp_path / "store").glob(leftover)), "the kill should have left a temporary file"

@@ -80,7 +80,7 @@ def replace_with(path: Path, data: bytes) -> None:
 
 
 DAMAGE = {  # file of the served store or head -> its damaged content
-    "big/index.faiss": lambda good: good[: len(good) // 3],
+    "big/index-000001.faiss": lambda good: good[: len(good) // 3],  # the index the store published first
     "big/manifest.json": lambda good: b'{"format": "emoreact-store", "format_',
     "big/metadata.sqlite": lambda good: b"not a database" * 100,
     "head/weights.safetensors": lambda good: good[: len(good) // 3],

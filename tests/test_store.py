@@ -81,9 +81,9 @@ def test_store_built_for_another_model_is_refused(tmp_path, backbone, label_conf
 
 def test_truncated_index_is_refused_naming_the_file(tmp_path, store_path):
     copy = shutil.copytree(store_path, tmp_path / "copy")
-    index = copy / "index.faiss"
+    index = copy / json.loads((copy / "manifest.json").read_text())["index"]["file"]
     index.write_bytes(index.read_bytes()[:100])
-    with pytest.raises(StoreError, match=r"index.faiss is truncated or corrupt"):
+    with pytest.raises(StoreError, match=rf"{index.name} is truncated or corrupt"):
         Store.open(copy)
 
 

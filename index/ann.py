@@ -1,0 +1,267 @@
+"""Index kinds for the store, chosen by size, tuned to a recall target, re-ranked exactly.
+
+- Up to `FLAT_MAX_ROWS` images: `Flat`, exact inner product (wrapped in an IndexIDMap2 so that ids
+  are store ids and removal works).
+- Beyond: `IVF{K}_HNSW32,PQ{m}`: an inverted file whose K lists are found through an HNSW graph over
+  the centroids, holding 8-bit product-quantisation codes of m bytes per vector (m = D/8: 64 bytes at
+  D = 512, against 1,024 for the fp16 vector). The index only proposes candidates; they are re-ranked
+  exactly against the stored fp16 vectors, so the similarity an answer reports is the true cosine.
+
+Why not autofaiss: it tunes to a query-time budget, not to a recall target, knows nothing of the
+exact re-rank (which lets coarse codes reach high recall), and pulls in its own reader stack; the
+choice below is FAISS's own guideline ("Guidelines to choose an index") in a few lines.
+
+Why K ≈ 1.3·√N (a power of two; 2,048 lists at 2M, 4,096 at 10M, 16,384 at 100M), fewer than
+the guideline's 4–16·√N: training k-means costs N_train·K·D per iteration and dominates the build on
+a CPU, while scanning PQ codes is cheap (a probe of a 2,500-vector list is ~0.1 ms), so fewer, longer
+lists give the same latency for a much shorter build.
+
+Search settings (`nprobe`, and `candidates`, how many proposals are re-ranked) are tuned at build
+time: for each pool size the smallest nprobe reaching the recall target on held-out stored vectors
+(their own entry excluded), then the fastest of those; both are stored in the store manifest and can
+be overridden per open.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterable, Iterator
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FLAT_MAX_ROWS = 200_000     # exact search stays under ~50 ms per query up to here on a 2-core CPU
+RETRAIN_GROWTH = 2.0        # an IVF index is re-trained once the store has grown past this factor
+RECALL_TARGET = 0.95        # recall@10 that tuning must reach (with a margin, below)
+TUNING_MARGIN = 0.01        # tuned on stored vectors; held-out queries come out a little lower
+TUNING_QUERIES = 1_000
+TRAIN_POINTS_PER_LIST = 64  # k-means sample: 64 per list (FAISS warns below 39; 256 is its cap)
+NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+CANDIDATES = (40, 80, 160, 320)
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """What the store manifest records about its index ("index" key)."""
+
+    factory: str                 # FAISS factory string, e.g. "Flat" or "IVF2048_HNSW32,PQ64"
+    file: str                    # the index file in the store folder
+    indexed_rows: int            # rows < this were added (removed ones taken out again)
+    trained_rows: int = 0        # store rows when the IVF quantizer was trained (0: flat)
+    nprobe: int = 0              # lists probed per query (IVF)
+    candidates: int = 0          # proposals re-ranked exactly per query (IVF)
+    recall_at_10: float | None = None  # measured at tuning, against exact search
+    removed_applied: int = 0     # removals (rows of the removed table) already taken out of the index
+    build_seconds: float | None = None
+
+    @property
+    def approximate(self) -> bool:
+        return not is_flat(self.factory)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "IndexSettings":
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def with_(self, **changes) -> "IndexSettings":
+        return replace(self, **changes)
+
+
+def is_flat(factory: str) -> bool:
+    return factory.replace(" ", "") in ("Flat", "IDMap2,Flat")
+
+
+def choose_factory(rows: int, dim: int) -> str:
+    """Gives the factory string the store uses for `rows` vectors of `dim` (see the module docstring)."""
+    if rows <= FLAT_MAX_ROWS:
+        return "Flat"
+    lists = 2 ** round(math.log2(1.3 * math.sqrt(rows)))
+    return f"IVF{min(max(lists, 256), 65_536)}_HNSW32,PQ{pq_bytes(dim)}"
+
+
+def factory_for(choice: str, rows: int, dim: int) -> str:
+    """Gives the factory string for an `--index` choice: auto, flat, ivf (the approximate kind at any
+    size) or a FAISS factory string; raises ValueError naming the choices for anything else."""
+    if choice == "auto":
+        return choose_factory(rows, dim)
+    if choice == "flat":
+        return "Flat"
+    if choice == "ivf":
+        return choose_factory(max(rows, FLAT_MAX_ROWS + 1), dim)
+    try:
+        faiss.index_factory(dim, choice, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"--index {choice!r} is neither auto, flat, ivf nor a FAISS factory string "
+                         f"({str(exc).splitlines()[0]})") from None
+    return choice
+
+
+def pq_bytes(dim: int) -> int:
+    """Gives the PQ code size: D/8 bytes (8 dimensions per sub-quantizer), a divisor of D."""
+    m = max(1, dim // 8)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def new_index(factory: str, dim: int) -> faiss.Index:
+    """Gives an empty inner-product index whose ids are store ids."""
+    if is_flat(factory):
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.niter = 10  # k-means iterations: past ~10 the lists barely move, and each costs minutes at 10M
+    ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
+    return index
+
+
+def training_size(factory: str, rows: int) -> int:
+    """Gives how many vectors an index of `factory` trains on, out of `rows` (0 for Flat)."""
+    if is_flat(factory):
+        return 0
+    return min(rows, max(_lists(factory) * TRAIN_POINTS_PER_LIST, 65_536))
+
+
+def add_blocks(index: faiss.Index, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> int:
+    """Adds (ids (n,) int64, vectors (n, D) any float) blocks to `index`; gives the number added."""
+    added = 0
+    for ids, vectors in blocks:
+        if len(ids):
+            index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+            added += len(ids)
+    return added
+
+
+def configure(index: faiss.Index, settings: IndexSettings) -> None:
+    """Sets the search-time knobs of an approximate index from `settings`."""
+    if settings.approximate and settings.nprobe:
+        params = faiss.ParameterSpace()
+        params.set_index_parameter(index, "nprobe", int(settings.nprobe))
+        if "HNSW" in settings.factory:
+            params.set_index_parameter(index, "quantizer_efSearch", max(64, 2 * int(settings.nprobe)))
+
+
+def search(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, k: int,
+           rows_of: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Gives (scores, ids), each (Q, k') best first, for (Q, D) float32 unit-norm queries; approximate
+    kinds re-rank `settings.candidates` proposals against `rows_of(ids) -> (n, D) float32`; a row
+    with fewer than k hits is padded with id -1 and score -inf."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if not settings.approximate:
+        return index.search(queries, k)
+    scores, ids = index.search(queries, max(k, settings.candidates))
+    return rerank(queries, ids, k, rows_of)
+
+
+def rerank(queries: np.ndarray, proposals: np.ndarray, k: int,
+           rows_of: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Gives the best k of each query's proposed ids (-1: none) by exact inner product."""
+    out_scores = np.full((len(queries), k), -np.inf, np.float32)
+    out_ids = np.full((len(queries), k), -1, np.int64)
+    for q, (query, row) in enumerate(zip(queries, proposals)):
+        row = row[row >= 0]
+        if not len(row):
+            continue
+        exact = rows_of(row) @ query
+        best = np.argsort(-exact, kind="stable")[:k]
+        out_scores[q, :len(best)], out_ids[q, :len(best)] = exact[best], row[best]
+    return out_scores, out_ids
+
+
+def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query_ids: np.ndarray,
+         truth: np.ndarray, rows_of: Callable[[np.ndarray], np.ndarray], k: int = 10,
+         target: float = RECALL_TARGET + TUNING_MARGIN) -> IndexSettings:
+    """Gives `settings` with the fastest (nprobe, candidates) whose recall@k on `queries` (stored rows
+    `query_ids`, whose exact neighbours besides themselves are `truth` (Q, k)) reaches `target`; when
+    none does, the most accurate setting tried, with a warning."""
+    lists = faiss.extract_index_ivf(index).nlist
+    reaching: dict[int, tuple[int, float]] = {}  # candidates -> (smallest nprobe, its recall)
+    best_seen = (0.0, NPROBES[0], CANDIDATES[-1])
+    for nprobe in [p for p in NPROBES if p <= lists]:
+        trial = settings.with_(nprobe=nprobe, candidates=CANDIDATES[-1])
+        configure(index, trial)
+        _, proposals = index.search(queries, CANDIDATES[-1] + 1)
+        for pool in CANDIDATES:
+            if pool in reaching:
+                continue
+            _, ids = rerank(queries, proposals[:, :pool + 1], k + 1, rows_of)
+            got = recall_excluding_self(ids, query_ids, truth, k)
+            best_seen = max(best_seen, (got, nprobe, pool))
+            if got >= target:
+                reaching[pool] = (nprobe, got)
+        if len(reaching) == len(CANDIDATES):
+            break
+    if not reaching:
+        got, nprobe, pool = best_seen
+        log.warning("index %s reaches recall@%d %.3f at best (target %.2f); using nprobe=%d, candidates=%d",
+                    settings.factory, k, got, target, nprobe, pool)
+        return settings.with_(nprobe=nprobe, candidates=pool, recall_at_10=round(got, 4))
+    timed = {pool: _seconds_per_query(index, settings.with_(nprobe=nprobe, candidates=pool), queries[:200], rows_of)
+             for pool, (nprobe, _) in reaching.items()}
+    pool = min(timed, key=timed.get)
+    nprobe, got = reaching[pool]
+    log.info("index %s tuned: nprobe=%d, candidates=%d, recall@%d %.3f", settings.factory, nprobe, pool, k, got)
+    return settings.with_(nprobe=nprobe, candidates=pool, recall_at_10=round(got, 4))
+
+
+def recall_excluding_self(ids: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Gives the mean share of each query's true k neighbours (`truth` (Q, k), itself excluded) found
+    among its first k results other than itself (`ids` (Q, >= k+1))."""
+    hits = 0
+    for row, own, want in zip(ids, query_ids, truth):
+        got = [i for i in row if i != own and i >= 0][:k]
+        hits += len(set(got) & set(want.tolist()))
+    return hits / (len(truth) * k)
+
+
+def exact_neighbours(queries: np.ndarray, blocks: Iterator[tuple[np.ndarray, np.ndarray]], k: int,
+                     exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Gives the exact (scores, ids) (Q, k) of (Q, D) queries over (ids, vectors) blocks, read one block at
+    a time; `exclude` (Q,) ids are left out of their own query's answer (a stored row as query)."""
+    extra = 0 if exclude is None else 1
+    best_s = np.full((len(queries), k + extra), -np.inf, np.float32)
+    best_i = np.full((len(queries), k + extra), -1, np.int64)
+    for ids, vectors in blocks:
+        scores = queries @ np.asarray(vectors, dtype=np.float32).T
+        take = min(k + extra, scores.shape[1])
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        merged_s = np.concatenate([best_s, np.take_along_axis(scores, top, 1)], axis=1)
+        merged_i = np.concatenate([best_i, np.asarray(ids, np.int64)[top]], axis=1)
+        order = np.argsort(-merged_s, axis=1, kind="stable")[:, :k + extra]
+        best_s, best_i = np.take_along_axis(merged_s, order, 1), np.take_along_axis(merged_i, order, 1)
+    if exclude is None:
+        return best_s, best_i
+    keep = best_i != np.asarray(exclude, np.int64)[:, None]
+    # each row keeps its first k ids other than itself
+    out_s = np.array([s[m][:k] for s, m in zip(best_s, keep)], np.float32)
+    out_i = np.array([i[m][:k] for i, m in zip(best_i, keep)], np.int64)
+    return out_s, out_i
+
+
+def read(path: str, settings: IndexSettings, for_serving: bool) -> faiss.Index:
+    """Gives the index stored at `path`; an approximate one opened for serving is memory-mapped (its
+    inverted lists stay on disk, pages come in as queries touch them) and configured."""
+    flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if settings.approximate and for_serving else 0
+    index = faiss.read_index(path, flags)
+    configure(index, settings)
+    return index
+
+
+def _lists(factory: str) -> int:
+    head = next(part for part in factory.split(",") if part.startswith("IVF"))
+    return int(head[3:].split("_")[0])
+
+
+def _seconds_per_query(index, settings: IndexSettings, queries: np.ndarray, rows_of) -> float:
+    configure(index, settings)
+    start = time.perf_counter()
+    for query in queries:
+        search(index, settings, query[None, :], 10, rows_of)
+    return (time.perf_counter() - start) / max(len(queries), 1)

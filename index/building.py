@@ -1,0 +1,77 @@
+"""Building and updating the store's FAISS index from its shards, a block at a time.
+
+The store supplies `live_blocks()`, an iterator of (ids (n,) int64, vectors (n, D) float16) over the
+images that are not removed, and `rows_of(ids) -> (n, D) float32`; nothing here holds more than one
+block of vectors besides the index itself (and, for an approximate index, its training sample).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterator
+
+import faiss
+import numpy as np
+
+from . import ann
+from .ann import IndexSettings
+
+log = logging.getLogger(__name__)
+
+Blocks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+def build(factory: str, dim: int, rows: int, live_ids: np.ndarray, live_blocks: Blocks,
+          rows_of: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> tuple[faiss.Index, IndexSettings]:
+    """Gives a new index of kind `factory` over all live rows (`live_ids`, sorted, of `rows` in all),
+    trained on a seeded sample and tuned to the recall target when approximate."""
+    start = time.perf_counter()
+    index = ann.new_index(factory, dim)
+    settings = IndexSettings(factory=factory, file="", indexed_rows=rows)
+    if settings.approximate:
+        sample = _sample(live_ids, ann.training_size(factory, len(live_ids)), seed)
+        log.info("training %s on %d vectors", factory, len(sample))
+        index.train(rows_of(sample))
+        settings = settings.with_(trained_rows=rows)
+    ann.add_blocks(index, live_blocks())
+    if settings.approximate:
+        settings = tune_on_store(index, settings, live_ids, live_blocks, rows_of, seed)
+    return index, settings.with_(build_seconds=round(time.perf_counter() - start, 2))
+
+
+def tune_on_store(index: faiss.Index, settings: IndexSettings, live_ids: np.ndarray, live_blocks: Blocks,
+                  rows_of: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> IndexSettings:
+    """Gives `settings` tuned on a seeded sample of stored rows as queries (their own entry excluded)."""
+    queries_ids = _sample(live_ids, min(ann.TUNING_QUERIES, len(live_ids)), seed + 1)
+    queries = rows_of(queries_ids)
+    _, truth = ann.exact_neighbours(queries, live_blocks(), 10, exclude=queries_ids)
+    return ann.tune(index, settings, queries, queries_ids, truth, rows_of)
+
+
+def add_new_rows(index: faiss.Index, settings: IndexSettings, rows: int,
+                 new_blocks: Iterator[tuple[np.ndarray, np.ndarray]]) -> IndexSettings:
+    """Adds the blocks of rows `settings.indexed_rows .. rows - 1` to `index` (no retraining); gives the
+    settings that record them."""
+    added = ann.add_blocks(index, new_blocks)
+    log.info("added %d new vectors to the %s index", added, settings.factory)
+    return settings.with_(indexed_rows=rows)
+
+
+def needs_full_build(settings: IndexSettings | None, index: faiss.Index | None, factory: str, rows: int) -> str | None:
+    """Gives why the index must be built anew (None: adding the new rows is enough)."""
+    if settings is None or index is None:
+        return "no index yet"
+    if settings.factory != factory:
+        return f"index kind changes from {settings.factory} to {factory}"
+    if not settings.approximate and not isinstance(index, faiss.IndexIDMap2):
+        return "the index predates store ids in the index"
+    if settings.approximate and rows > ann.RETRAIN_GROWTH * max(settings.trained_rows, 1):
+        return (f"the store grew from {settings.trained_rows} to {rows} rows since the quantizer was trained "
+                f"(retrained past x{ann.RETRAIN_GROWTH:g})")
+    return None
+
+
+def _sample(ids: np.ndarray, size: int, seed: int) -> np.ndarray:
+    if size >= len(ids):
+        return np.asarray(ids, np.int64)
+    return np.sort(np.random.default_rng(seed).choice(ids, size=size, replace=False)).astype(np.int64)

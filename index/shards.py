@@ -1,0 +1,91 @@
+"""Reading the store's vector shards without loading them: memory-mapped blocks and single rows.
+
+Each shard `vectors/NNNNNNNNN.npy` holds rows `first_id .. first_id + count - 1` as (count, D) float16.
+Nothing here reads a whole store into memory: blocks are views of memory-mapped files, converted
+to float32 one block at a time by the caller, and single rows (for the exact re-rank of approximate
+search results) are read where they lie.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    first_id: int
+    count: int
+
+
+class ShardReader:
+    """Gives stored vectors by id or by block from memory-mapped shards; safe to share between threads.
+
+    `shards` are in id order, each starting where the previous one ends; `error` is the exception
+    type raised (naming the file) for a missing, truncated or misshapen shard."""
+
+    def __init__(self, folder: Path, shards: list[Shard], dim: int, error: type[Exception]) -> None:
+        self.folder, self.dim, self._error = folder, dim, error
+        self.shards = list(shards)
+        self._starts = [s.first_id for s in self.shards]
+        self._maps: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        expected = 0
+        for shard in self.shards:
+            if shard.first_id != expected:
+                raise error(f"{folder / shard.name}: starts at id {shard.first_id}, expected {expected}; "
+                            "the store is damaged")
+            expected += shard.count
+        self.rows = expected
+
+    def block(self, shard: Shard) -> np.ndarray:
+        """Gives the shard's (count, D) float16 rows, memory-mapped (read-only)."""
+        with self._lock:
+            array = self._maps.get(shard.name)
+            if array is None:
+                array = self._maps[shard.name] = self._open(shard)
+            return array
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Gives the (len(ids), D) float32 vectors of `ids` (int64, any order, all < self.rows)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        out = np.empty((len(ids), self.dim), np.float32)
+        if len(ids) == 0:
+            return out
+        where = np.searchsorted(self._starts, ids, side="right") - 1
+        for shard_no in np.unique(where):
+            shard = self.shards[int(shard_no)]
+            mask = where == shard_no
+            out[mask] = self.block(shard)[ids[mask] - shard.first_id]
+        return out
+
+    def shard_of(self, image_id: int) -> Shard:
+        """Gives the shard holding row `image_id`."""
+        return self.shards[bisect.bisect_right(self._starts, int(image_id)) - 1]
+
+    def close(self) -> None:
+        with self._lock:
+            self._maps.clear()
+
+    def _open(self, shard: Shard) -> np.ndarray:
+        path = self.folder / shard.name
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise self._error(f"{path} is unreadable or truncated ({exc}); rebuild the store") from exc
+        if array.shape != (shard.count, self.dim):
+            raise self._error(f"{path} has shape {array.shape}, metadata says ({shard.count}, {self.dim})")
+        return array
+
+
+def overwrite_rows(path: Path, first_id: int, ids: list[int]) -> None:
+    """Overwrites the rows `ids` of the shard at `path` (starting at `first_id`) with zeros, in place and
+    flushed to disk: what removal leaves of an image's vector."""
+    array = np.load(path, mmap_mode="r+", allow_pickle=False)
+    array[np.asarray(ids, dtype=np.int64) - first_id] = 0
+    array.flush()
+    del array
