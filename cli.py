@@ -138,15 +138,48 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
+@click.option("--no-feedback", is_flag=True, help="Ignore the moderators' corrections (STORE/feedback.sqlite); "
+                                                   "by default each corrected image trains with its corrected labels.")
 @_labels_option
 @_friendly
 def train(store_path, out, kind, task, loss, no_search, zero_shot_prior, epochs, patience, lr, schedule, seed, device,
-          pretrained, labels_path) -> None:
+          pretrained, no_feedback, labels_path) -> None:
     """Train an emotion head on a store; writes weights, thresholds, metrics JSON and plots to OUT."""
+    from emoreact.index.feedback import label_overrides
+
+    overrides = None if no_feedback else label_overrides(store_path)
     metrics = emoreact.train(store_path, out, kind, labels=labels_path, device=device, pretrained=pretrained,
                              task=task, loss=loss, search=not no_search, zero_shot_prior=zero_shot_prior,
-                             epochs=epochs, patience=patience, lr=lr, schedule=schedule, seed=seed)
-    click.echo(json.dumps(_summary(metrics, out)))
+                             epochs=epochs, patience=patience, lr=lr, schedule=schedule, seed=seed,
+                             overrides=overrides or None)
+    click.echo(json.dumps({**_summary(metrics, out), "feedback_overrides": metrics.get("feedback_overrides", 0)}))
+
+
+@main.group()
+def feedback() -> None:
+    """The moderators' corrections stored beside a store (STORE/feedback.sqlite)."""
+
+
+@feedback.command("export")
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Manifest file (.csv or .jsonl); default: CSV on standard output.")
+@_friendly
+def feedback_export(store_path, out) -> None:
+    """Write the latest correction of each image as a manifest (path,labels,split,sha256) that `embed` reads."""
+    from emoreact.index.feedback import export_manifest
+
+    fmt = "jsonl" if out and out.lower().endswith(".jsonl") else "csv"
+    if out and not out.lower().endswith((".csv", ".jsonl")):
+        raise click.BadParameter(f"{out!r} must end in .csv or .jsonl", param_hint="--out")
+    text, rows = export_manifest(store_path, fmt)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    from emoreact.index import atomic_write_text
+
+    atomic_write_text(Path(out), text)
+    click.echo(json.dumps({"rows": rows, "manifest": out}), err=True)
 
 
 @main.command()
@@ -239,10 +272,19 @@ def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
 @click.option("--micro-batch/--no-micro-batch", default=None,
               help="Run concurrent requests' model calls as one batch (default: on a GPU only).")
 @click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
+@click.option("--api-keys", "api_keys", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="File of API keys, one `name:key` or `name:key:admin` per line. Feedback needs a key, "
+                   "retraining an admin key; without this file neither is possible.")
+@click.option("--require-key-for-read", is_flag=True,
+              help="Predict, neighbours, labels, thumbnails and /metrics need a key too (default: open).")
+@click.option("--feedback-per-minute", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Corrections one key may send a minute (and in a burst); more answer 429.")
+@click.option("--unsure-above", default=0.99, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Novelty at which a result is flagged unsure: 0.99 flags about 1% of images like the indexed ones.")
 @_labels_option
 @_friendly
 def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, k_default, device, micro_batch,
-          pretrained, labels_path) -> None:
+          pretrained, api_keys, require_key_for_read, feedback_per_minute, unsure_above, labels_path) -> None:
     """Serve the upload page and the JSON API with waitress; the model is loaded once, at start.
 
     SIGHUP (kill -HUP PID) reloads the store and head from the same paths: requests already running
@@ -256,7 +298,11 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
     config = WebConfig(store=Path(store_path), head=Path(head_path), device=device,
                        labels=Path(labels_path) if labels_path else None, pretrained=pretrained,
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, k_default=k_default,
-                       micro_batch=micro_batch)
+                       micro_batch=micro_batch, api_keys=Path(api_keys) if api_keys else None,
+                       require_key_for_read=require_key_for_read, feedback_per_minute=feedback_per_minute,
+                       unsure_above=unsure_above)
+    # Access log lines (one per request, with its id) are written whatever the -v level.
+    logging.getLogger("emoreact.access").setLevel(logging.INFO)
     app = create_app(config)
     server = make_server(app, host, port, threads)
     model_id = app.extensions["emoreact"].predictor.store.model_id

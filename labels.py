@@ -35,6 +35,12 @@ class LabelConfig:
     templates: tuple[str, ...]
     datasets: Mapping[str, Mapping[str, str]]  # dataset -> its label -> our label ("" drops)
     text: str = ""  # the TOML it came from, copied into heads so predictions are reproducible
+    # (emoji, weight) pairs from [reaction_weights]; a tuple, not a mapping, so that heads still pickle
+    reaction_weights: tuple[tuple[str, float], ...] = ()
+
+    def weight(self, emoji_: str) -> float:
+        """Gives an emoji's reaction weight: its entry in [reaction_weights], else 1.0."""
+        return float(dict(self.reaction_weights).get(emoji_, 1.0))
 
     @property
     def names(self) -> list[str]:
@@ -98,11 +104,27 @@ def parse_label_config(text: str, origin: str = "<labels>") -> LabelConfig:
                 raise ConfigError(f"{where('datasets.' + dataset, raw)}: maps {raw!r} to unknown label "
                                   f"{ours!r}; use one of {names} or \"\" to drop")
         datasets[dataset] = MappingProxyType({str(k): v for k, v in mapping.items()})
-    unknown = set(data) - {"labels", "prompts", "datasets"}
+    unknown = set(data) - {"labels", "prompts", "datasets", "reaction_weights"}
     if unknown:
         raise ConfigError(f"{where(sorted(unknown)[0])}: unknown table {sorted(unknown)[0]!r}; "
-                          "the config has [prompts], [labels.NAME] and [datasets.NAME]")
-    return LabelConfig(labels, tuple(templates), MappingProxyType(datasets), text)
+                          "the config has [prompts], [labels.NAME], [datasets.NAME] and [reaction_weights]")
+    weights = _parse_weights(data.get("reaction_weights", {}), where)
+    return LabelConfig(labels, tuple(templates), MappingProxyType(datasets), text, tuple(weights.items()))
+
+
+def _parse_weights(table: object, where: "_Locator") -> dict[str, float]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where('reaction_weights')}: [reaction_weights] must be a table of \"emoji\" = weight")
+    weights = {}
+    for key, value in table.items():
+        if not emoji.is_emoji(key):
+            raise ConfigError(f"{where('reaction_weights', key)}: {key!r} in [reaction_weights] is not a single "
+                              "emoji; write the emoji itself in quotes, e.g. \"😂\" = 0.5")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
+            raise ConfigError(f"{where('reaction_weights', key)}: the weight of {key} must be a number from 0 to "
+                              f"10, got {value!r}; 1 is neutral")
+        weights[key] = float(value)
+    return weights
 
 
 def _parse_label(name: str, body: object, where: "_Locator") -> LabelSpec:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from itertools import islice
@@ -21,10 +22,11 @@ from tqdm import tqdm
 
 from emoreact.embed import (DEFAULT_MAX_PIXELS, Backbone, ImageError, ModelLoadError, ModelSpec, decode_image,
                             decode_pil, load_backbone, same_model)
-from emoreact.heads import EmotionHead, emoji_policy
+from emoreact.heads import EmotionHead, emoji_policy, rank_reactions
 from emoreact.index import Store, StoreError
 from emoreact.labels import LabelConfig, load_label_config
 
+from .novelty import DEFAULT_UNSURE_ABOVE, NoveltyCalibration
 from .pipeline import backbone_for_store
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]  # what `predict` takes, alone or in a list
@@ -32,12 +34,14 @@ ImageInput = Union[str, os.PathLike, bytes, Image.Image]  # what `predict` takes
 
 def load(store: str | Path | None = None, head: str | Path | None = None, *, device: str = "auto",
          labels: str | Path | LabelConfig | None = None, pretrained: str | None = None, model: str | None = None,
-         max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None) -> "Predictor":
-    """Gives a predictor for a trained head, with neighbours from `store` when one is given.
+         max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None,
+         unsure_above: float = DEFAULT_UNSURE_ABOVE) -> "Predictor":
+    """Gives a predictor for a trained head, with neighbours and novelty from `store` when one is given.
 
     `labels` swaps in another emoji policy (same label names). Without a store the backbone is the
     one the head was trained on (its manifest names it); `model`/`pretrained` re-point it, e.g. at a
-    local weights file when the head was trained elsewhere.
+    local weights file when the head was trained elsewhere. A result is `unsure` when its novelty
+    (see `emoreact.novelty`) is at least `unsure_above`.
     """
     if head is None:
         raise ValueError("load needs a trained head: emoreact.load(head=\"runs/fi-head\"), "
@@ -49,7 +53,7 @@ def load(store: str | Path | None = None, head: str | Path | None = None, *, dev
         backbone = _backbone_for_head(trained, device, model, pretrained)
     if labels is not None:
         trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
-    return Predictor(backbone, opened, trained, max_pixels, micro_batch, owns_store=True)
+    return Predictor(backbone, opened, trained, max_pixels, micro_batch, owns_store=True, unsure_above=unsure_above)
 
 
 def load_for_neighbours(store: str | Path, *, device: str = "auto", pretrained: str | None = None,
@@ -165,7 +169,8 @@ class Predictor:
 
     def __init__(self, backbone: Backbone, store: Store | None, head: EmotionHead | None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None, *,
-                 owns_store: bool = False) -> None:
+                 owns_store: bool = False, unsure_above: float = DEFAULT_UNSURE_ABOVE,
+                 novelty: NoveltyCalibration | None = None) -> None:
         if store is not None and head is not None and (head.model_id != store.model_id or head.dim != store.dim):
             raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
                              f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
@@ -176,6 +181,19 @@ class Predictor:
             micro_batch = backbone.device.type == "cuda"
         self._batcher = MicroBatcher(self._encode) if micro_batch else None
         self._owns_store = owns_store  # close() closes the store too (`load` opened it for this predictor)
+        self.unsure_above = unsure_above
+        # Calibrated once per store, at load (a seeded sample of at most 2,000 k=2 searches).
+        self.novelty = novelty if novelty is not None or store is None or head is None \
+            else NoveltyCalibration.from_store(store)
+        self.batch_observer = None  # called with (images, seconds) after each model call (the server's metrics)
+
+    def with_store(self, store: Store) -> "Predictor":
+        """Gives a predictor with this one's backbone, head and novelty calibration over another (re-opened)
+        store, which it owns; this one is left as it is (close it once no request uses it)."""
+        twin = Predictor(self.backbone, store, self.head, self.max_pixels, self._batcher is not None,
+                         owns_store=True, unsure_above=self.unsure_above, novelty=self.novelty)
+        twin.batch_observer = self.batch_observer
+        return twin
 
     @property
     def labels(self) -> list[str]:
@@ -254,23 +272,42 @@ class Predictor:
 
     def _encode(self, batch: torch.Tensor) -> np.ndarray:
         with self._lock:
-            return self.backbone.encode_images(batch).cpu().numpy()
+            started = time.perf_counter()
+            vectors = self.backbone.encode_images(batch).cpu().numpy()
+        if self.batch_observer is not None:
+            self.batch_observer(len(batch), time.perf_counter() - started)
+        return vectors
 
     def predict_vectors(self, vectors: np.ndarray, names: list[str], k: int = 5) -> list[dict]:
-        """Gives one result dict per vector: emotions, scores, emojis and (with a store) k neighbours."""
+        """Gives one result dict per vector: emotions, scores, emojis ranked best first with their fit
+        scores, novelty and unsure (null without a store) and, with a store, k neighbours."""
         if self.head is None:
             raise ValueError("this predictor has no head, so no emotions; load it with emoreact.load(head=HEAD)")
         probs = self.head.predict_proba(vectors)
         chosen = self.head.decide(probs)  # by the head's task: single-label heads always keep their top label
-        neighbours = self.neighbours(vectors, k) if self.store is not None else [None] * len(vectors)
+        novelty = [None] * len(vectors)
+        if self.store is not None:
+            # Novelty needs each image's nearest indexed image, even when no neighbours are asked for.
+            near_all = self.neighbours(vectors, max(k, 1 if self.novelty is not None else 0))
+            if self.novelty is not None:
+                top1 = np.array([near[0]["similarity"] if near else -1.0 for near in near_all], np.float32)
+                novelty = [float(v) for v in self.novelty.novelty(top1)]
+            neighbours = [near[:k] for near in near_all]
+        else:
+            neighbours = [None] * len(vectors)
+        config = self.head.label_config
         results = []
-        for name, p, c, near in zip(names, probs, chosen, neighbours):
+        for name, p, c, near, new in zip(names, probs, chosen, neighbours, novelty):
             predicted = [label for label, on in zip(self.labels, c) if on]
             predicted.sort(key=lambda label: -p[self.labels.index(label)])
-            allowed, blocked = emoji_policy(predicted, self.head.label_config)
-            result = {"image": name, "predicted_emotions": predicted, "allowed_emojis": allowed,
+            allowed, blocked = emoji_policy(predicted, config)
+            fit = rank_reactions(allowed, predicted, dict(zip(self.labels, p.tolist())), config)
+            result = {"image": name, "predicted_emotions": predicted, "allowed_emojis": list(fit),
                       "blocked_emojis": blocked,
-                      "emotion_scores": {l: round(float(s), 4) for l, s in zip(self.labels, p)}}
+                      "emotion_scores": {l: round(float(s), 4) for l, s in zip(self.labels, p)},
+                      "reaction_scores": {e: round(float(v), 4) for e, v in fit.items()},
+                      "novelty": None if new is None else round(new, 4),
+                      "unsure": None if new is None else new >= self.unsure_above}
             if near is not None:
                 result["neighbours"] = near
             results.append(result)

@@ -6,7 +6,7 @@ from .losses import detect_task
 from .metrics import decide, report, tune_thresholds
 from .model import EmotionHead, HeadConfig, HeadError
 from .plots import write_plots
-from .policy import emoji_policy
+from .policy import emoji_policy, rank_reactions
 from .train import calibrate_prior, fit_head, zero_shot_head
 from .zeroshot import label_text_embeddings
 
@@ -17,4 +17,4 @@ MIKELS_LABELS_PATH = DEFAULT_LABELS_PATH.with_name("labels-mikels.toml")
 __all__ = ["DEFAULT_LABELS_PATH", "MIKELS_LABELS_PATH", "ConfigError", "LabelConfig", "LabelSpec", "load_label_config",
            "parse_label_config", "expected_calibration_error", "fit_temperature", "LinearHead", "MLPHead",
            "detect_task", "decide", "report", "tune_thresholds", "write_plots", "EmotionHead", "HeadConfig",
-           "HeadError", "emoji_policy", "calibrate_prior", "fit_head", "zero_shot_head", "label_text_embeddings"]
+           "HeadError", "emoji_policy", "rank_reactions", "calibrate_prior", "fit_head", "zero_shot_head", "label_text_embeddings"]

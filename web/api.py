@@ -2,131 +2,24 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
-from flask import abort, current_app, g, jsonify, request
+from flask import abort, current_app, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
-from emoreact.embed import ImageError, ModelLoadError
-from emoreact.heads import ConfigError, HeadError
-from emoreact.index import StoreError
+from emoreact.embed import ImageError
 
 from . import schemas as s
-from .config import WebConfig
-from .thumbnails import ThumbnailMissing, Thumbnails
-
-if TYPE_CHECKING:
-    from emoreact.predictor import Predictor
+from .admin import admin_routes
+from .feedback import feedback_routes, stored_feedback
+from .resources import Reload, Resources, predictor, release_predictor, resources  # noqa: F401 - re-exported
+from .thumbnails import ThumbnailMissing
 
 log = logging.getLogger(__name__)
 
 STATUS_OF_KIND = {"invalid": 400, "unsupported": 415, "too_large": 413}  # ImageError.kind -> HTTP status
 EMOJI_RULE = ("allowed = union of the predicted labels' allowed emojis, minus every emoji that any "
-              "predicted label blocks; blocked = union of their blocked emojis")
-_LOAD_ERRORS = (StoreError, HeadError, ModelLoadError, ConfigError, OSError, ValueError)  # bad files, not bugs
-
-
-@dataclass(frozen=True)
-class Reload:
-    """What one reload did."""
-
-    ok: bool  # whether the newly loaded store and head are now served
-    message: str  # what is served now, or why the load failed (naming the bad file)
-    at: str  # when it finished, ISO 8601 UTC
-
-
-class Resources:
-    """What the views share, kept in `app.extensions["emoreact"]`; `reload()` swaps in a new predictor.
-
-    Each request leases the predictor it starts on (`acquire`/`release`); a predictor that a reload
-    replaced is closed (its batching thread stopped, its store closed) when its last lease ends.
-    """
-
-    def __init__(self, config: WebConfig, predictor: "Predictor", thumbnails: Thumbnails) -> None:
-        self.config, self.thumbnails = config, thumbnails
-        self._predictor = predictor
-        self._reloading = threading.Lock()  # one reload at a time; requests never wait for it
-        self._leases_lock = threading.Lock()  # guards the swap and the lease counts together
-        self._leases: Counter = Counter()  # predictor -> requests running on it
-        self.last_reload: Reload | None = None
-
-    @property
-    def predictor(self) -> "Predictor":
-        """The predictor that new requests use; a reload replaces it, it never changes in place."""
-        return self._predictor
-
-    def acquire(self) -> "Predictor":
-        """Gives the served predictor, kept open until the matching `release`."""
-        with self._leases_lock:
-            self._leases[self._predictor] += 1
-            return self._predictor
-
-    def release(self, predictor: "Predictor") -> None:
-        """Ends a lease; closes the predictor if a reload replaced it and this was its last request."""
-        with self._leases_lock:
-            self._leases[predictor] -= 1
-            retired = self._leases[predictor] == 0 and predictor is not self._predictor
-            if self._leases[predictor] == 0:
-                del self._leases[predictor]
-        if retired:
-            _close(predictor)
-
-    def reload(self) -> Reload:
-        """Loads store and head again through `config.loader`; serves them only if they load; says how it went."""
-        with self._reloading:
-            try:
-                predictor = self.config.loader(self.config)
-            except Exception as exc:  # noqa: BLE001 - whatever broke, the previous predictor keeps serving
-                (log.error if isinstance(exc, _LOAD_ERRORS) else log.exception)(
-                    "reload failed, still serving the previous store and head: %s", exc)
-                result = Reload(False, f"reload failed, still serving the previous store and head: {exc}", _now())
-            else:
-                # One reference swap: requests already running hold the old predictor and finish on it;
-                # the last of them closes it (or we do now, when none is running).
-                with self._leases_lock:
-                    old, self._predictor = self._predictor, predictor
-                    idle = self._leases[old] == 0
-                if idle:
-                    _close(old)
-                result = Reload(True, f"reloaded: now serving {len(predictor.store)} indexed images", _now())
-                log.info("%s", result.message)
-            self.last_reload = result
-            return result
-
-def _close(predictor: "Predictor") -> None:
-    close = getattr(predictor, "close", None)  # tests may serve a stand-in without one
-    if close is not None:
-        try:
-            close()
-        except Exception:  # noqa: BLE001 - a failed close must not fail the request that triggered it
-            log.exception("closing a replaced predictor failed")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def resources() -> Resources:
-    """Gives the current app's config, predictor and thumbnail cache."""
-    return current_app.extensions["emoreact"]
-
-
-def predictor() -> "Predictor":
-    """Gives the predictor of this request: the one served when it first asked, even if a reload swaps it."""
-    if "emoreact_predictor" not in g:
-        g.emoreact_predictor = resources().acquire()
-    return g.emoreact_predictor
-
-
-def release_predictor(_exc: BaseException | None = None) -> None:
-    """Ends this request's lease on its predictor (registered as an app-context teardown)."""
-    served = g.pop("emoreact_predictor", None)
-    if served is not None:
-        resources().release(served)
+              "predicted label blocks, ordered best first by fit score = the emoji's weight x the score of "
+              "the best predicted label that allows it; blocked = union of their blocked emojis")
 
 
 def predict(form: s.ImageForm, query: s.KQuery):
@@ -216,11 +109,17 @@ def health():
     """Whether the server is up, and what it serves: model, index size, device and limits."""
     res = resources()
     served, config, reload = predictor(), res.config, res.last_reload
+    calibration = getattr(served, "novelty", None)
     return jsonify(status="ok", model_id=served.store.model_id, index_size=len(served.store),
                    device=str(served.backbone.device), head=served.head.config.kind,
                    labels=served.labels, max_upload_bytes=config.max_upload_bytes,
                    max_files=config.max_files, k_default=config.k_default,
-                   last_reload=None if reload is None else {"ok": reload.ok, "at": reload.at})
+                   last_reload=None if reload is None else {"ok": reload.ok, "at": reload.at},
+                   unsure_above=config.unsure_above,
+                   novelty_calibration=None if calibration is None else calibration.to_json(),
+                   keys_required_for_read=config.require_key_for_read,
+                   feedback_count=stored_feedback(),
+                   last_retrain=res.retrainer.last if res.retrainer is not None else None)
 
 
 def api_blueprint() -> APIBlueprint:
@@ -240,6 +139,8 @@ def api_blueprint() -> APIBlueprint:
                       **_errors(400, 404)})(thumbnail)
     bp.get("/labels", tags=predicting, summary="Labels, thresholds and emoji policy",
            responses={200: s.LabelsResponse})(labels)
+    feedback_routes(bp)
+    admin_routes(bp)
     bp.get("/openapi.json", tags=[Tag(name="meta")], summary="This OpenAPI document",
            responses={200: {"description": "OpenAPI 3.1 document",
                             "content": {"application/json": {"schema": {"type": "object"}}}}})(openapi_document)

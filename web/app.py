@@ -12,8 +12,12 @@ from werkzeug.exceptions import HTTPException
 
 from emoreact import __version__
 
+from .admin import Retrainer
 from .api import Resources, api_blueprint, health, release_predictor, resources
+from .auth import ADMIN, FEEDBACK, READ, check_right, load_api_keys
 from .config import WebConfig, describe_size
+from .metrics import Metrics, install
+from .openapi import finish_document
 from .page import page_blueprint
 from .schemas import ErrorBody, Health
 from .thumbnails import Thumbnails
@@ -23,8 +27,13 @@ log = logging.getLogger(__name__)
 _DESCRIPTION = """Emotions and emoji reactions for social-media images, from frozen CLIP features.
 
 Every error answers JSON `{"error": "..."}`: 400 bad request (no file, not an image, bad parameter),
-404 unknown route or id, 405 wrong method, 413 upload over the size, file-count or pixel limit,
-415 an image format other than JPEG, PNG, WebP or GIF. `GET /healthz` tells the limits in force."""
+401 no or an unknown API key, 403 a key without the right, 404 unknown route or id, 405 wrong method,
+409 a retrain already running or the store busy, 413 upload over the size, file-count or pixel limit,
+415 an image format other than JPEG, PNG, WebP or GIF, 429 too many corrections from one key.
+`GET /healthz` tells the limits in force.
+
+Keys: send `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Feedback needs a key, retraining an
+admin key; reads are open unless the server runs with `--require-key-for-read`."""
 
 _SPARE_FORM_PARTS = 8  # form parts allowed beyond max_files: k, and fields a client adds that are ignored
 _MISSING = {  # what to say when a required field is absent
@@ -47,18 +56,49 @@ def create_app(config: WebConfig | Mapping | None = None) -> OpenAPI:
     app.config["MAX_FORM_PARTS"] = config.max_files + _SPARE_FORM_PARTS
     app.json.sort_keys = False  # emotion_scores stay in label order, as the CLI prints them
     app.json.ensure_ascii = False  # emojis as emojis
-    app.extensions["emoreact"] = Resources(
+    keys = load_api_keys(config.api_keys) if config.api_keys is not None else ()
+    metrics = Metrics()
+    install(app, metrics)  # first: a refused request is counted and logged too
+    res = app.extensions["emoreact"] = Resources(
         config, config.loader(config),
-        Thumbnails(config.thumbnail_px, config.max_pixels, config.thumbnail_cache))
+        Thumbnails(config.thumbnail_px, config.max_pixels, config.thumbnail_cache), metrics=metrics, keys=keys)
+    res.retrainer = Retrainer(res)
+    metrics.index_size.set_function(lambda: len(res.predictor.store))
+    app.before_request(_check_key)
     app.register_api(api_blueprint())
     app.register_api(page_blueprint())
     app.get("/healthz", tags=[Tag(name="meta")], summary="Status, model id, index size, device and limits",
             responses={200: Health})(health)
+    app.get("/metrics", tags=[Tag(name="meta")], summary="Prometheus metrics (text format)",
+            responses={200: {"description": "Prometheus text exposition format 0.0.4",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})(_metrics)
     app.teardown_appcontext(release_predictor)  # a reload closes the old predictor after its last request
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     app.after_request(_common_headers)
+    finish_document(app, config)
     return app
+
+
+# Endpoint -> the right it needs; endpoints not listed (the page, static files, /healthz, the docs and
+# the OpenAPI document) are open to all.
+RIGHTS = {"api.predict": READ, "api.neighbours_of_id": READ, "api.neighbours_of_upload": READ,
+          "api.thumbnail": READ, "api.labels": READ, "_metrics": READ,
+          "api.post_feedback": FEEDBACK, "api.list_feedback": FEEDBACK,
+          "api.start_retrain": ADMIN, "api.retrain_status": ADMIN}
+
+
+def _check_key() -> Response | None:
+    need = RIGHTS.get(request.endpoint or "")
+    if need is None:
+        return None
+    res = resources()
+    return check_right(res.keys, need, res.config.require_key_for_read)
+
+
+def _metrics() -> Response:
+    """The server's metrics in the Prometheus text format."""
+    return resources().metrics.exposition()
 
 
 def _as_config(config: WebConfig | Mapping | None) -> WebConfig:
@@ -73,6 +113,8 @@ def _as_config(config: WebConfig | Mapping | None) -> WebConfig:
 
 
 def _http_error(exc: HTTPException) -> Response:
+    if exc.response is not None:  # a view wrote the whole answer (a status with its own headers)
+        return exc.response
     response = current_app.json.response({"error": _message(exc)})
     response.status_code = exc.code or 500
     if exc.code == 405:

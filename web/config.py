@@ -28,7 +28,8 @@ def load_predictor(config: "WebConfig") -> "Predictor":
     if config.store is None or config.head is None:
         raise ValueError("the web app needs both a store and a head; pass --store STORE --head HEAD")
     return predictor.load(config.store, config.head, device=config.device, labels=config.labels,
-                          pretrained=config.pretrained, max_pixels=config.max_pixels, micro_batch=config.micro_batch)
+                          pretrained=config.pretrained, max_pixels=config.max_pixels, micro_batch=config.micro_batch,
+                          unsure_above=config.unsure_above)
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,19 @@ class WebConfig:
     thumbnail_px: int = 256  # longest side of thumbnails
     thumbnail_cache: int = 1024  # thumbnails kept in memory (about 15 kB each)
     thumbnail_max_age: int = 86_400  # seconds browsers may reuse a thumbnail without asking
+    api_keys: Path | None = None  # file of name:key[:admin] lines; feedback and admin endpoints need a key
+    require_key_for_read: bool = False  # predict, neighbours, labels, thumbnails and /metrics need a key too
+    feedback_per_minute: float = 30.0  # corrections one key may send a minute (and at once); more answers 429
+    unsure_above: float = 0.99  # novelty at which a result is flagged unsure (see predictor.NoveltyCalibration)
     loader: Callable[["WebConfig"], "Predictor"] = load_predictor  # tests swap in their own
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_files", "max_pixels", "k_max", "thumbnail_px"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.feedback_per_minute <= 0:
+            raise ValueError(f"feedback_per_minute must be above 0, got {self.feedback_per_minute}")
+        if not 0 < self.unsure_above <= 1:
+            raise ValueError(f"unsure_above must be in (0, 1], got {self.unsure_above}")
         if not 0 <= self.k_default <= self.k_max:
             raise ValueError(f"k_default must be between 0 and k_max={self.k_max}, got {self.k_default}")

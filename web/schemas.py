@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Literal
 
 from flask_openapi3 import FileStorage
@@ -86,6 +87,12 @@ class Prediction(BaseModel):
     allowed_emojis: list[str]
     blocked_emojis: list[str]
     emotion_scores: dict[str, float] = Field(description="score per label, 0 to 1, in label order")
+    reaction_scores: dict[str, float] = Field(description="fit score per allowed emoji, best first: its weight "
+                                                          "x the score of the best predicted label allowing it")
+    novelty: float | None = Field(description="0 to 1: the share of indexed images closer to their nearest "
+                                              "indexed image than this image is to its own (null: no store)")
+    unsure: bool | None = Field(description="novelty at or above the server's level: the image is unlike "
+                                            "anything indexed, treat the answer as a guess (null: no store)")
     neighbours: list[Neighbour]
 
 
@@ -148,3 +155,91 @@ class Health(BaseModel):
     max_files: int
     k_default: int
     last_reload: LastReload | None = Field(None, description="null until the server has been asked to reload")
+    unsure_above: float = Field(description="novelty at which a result is flagged unsure")
+    novelty_calibration: dict | None = Field(description="the store's nearest-neighbour similarities that novelty "
+                                                         "is measured against (sample, p1, median, p99)")
+    keys_required_for_read: bool
+    feedback_count: int = Field(description="corrections stored beside the served store")
+    last_retrain: RetrainOutcome | None = Field(None, description="null until a retrain has finished")
+
+
+# ---- feedback -----------------------------------------------------------------------------
+
+Labels = Annotated[list[Annotated[str, Field(max_length=64)]], Field(min_length=1, max_length=64)]
+Note = Annotated[str | None, Field(None, max_length=2000, description="why, in the moderator's words")]
+
+
+class FeedbackJson(BaseModel):
+    """JSON {"id": N, "labels": ["sad"], "note": "..."} for an indexed image."""
+
+    model_config = {"extra": "forbid"}
+    id: int = Field(ge=0, le=SQLITE_MAX_ID, description="id of an indexed image")
+    labels: Labels = Field(description="the right labels, from /api/labels")
+    note: Note = None
+
+
+class FeedbackForm(BaseModel):
+    """multipart/form-data with one 'image' file and 'labels' (comma-separated) for a new image."""
+
+    image: Upload = Field(description="the image (JPEG, PNG, WebP or GIF); it is added to the store")
+    labels: str = Field(min_length=1, max_length=2000, description="the right labels, comma-separated")
+    note: Note = None
+
+
+class FeedbackQuery(BaseModel):
+    since: datetime | None = Field(None, description="ISO 8601 time; only corrections recorded after it "
+                                                     "(no zone: UTC)")
+    limit: Whole = Field(100, ge=1, le=1000, description="most corrections to return, oldest first")
+
+
+class FeedbackEntry(BaseModel):
+    """One stored correction."""
+
+    id: int
+    time: str = Field(description="when it was recorded, ISO 8601 UTC")
+    key_name: str = Field(description="the name of the API key that sent it")
+    image_id: int = Field(description="the image's id in the store (an upload's new id)")
+    sha256: str
+    labels: list[str] = Field(description="the corrected labels")
+    note: str | None
+    predicted: list[str] = Field(description="the labels the served head predicted at the time")
+    head_id: str | None = Field(description="content hash of the head that served then")
+    source: Literal["indexed", "upload"]
+
+
+class FeedbackList(BaseModel):
+    feedback: list[FeedbackEntry]
+
+
+# ---- retraining ---------------------------------------------------------------------------
+
+class HeadScores(BaseModel):
+    """One head's macro-F1 on the store's validation and test splits (null: the split is empty)."""
+
+    head: str = Field(description="the head's folder")
+    val_macro_f1: float | None
+    test_macro_f1: float | None
+
+
+class RetrainOutcome(BaseModel):
+    """How a retrain ended."""
+
+    outcome: Literal["swapped", "kept", "failed"] = Field(
+        description="swapped: the new head serves now; kept: it was worse on validation and is only on disk; "
+                    "failed: training or evaluation failed (see message)")
+    message: str
+    started: str
+    finished: str
+    seconds: float
+    feedback_overrides: int = Field(description="labels the corrections overrode in training")
+    served: HeadScores | None = Field(description="the head that served when the retrain started")
+    new: HeadScores | None = Field(description="the retrained head (null if training failed)")
+
+
+class RetrainStatus(BaseModel):
+    running: bool
+    started: str | None = Field(description="when the running retrain started")
+    last: RetrainOutcome | None = Field(description="the last finished retrain")
+
+
+Health.model_rebuild()  # it names RetrainOutcome, defined after it

@@ -1,0 +1,381 @@
+"""The moderator loop through the API: keys, corrections, retraining, metrics and request ids."""
+from __future__ import annotations
+
+import csv
+import hmac
+import random
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
+
+from emoreact.heads import HeadConfig
+from test_web import encoded, upload
+
+MODERATOR, ADMIN_KEY = "moderator-key-0123456789", "admin-key-0123456789abc"
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def keys_file(tmp_path) -> Path:
+    path = tmp_path / "keys.txt"
+    path.write_text(f"# name:key[:admin]\nmod:{MODERATOR}\nops:{ADMIN_KEY}:admin\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def linear_head(tmp_path_factory, store_path, label_config) -> Path:
+    """A linear head without search: the quickest to train, and so to retrain."""
+    from emoreact.pipeline import train_from_store
+
+    out = tmp_path_factory.mktemp("linear") / "head"
+    train_from_store(store_path, out, HeadConfig(kind="linear", search=False), label_config, "cpu")
+    return out
+
+
+@pytest.fixture
+def served(tmp_path, store_path, linear_head, keys_file):
+    """Gives a factory of apps serving copies of the session store and the linear head, keyed."""
+    from emoreact.web import WebConfig, create_app
+
+    shutil.copytree(store_path, tmp_path / "store")
+    shutil.copytree(linear_head, tmp_path / "head")
+
+    def make(**settings):
+        return create_app(WebConfig(store=tmp_path / "store", head=tmp_path / "head", device="cpu",
+                                    api_keys=keys_file, **settings))
+    return make
+
+
+def error_of(response, status: int) -> str:
+    assert response.status_code == status, response.get_data(as_text=True)
+    return response.get_json()["error"]
+
+
+# ---- keys ---------------------------------------------------------------------------------
+
+def test_keys_missing_wrong_and_lacking_the_right(served):
+    client = served().test_client()
+    body = {"id": 0, "labels": ["sad"]}
+    response = client.post("/api/feedback", json=body)
+    assert "needs an API key" in error_of(response, 401) and response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "not valid" in error_of(client.post("/api/feedback", json=body, headers=bearer("x" * 24)), 401)
+    assert "admin" in error_of(client.post("/api/admin/retrain", headers=bearer(MODERATOR)), 403)
+    assert client.get("/api/admin/retrain", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
+    assert client.post("/api/feedback", json=body, headers={"X-API-Key": MODERATOR}).status_code == 201
+    # Reads are open by default, and a key sent along is not checked there.
+    assert client.get("/api/labels").status_code == 200
+    assert client.get("/api/labels", headers=bearer("x" * 24)).status_code == 200
+
+
+def test_reads_need_a_key_when_asked(served):
+    client = served(require_key_for_read=True).test_client()
+    assert "needs an API key" in error_of(client.get("/api/labels"), 401)
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/api/labels", headers=bearer(MODERATOR)).status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/").status_code == 200  # always open
+
+
+def test_without_a_key_file_feedback_is_refused_naming_the_option(store_path, linear_head):
+    from emoreact.web import WebConfig, create_app
+
+    client = create_app(WebConfig(store=store_path, head=linear_head, device="cpu")).test_client()
+    assert "--api-keys" in error_of(client.post("/api/feedback", json={"id": 0, "labels": ["sad"]}), 401)
+
+
+def test_keys_are_compared_in_constant_time_against_every_key(keys_file, monkeypatch):
+    from emoreact.web import auth
+
+    keys = auth.load_api_keys(keys_file)
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    for given, expected in ((MODERATOR, "mod"), (ADMIN_KEY, "ops"), ("wrong-key-0123456789", None)):
+        calls.clear()
+        found = auth.match_key(keys, given)
+        assert (found.name if found else None) == expected
+        assert len(calls) == len(keys)  # no early exit, whichever key matched
+        assert all(len(a) == len(b) == 32 for a, b in calls)  # digests: equal lengths, so compare_digest is flat
+
+
+@pytest.mark.parametrize("line, message", [
+    ("mod:short", "shorter than 16"), ("mod", "expected name:key"), (f"mod:{MODERATOR}:root", "expected name:key"),
+    (f"m d:{MODERATOR}", "key name"),
+])
+def test_bad_key_files_name_the_line(tmp_path, line, message):
+    from emoreact.web.auth import KeyFileError, load_api_keys
+
+    path = tmp_path / "keys.txt"
+    path.write_text(f"# keys\n{line}\n")
+    with pytest.raises(KeyFileError, match="line 2") as info:
+        load_api_keys(path)
+    assert message in str(info.value)
+
+
+def test_a_feedback_flood_from_one_key_is_bounded(served):
+    app = served(feedback_per_minute=2)
+    limiter = app.extensions["emoreact"].limiter
+    clock = [1000.0]
+    limiter.clock = lambda: clock[0]
+    client = app.test_client()
+    body = {"id": 1, "labels": ["happy"]}
+    assert [client.post("/api/feedback", json=body, headers=bearer(MODERATOR)).status_code for _ in range(2)] == [201] * 2
+    refused = client.post("/api/feedback", json=body, headers=bearer(MODERATOR))
+    assert "2 corrections a minute" in error_of(refused, 429) and refused.headers["Retry-After"] == "30"
+    assert client.post("/api/feedback", json=body, headers=bearer(ADMIN_KEY)).status_code == 201  # another key
+    clock[0] += 30  # one token back
+    assert client.post("/api/feedback", json=body, headers=bearer(MODERATOR)).status_code == 201
+
+
+# ---- corrections --------------------------------------------------------------------------
+
+def test_a_correction_of_an_indexed_image_is_stored_with_what_the_head_said(served):
+    app = served()
+    client = app.test_client()
+    before = client.get("/api/neighbours?id=3&k=1").get_json()
+    response = client.post("/api/feedback", json={"id": 3, "labels": ["sad", "fear"], "note": "crying child"},
+                           headers=bearer(MODERATOR))
+    entry = response.get_json()
+    assert response.status_code == 201
+    assert entry["labels"] == ["sad", "fear"] and entry["key_name"] == "mod" and entry["source"] == "indexed"
+    assert entry["image_id"] == 3 and entry["note"] == "crying child" and len(entry["head_id"]) == 16
+    served_answer = app.extensions["emoreact"].predictor
+    vector = served_answer.store.vector(3)[None, :]
+    assert entry["predicted"] == served_answer.predict_vectors(vector, ["x"], 0)[0]["predicted_emotions"]
+    assert before["neighbours"]  # the image is indexed; its row itself is unchanged
+    listed = client.get("/api/feedback", headers=bearer(MODERATOR)).get_json()["feedback"]
+    assert listed == [entry]
+    later = client.get("/api/feedback", query_string={"since": entry["time"]}, headers=bearer(MODERATOR))
+    assert later.get_json() == {"feedback": []}
+    assert client.get("/healthz").get_json()["feedback_count"] == 1
+
+
+def test_an_uploaded_correction_adds_the_image_to_the_store(served):
+    client = served().test_client()
+    size = client.get("/healthz").get_json()["index_size"]
+    data = encoded(("angry",), seed=424_242)
+    form = upload(("new.png", data), labels="angry, disgust", note="a new meme")
+    response = client.post("/api/feedback", data=form, headers=bearer(MODERATOR))
+    entry = response.get_json()
+    assert response.status_code == 201, entry
+    assert entry["source"] == "upload" and entry["image_id"] == size and entry["labels"] == ["angry", "disgust"]
+    assert client.get("/healthz").get_json()["index_size"] == size + 1  # served at once
+    assert client.get(f"/api/images/{size}/thumbnail").status_code == 200
+    [near] = client.post("/api/neighbours", data=upload(("same.png", data), k=1)).get_json()["neighbours"]
+    assert near["id"] == size and near["labels"] == ["angry", "disgust"] and near["split"] == "train"
+    again = client.post("/api/feedback", data=upload(("again.png", data), labels="angry"), headers=bearer(MODERATOR))
+    assert again.get_json()["image_id"] == size and client.get("/healthz").get_json()["index_size"] == size + 1
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    ({"json": {"id": 0, "labels": ["joy"]}}, 400, "unknown label 'joy'"),
+    ({"json": {"id": 0, "labels": []}}, 400, "labels"),
+    ({"json": {"id": 0}}, 400, "labels"),
+    ({"json": {"id": 99_999, "labels": ["sad"]}}, 404, "no indexed image has id 99999"),
+    ({"data": "id=0", "content_type": "text/plain"}, 415, "send JSON"),
+    ({"data": upload(("doc.pdf", b"%PDF-1.4 not an image"), labels="sad")}, 415, "PDF images are not accepted"),
+    ({"data": upload(("notes.txt", b"meeting notes"), labels="sad")}, 400, "not an image"),
+    ({"data": upload(("a.png", encoded()), labels=" , ")}, 400, "no labels were given"),
+])
+def test_bad_corrections_are_refused_naming_the_problem(served, kwargs, status, words):
+    client = served().test_client()
+    assert words in error_of(client.post("/api/feedback", headers=bearer(MODERATOR), **kwargs), status)
+
+
+def test_a_bad_since_is_refused(served):
+    client = served().test_client()
+    assert "since" in error_of(client.get("/api/feedback?since=yesterday", headers=bearer(MODERATOR)), 400)
+
+
+# ---- corrections in training and export ---------------------------------------------------
+
+def test_train_applies_corrections_unless_told_not_to_and_export_writes_a_manifest(tmp_path, store_path):
+    from emoreact.cli import main
+    from emoreact.embed import read_source
+    from emoreact.heads import load_label_config
+    from emoreact.index import Store
+    from emoreact.index.feedback import FeedbackLog, label_overrides
+
+    store = tmp_path / "store"
+    shutil.copytree(store_path, store)
+    opened = Store.open(store)
+    items = opened.items([0, 1])
+    opened.close()
+    log = FeedbackLog(store)
+    other = next(l for l in ("sad", "happy") if (l,) != items[0].labels)
+    log.add(key_name="mod", image_id=0, sha256=items[0].sha256, labels=["fear"], predicted=[], source="indexed")
+    log.add(key_name="mod", image_id=0, sha256=items[0].sha256, labels=[other], predicted=[], source="indexed")
+    log.add(key_name="mod", image_id=1, sha256=items[1].sha256, labels=list(items[1].labels), predicted=[],
+            source="indexed")  # the same labels as stored: not an override that changes anything
+    log.close()
+    assert label_overrides(store) == {0: (other,), 1: tuple(items[1].labels)}  # the latest per image wins
+
+    runner = CliRunner()
+    args = ["train", "--store", str(store), "--head", "linear", "--no-search", "--device", "cpu"]
+    with_feedback = runner.invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert with_feedback.exit_code == 0, with_feedback.output
+    assert '"feedback_overrides": 1' in with_feedback.output
+    without = runner.invoke(main, [*args, "--out", str(tmp_path / "b"), "--no-feedback"])
+    assert '"feedback_overrides": 0' in without.output
+
+    out = tmp_path / "fixes.csv"
+    exported = runner.invoke(main, ["feedback", "export", "--store", str(store), "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["labels"], r["sha256"]) for r in rows] == [(other, items[0].sha256),
+                                                          ("|".join(items[1].labels), items[1].sha256)]
+    records = read_source(out, load_label_config())  # what `cli.py embed` reads
+    assert [r.labels for r in records] == [(other,), tuple(items[1].labels)]
+    assert str(records[0].path) == items[0].path
+
+
+# ---- retraining ---------------------------------------------------------------------------
+
+def shuffled_train_labels(store: Path, seed: int = 0) -> int:
+    """Records corrections that give every training image another image's labels; gives how many."""
+    from emoreact.index import Store
+    from emoreact.index.feedback import FeedbackLog
+
+    opened = Store.open(store)
+    train = [it for it in opened.items() if it.split == "train" and it.labels]
+    opened.close()
+    labels = [list(it.labels) for it in train]
+    random.Random(seed).shuffle(labels)
+    log = FeedbackLog(store)
+    for it, wrong in zip(train, labels):
+        log.add(key_name="test", image_id=it.id, sha256=it.sha256, labels=wrong, predicted=[], source="indexed")
+    log.close()
+    return len(train)
+
+
+def finish(app) -> dict:
+    retrainer = app.extensions["emoreact"].retrainer
+    retrainer.thread.join(timeout=300)
+    assert not retrainer.running
+    return retrainer.last
+
+
+def test_two_retrains_at_once_one_runs_one_gets_409_and_a_worse_head_is_not_swapped(served, tmp_path):
+    app = served()
+    client = app.test_client()
+    shuffled_train_labels(tmp_path / "store")
+    retrainer = app.extensions["emoreact"].retrainer
+    retrainer.gate = threading.Event()  # holds the first retrain before it trains
+    first = client.post("/api/admin/retrain", headers=bearer(ADMIN_KEY))
+    assert first.status_code == 202 and first.get_json()["running"] is True
+    second = client.post("/api/admin/retrain", headers=bearer(ADMIN_KEY))
+    assert "already running" in error_of(second, 409)
+    assert client.get("/api/admin/retrain", headers=bearer(ADMIN_KEY)).get_json()["running"] is True
+    served_before = app.extensions["emoreact"].predictor
+    retrainer.gate.set()
+    last = finish(app)
+    assert last["outcome"] == "kept", last
+    assert last["new"]["val_macro_f1"] < last["served"]["val_macro_f1"]
+    assert Path(last["new"]["head"]).is_dir() and last["feedback_overrides"] > 0
+    assert app.extensions["emoreact"].predictor is served_before  # never served
+    health = client.get("/healthz").get_json()
+    assert health["last_retrain"] == last and health["last_reload"] is None
+
+
+def test_a_better_head_is_swapped_in_and_changes_the_answer(tmp_path, store_path, label_config, keys_file):
+    """The served head was trained on shuffled labels; the retrain (same config, true labels) is better."""
+    from emoreact.pipeline import train_from_store
+    from emoreact.web import WebConfig, create_app
+
+    shutil.copytree(store_path, tmp_path / "store")
+    shuffled_train_labels(tmp_path / "store")
+    from emoreact.index.feedback import label_overrides
+
+    bad = label_overrides(tmp_path / "store")
+    (tmp_path / "store" / "feedback.sqlite").unlink()
+    train_from_store(tmp_path / "store", tmp_path / "head", HeadConfig(kind="linear", search=False), label_config,
+                     "cpu", overrides=bad)
+    app = create_app(WebConfig(store=tmp_path / "store", head=tmp_path / "head", device="cpu", api_keys=keys_file))
+    client = app.test_client()
+    image = upload(("sad.png", encoded(("sad",), seed=777)))
+    before = client.post("/api/predict", data=image).get_json()["results"][0]
+    assert client.post("/api/admin/retrain", headers=bearer(ADMIN_KEY)).status_code == 202
+    last = finish(app)
+    assert last["outcome"] == "swapped", last
+    assert last["new"]["val_macro_f1"] >= last["served"]["val_macro_f1"]
+    after = client.post("/api/predict", data=upload(("sad.png", encoded(("sad",), seed=777)))).get_json()["results"][0]
+    assert after["emotion_scores"] != before["emotion_scores"]
+    assert after["predicted_emotions"][0] == "sad"
+    health = client.get("/healthz").get_json()
+    assert health["last_reload"]["ok"] and health["last_retrain"]["outcome"] == "swapped"
+    assert app.extensions["emoreact"].config.head == Path(last["new"]["head"])
+
+
+# ---- metrics and request ids --------------------------------------------------------------
+
+def scrape(client) -> dict:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    samples = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_parse_and_move_with_requests(served):
+    client = served().test_client()
+    first = scrape(client)
+    predicts = ("emoreact_http_requests_total", (("endpoint", "/api/predict"), ("method", "POST"), ("status", "200")))
+    assert first.get(predicts, 0) == 0
+    assert first[("emoreact_index_size", ())] == 640
+    for _ in range(2):
+        assert client.post("/api/predict", data=upload(("a.png", encoded()))).status_code == 200
+    assert client.post("/api/feedback", json={"id": 2, "labels": ["sad"]}, headers=bearer(MODERATOR)).status_code == 201
+    assert client.post("/api/feedback", json={"id": 2}, headers=bearer("x" * 20)).status_code == 401
+    second = scrape(client)
+    assert second[predicts] == 2
+    assert second[("emoreact_http_request_duration_seconds_count", (("endpoint", "/api/predict"),))] == 2
+    assert second[("emoreact_model_batch_size_count", ())] >= 2 and second[("emoreact_model_batch_size_sum", ())] >= 2
+    assert second[("emoreact_feedback_total", (("kind", "indexed"),))] == 1
+    refused = ("emoreact_http_requests_total", (("endpoint", "/api/feedback"), ("method", "POST"), ("status", "401")))
+    assert second[refused] == 1
+
+
+def test_every_answer_carries_a_request_id(served):
+    client = served().test_client()
+    given = client.get("/healthz", headers={"X-Request-ID": "lb-1234.abc"})
+    assert given.headers["X-Request-ID"] == "lb-1234.abc"  # a proxy's id is kept
+    made = client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"}).headers["X-Request-ID"]
+    assert len(made) == 32 and made.isalnum()  # an unusable one is replaced
+    assert client.get("/nothing").headers["X-Request-ID"] != made
+
+
+def test_access_log_lines_carry_the_request_id_and_key_name(served, caplog):
+    client = served().test_client()
+    with caplog.at_level("INFO", logger="emoreact.access"):
+        response = client.post("/api/feedback", json={"id": 2, "labels": ["sad"]}, headers=bearer(MODERATOR))
+    line = [r.getMessage() for r in caplog.records if r.name == "emoreact.access"][-1]
+    assert '"POST /api/feedback" 201' in line and "key=mod" in line
+    assert f"rid={response.headers['X-Request-ID']}" in line
+    assert MODERATOR not in caplog.text  # the key itself is never logged
+
+
+def test_feedback_log_is_a_separate_file_and_survives_a_busy_store(served, tmp_path):
+    """A correction by id is recorded while another process holds the store's write lock (an embed job)."""
+    from emoreact.index.writelock import WriterLock
+
+    client = served().test_client()
+    lock = WriterLock(tmp_path / "store")
+    assert lock.acquire()
+    try:
+        assert client.post("/api/feedback", json={"id": 5, "labels": ["sad"]}, headers=bearer(MODERATOR)).status_code == 201
+        busy = client.post("/api/feedback", data=upload(("n.png", encoded(seed=5)), labels="sad"),
+                           headers=bearer(MODERATOR))
+        message = error_of(busy, 409)
+        assert "being written" in message and busy.headers["Retry-After"] == "60"
+    finally:
+        lock.release()
+    assert (tmp_path / "store" / "feedback.sqlite").exists()
+

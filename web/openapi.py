@@ -1,0 +1,67 @@
+"""What flask-openapi3 cannot say from the views' signatures, written into the document once at start:
+who may call each operation (security and its 401/403), the media types a file part accepts, and the
+two bodies of POST /api/feedback. A client generated from the document then sends what the server takes."""
+from __future__ import annotations
+
+import re
+
+from flask_openapi3 import OpenAPI
+
+from .auth import ADMIN, READ
+from .config import WebConfig
+from .schemas import ErrorBody, FeedbackForm, FeedbackJson
+
+IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif"  # what embed.ALLOWED_FORMATS decodes
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "X-API-Key: KEY"},
+}
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+_REFUSALS = {401: "No API key, or one the server does not know", 403: "The key lacks the right (admin)"}
+
+
+def finish_document(app: OpenAPI, config: WebConfig) -> None:
+    """Completes the app's (cached) OpenAPI document in place."""
+    from .app import RIGHTS  # the one table of rights, beside the check that uses it
+
+    doc = app.api_doc
+    components = doc.setdefault("components", {})
+    components["securitySchemes"] = SECURITY_SCHEMES
+    schemas = components.setdefault("schemas", {})
+    schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
+    endpoints = {(_openapi_path(rule.rule), method.lower()): rule.endpoint
+                 for rule in app.url_map.iter_rules() for method in rule.methods or ()}
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            need = RIGHTS.get(endpoints.get((path, method), ""))
+            if need is not None and (need != READ or config.require_key_for_read):
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                for code in (401, 403) if need == ADMIN else (401,):
+                    operation["responses"][str(code)] = {"description": _REFUSALS[code], "content": _ERROR}
+            form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+            if form is not None:
+                _declare_image_part(form)
+    doc["paths"]["/api/feedback"]["post"]["requestBody"] = _feedback_body(schemas)
+
+
+def _openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", rule)
+
+
+def _declare_image_part(form: dict) -> None:
+    encoding = form.setdefault("encoding", {})
+    encoding.setdefault("image", {})["contentType"] = IMAGE_TYPES
+
+
+def _feedback_body(schemas: dict) -> dict:
+    bodies = {}
+    for model in (FeedbackJson, FeedbackForm):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    form = {"schema": {"$ref": "#/components/schemas/FeedbackForm"}}
+    _declare_image_part(form)
+    bodies["application/json"] = {"schema": {"$ref": "#/components/schemas/FeedbackJson"}}
+    bodies["multipart/form-data"] = form
+    return {"required": True, "description": "JSON for an indexed image, or multipart with the image itself",
+            "content": bodies}
