@@ -294,11 +294,6 @@ class Store:
         rows = self._query("SELECT id FROM images WHERE sha256 = ?", (sha256,))
         return int(rows[0][0]) if rows else None
 
-    def find(self, sha256: str) -> int | None:
-        """Gives the id of the stored image with this content hash, or None."""
-        rows = self._query("SELECT id FROM images WHERE sha256 = ?", (sha256,))
-        return int(rows[0][0]) if rows else None
-
     def vector(self, image_id: int) -> np.ndarray:
         """Gives one stored (D,) float32 vector by id (read from its shard)."""
         image_id = int(image_id)
