@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, ModelSpec, default_pretrained,
@@ -20,6 +19,7 @@ from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embedd
                             zero_shot_head)
 from emoreact.index import Store, StoreError, atomic_write_text
 from emoreact.labels import LabelConfig, load_label_config
+from emoreact.trainset import SplitScores, read_training_data, score_splits
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,16 @@ def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec =
 
 def train(store: str | Path, out: str | Path, head: str = "linear", *,
           labels: str | Path | LabelConfig | None = None, device: str = "auto", pretrained: str | None = None,
-          config: HeadConfig | None = None, **options) -> dict:
+          config: HeadConfig | None = None, overrides: dict[int, tuple[str, ...]] | None = None,
+          **options) -> dict:
     """Trains a head on a store's train split, tunes it on val, saves it to `out`; gives the test metrics.
 
     `head` is linear, mlp or zeroshot; `options` are `HeadConfig` fields (loss="focal", epochs=100,
-    zero_shot_prior=True, ...). Writes metrics JSON and plots beside the head.
+    zero_shot_prior=True, ...). Writes metrics JSON and plots beside the head. `overrides` (image id ->
+    labels, e.g. `emoreact.index.feedback.label_overrides(store)`) replace those images' stored labels.
     """
     config = _with_options(config or HeadConfig(kind=head), {"kind": head, **options})
-    _, metrics = train_from_store(store, out, config, _label_config(labels), device, pretrained)
+    _, metrics = train_from_store(store, out, config, _label_config(labels), device, pretrained, overrides)
     return metrics
 
 
@@ -139,43 +141,33 @@ def backbone_for_store(store: Store, device: str = "auto", pretrained: str | Non
     return backbone
 
 
-@dataclass
-class Splits:
-    """Labelled vectors by split: x (N, D) float32, y (N, L) float32 {0, 1}."""
-
-    x: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
-
-
-def labelled_splits(store: Store, label_names: list[str]) -> Splits:
-    """Gives the store's labelled vectors and targets per split (unlabelled images left out)."""
-    vectors = store.vectors()
-    items = store.items()
-    position = {name: j for j, name in enumerate(label_names)}
-    xs, ys = {}, {}
-    for split in ("train", "val", "test"):
-        rows = [i for i, it in enumerate(items) if it.split == split and it.labels]
-        y = np.zeros((len(rows), len(label_names)), np.float32)
-        for r, i in enumerate(rows):
-            for name in items[i].labels:
-                if name not in position:
-                    raise StoreError(f"store label {name!r} is not in the label config {label_names}; "
-                                     "use the label config the store was built with")
-                y[r, position[name]] = 1.0
-        xs[split], ys[split] = vectors[rows], y
-    return Splits(xs, ys)
-
-
 def train_from_store(store_path: str | Path, out: str | Path, config: HeadConfig, labels: LabelConfig,
-                     device: str = "auto", pretrained: str | None = None) -> tuple[EmotionHead, dict]:
-    """Trains a head on a store's train split, tunes on val, evaluates on test; saves head + report."""
-    store = Store.open(store_path)
-    data = labelled_splits(store, labels.names)
+                     device: str = "auto", pretrained: str | None = None,
+                     overrides: dict[int, tuple[str, ...]] | None = None) -> tuple[EmotionHead, dict]:
+    """Trains a head on a store's train split, tunes on val, evaluates on test; saves head + report.
+    `overrides`: image id -> labels that replace the stored ones (the report counts those that changed).
+
+    The store is read in blocks, never whole, and its index is not loaded: see `emoreact.trainset`
+    for the sample of at most `config.max_train_rows` training images that the head is fitted on.
+    """
+    store = Store.open(store_path, with_index=False)
+    try:
+        return _train_on(store, Path(out), config, labels, device, pretrained, overrides)
+    finally:
+        store.close()
+
+
+def _train_on(store: Store, out: Path, config: HeadConfig, labels: LabelConfig, device: str,
+              pretrained: str | None, overrides: dict | None) -> tuple[EmotionHead, dict]:
+    data = read_training_data(store, labels.names, max_train_rows=config.max_train_rows,
+                              max_val_rows=config.max_val_rows, seed=config.seed, overrides=overrides)
     dev = str(resolve_device(device))  # cuda:1 trains on cuda:1; an unavailable device is a clear error
-    x_val, y_val = data.x["val"], data.y["val"]
+    x_val, y_val = data.x_val, data.y_val
     if len(x_val) == 0 and config.kind != "zeroshot":
         log.warning("the store has no labelled validation images; tuning on the training split")
-        x_val, y_val = data.x["train"], data.y["train"]
+        x_val, y_val = data.x_train, data.y_train
+    if config.task == "auto" and data.multi and not data.y_train.sum(axis=1).max(initial=0) > 1:
+        config = replace(config, task="multi")  # the sample left out every multi-label image; the store has some
     history: list[dict] = []
     text, scale = None, 100.0
     if config.zero_shot_prior or config.kind == "zeroshot":
@@ -185,38 +177,42 @@ def train_from_store(store_path: str | Path, out: str | Path, config: HeadConfig
     if config.kind == "zeroshot":
         head = zero_shot_head(labels, store.model_id, text, scale, x_val if len(x_val) else None, y_val)
     else:
-        if len(data.x["train"]) == 0:
-            raise StoreError(f"store {store_path} has no labelled training images; embed a labelled source "
+        if len(data.x_train) == 0:
+            raise StoreError(f"store {store.root} has no labelled training images; embed a labelled source "
                              "(label sub-folders or a manifest with labels), or use --head zeroshot")
-        head, history = fit_head(config, labels, store.model_id, data.x["train"], data.y["train"],
-                                 x_val, y_val, text=text, logit_scale=scale, device=dev)
+        # copy=False: the training sample is standardised in place, not copied (it is not used again).
+        head, history = fit_head(config, labels, store.model_id, data.x_train, data.y_train, x_val, y_val,
+                                 text=text, logit_scale=scale, device=dev, moments=data.moments, copy=False)
+    del x_val, y_val
     pre = store.manifest.get("preprocess", {})
     head.backbone = {"model": pre.get("model"), "pretrained": pre.get("pretrained")} if pre.get("model") else None
-    out = Path(out)
     head.save(out)
-    split = "test" if len(data.x["test"]) else "val"
-    metrics = _evaluate(head, data.x[split], data.y[split], split, out, history, _note_for(split))
-    store.close()
-    return head, metrics
+    split = "test" if data.labelled["test"] else "val"
+    extra = {**data.rows_note(), **({"feedback_overrides": data.overridden} if overrides else {})}
+    del data  # the training sample: evaluation reads the store again, block by block
+    scores = score_splits(store, head, (split,), overrides=overrides)[split]
+    return head, _evaluate(head, scores, split, out, history, _note_for(split), extra)
 
 
 def evaluate_head(store_path: str | Path, head_path: str | Path, split: str | None = None,
                   out: str | Path | None = None) -> dict:
     """Evaluates a saved head on a store split (None: test, or val when there is no test split);
-    writes metrics JSON and plots into `out` (or the head)."""
-    store = Store.open(store_path)
-    head = EmotionHead.load(head_path, store.model_id, store.dim)
-    data = labelled_splits(store, head.labels)
-    store.close()
+    writes metrics JSON and plots into `out` (or the head). Reads the store block by block."""
+    if split is not None and split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train, val or test")
+    store = Store.open(store_path, with_index=False)
+    try:
+        head = EmotionHead.load(head_path, store.model_id, store.dim)
+        scores = score_splits(store, head, ("val", "test") if split is None else (split,))
+    finally:
+        store.close()
     note = None
     if split is None:
-        split = "test" if len(data.x["test"]) or not len(data.x["val"]) else "val"
+        split = "test" if len(scores["test"].targets) or not len(scores["val"].targets) else "val"
         note = _note_for(split)
-    if split not in data.x:
-        raise ValueError(f"unknown split {split!r}; choose train, val or test")
-    if len(data.x[split]) == 0:
+    if len(scores[split].targets) == 0:
         raise StoreError(f"store {store_path} has no labelled images in split {split!r}")
-    return _evaluate(head, data.x[split], data.y[split], split, Path(out or head_path), None, note)
+    return _evaluate(head, scores[split], split, Path(out or head_path), None, note)
 
 
 def _note_for(split: str) -> str | None:
@@ -228,16 +224,16 @@ def _note_for(split: str) -> str | None:
             "a test split for an unbiased figure")
 
 
-def _evaluate(head: EmotionHead, x: np.ndarray, y: np.ndarray, split: str, out: Path,
-              history: list[dict] | None, note: str | None = None) -> dict:
+def _evaluate(head: EmotionHead, scores: SplitScores, split: str, out: Path,
+              history: list[dict] | None, note: str | None = None, extra: dict | None = None) -> dict:
     caveat = {"split_note": note} if note else {}  # "note" is taken: the report explains its averages there
-    if len(x) == 0:
+    caveat.update(extra or {})
+    probs, y = scores.probs, scores.targets
+    if len(y) == 0:
         return {"split": split, "count": 0, **caveat}
-    probs = head.predict_proba(x)
     metrics = {"split": split, **caveat, "model_id": head.model_id, "head": head.config.kind,
                "alpha": head.alpha_, "temperature": [round(float(t), 4) for t in head.temperature_],
-               **report(probs, y, head.thresholds_, head.labels, head.task_, head.predict_proba(x, calibrated=False),
-                         head.fallback_)}
+               **report(probs, y, head.thresholds_, head.labels, head.task_, scores.uncalibrated, head.fallback_)}
     plots = write_plots(out, head.labels, metrics, probs, y, history)
     metrics["plots"] = [p.name for p in plots]
     if history:

@@ -26,15 +26,17 @@ def train_layers(config: HeadConfig, body: torch.nn.Module, zt: torch.Tensor, tt
     scheduler = _scheduler(config, optimiser, steps_per_epoch)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     history, best, best_state, stale = [], -1.0, None, 0
-    # Shuffle once, then visit the batches in a new order each epoch: batches are views, not copies.
+    # Shuffle once, then visit the batches in a new order each epoch. Each batch gathers its rows
+    # through the shuffled order rather than slicing a shuffled copy: the same batches, without a
+    # second copy of the training vectors (which may be a store's whole training sample).
     order = torch.randperm(len(zt), generator=generator).to(dev)
-    zt, tt = zt[order], tt[order]
     starts = torch.arange(0, len(zt), config.batch_size)
     for epoch in range(1, config.epochs + 1):
         body.train()
         total = 0.0
         for start in starts[torch.randperm(len(starts), generator=generator)].tolist():
-            zb, tb = zt[start:start + config.batch_size], tt[start:start + config.batch_size]
+            rows = order[start:start + config.batch_size]
+            zb, tb = zt[rows], tt[rows]
             with _autocast(dev):
                 logits = body(zb).float()
             loss = loss_fn(logits, tb)

@@ -64,7 +64,13 @@ class HeadConfig:
     warmup_epochs: int = 3  # MLP: linear warm-up before the cosine schedule
     zero_shot_prior: bool = False  # initialise/regularise/blend with CLIP text-prompt embeddings
     prior_l2: float = 1e-3  # linear head: strength of the pull towards the prior when `search` is off
-    seed: int = 0  # makes training reproducible
+    seed: int = 0  # makes training reproducible (and the store sample below)
+    # Training from a store (emoreact.trainset): the most labelled training images the head is fitted
+    # on. Past it, each label keeps at most as many images as keeps the total under the cap (seeded
+    # sample by image id); None keeps them all. 500k x 512 float32 is 1 GiB: the cap is what bounds
+    # the memory of `train` on a store of any size (README "Training on a large store").
+    max_train_rows: int | None = 500_000
+    max_val_rows: int | None = 100_000  # the most validation images, sampled uniformly; None keeps all
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -78,6 +84,10 @@ class HeadConfig:
         # JSON gives lists back; tuples keep the config hashable and comparable after a round trip.
         object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
         object.__setattr__(self, "mlp_grid", tuple((int(h), float(d)) for h, d in self.mlp_grid))
+        for name in ("max_train_rows", "max_val_rows"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a whole number of images >= 1, or None for no cap")
         if not self.l2_grid or min(self.l2_grid) < 0 or not self.mlp_grid:
             raise ValueError("l2_grid needs at least one strength >= 0 and mlp_grid at least one (hidden, dropout)")
 

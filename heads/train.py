@@ -50,13 +50,18 @@ def zero_shot_head(labels: LabelConfig, model_id: str, text: np.ndarray, logit_s
 def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
              x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
              text: np.ndarray | None = None, logit_scale: float = 100.0,
-             device: str = "cpu") -> tuple[EmotionHead, list[dict]]:
+             device: str = "cpu", *, moments: tuple[np.ndarray, np.ndarray] | None = None,
+             copy: bool = True) -> tuple[EmotionHead, list[dict]]:
     """Gives a trained head and its history (MLP: per epoch of the chosen width/dropout; linear:
     per L2 strength of the path).
 
     x_*: (N, D) float32 unit-norm vectors; y_*: (N, L) {0, 1}; text: (L, D) prompt embeddings,
     needed when `config.zero_shot_prior` is set. Validation data chooses the regularisation, the
     blend weight, the calibration and the thresholds.
+
+    moments: ((D,), (D,)) mean and std to standardise with (streamed over a whole store), instead
+    of those of x_train. copy=False lets a float32 x_train be standardised in place (it is
+    overwritten), which saves a second copy of the training vectors (scikit-learn's `copy_X`).
     """
     if config.zero_shot_prior and text is None:
         raise ValueError("zero_shot_prior needs the label text embeddings (text=...)")
@@ -73,7 +78,15 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
     standardize = head.net_[0].to(dev)
     with torch.no_grad():
         # Layer 0 is a fixed standardisation: apply it once, then train the layers after it.
-        zt, zv = standardize.fit(xt)(xt), standardize(xv)
+        if moments is not None:
+            standardize.mean.copy_(torch.as_tensor(moments[0], dtype=torch.float32))
+            standardize.std.copy_(torch.as_tensor(moments[1], dtype=torch.float32))
+        else:
+            standardize.fit(xt)
+        zv = standardize(xv)
+        # In place only when x_val is not the same memory: validation is tuned on raw vectors later.
+        in_place = not copy and not np.may_share_memory(x_train, x_val)
+        zt = xt.sub_(standardize.mean).div_(standardize.std) if in_place else standardize(xt)
     start = time.perf_counter()
     if config.kind == "linear":
         history = _fit_linear(head, zt, tt, zv, y_val, make_loss_grad(task, config.loss, y_train, config.focal_gamma, dev), dev)
@@ -170,7 +183,7 @@ def calibrate_prior(text: np.ndarray, x: np.ndarray, y: np.ndarray, logit_scale:
     label's scores shifted and scaled on its own (the recalibration DATASETS.md warns about):
     logistic regression per label for a sigmoid head, one softmax regression for a softmax head.
     """
-    cos = torch.from_numpy(x.astype(np.float32)) @ torch.from_numpy(text.astype(np.float32)).T
+    cos = torch.from_numpy(np.asarray(x, np.float32)) @ torch.from_numpy(text.astype(np.float32)).T
     target = torch.from_numpy(soft_targets(y) if task == "single" else y.astype(np.float32))
     scale = torch.full((text.shape[0],), float(logit_scale), requires_grad=True)
     bias = (-cos.mean(0) * logit_scale).detach().requires_grad_(True)
