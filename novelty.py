@@ -31,12 +31,21 @@ class NoveltyCalibration:
     def from_store(cls, store, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> "NoveltyCalibration | None":
         """Gives the calibration of a store (None when it holds fewer than two images): each sampled
         image's nearest OTHER indexed image, from a k=2 search skipping the image itself."""
-        size = len(store)
-        if size < 2:
+        if len(store) < 2:
             return None
-        ids = np.sort(np.random.default_rng(seed).choice(size, min(sample, size), replace=False))
-        vectors = np.stack([store.vector(int(i)) for i in ids]).astype(np.float32)
-        scores, found = store.search(vectors, 2)
+        rows = int(getattr(store, "rows", len(store)))  # ids run to `rows`; removed images leave gaps
+        drawn = np.sort(np.random.default_rng(seed).choice(rows, min(sample, rows), replace=False))
+        ids, vectors = [], []
+        for i in drawn.tolist():
+            try:
+                vectors.append(store.vector(i))
+            except KeyError:  # removed from the store
+                continue
+            ids.append(i)
+        if not ids:
+            return None
+        ids = np.asarray(ids)
+        scores, found = store.search(np.stack(vectors).astype(np.float32), 2)
         # The image itself is usually first; an exact duplicate may come first instead, which is also
         # the right answer (its nearest other image is at similarity 1).
         other = np.where(found[:, 0] == ids, scores[:, 1], scores[:, 0])

@@ -379,3 +379,101 @@ def test_feedback_log_is_a_separate_file_and_survives_a_busy_store(served, tmp_p
         lock.release()
     assert (tmp_path / "store" / "feedback.sqlite").exists()
 
+
+
+# ---- ranked reactions ---------------------------------------------------------------------
+
+def with_weights(text: str, lines: str) -> str:
+    """Gives label config TOML with `lines` in its [reaction_weights] table (the default has an empty one)."""
+    assert "[reaction_weights]\n" in text
+    return text.replace("[reaction_weights]\n", f"[reaction_weights]\n{lines}\n", 1)
+
+def test_reactions_are_ranked_by_weight_times_the_best_allowing_label(label_config):
+    from emoreact.heads import emoji_policy, parse_label_config, rank_reactions
+
+    predicted, scores = ["happy", "surprise"], {"happy": 0.9, "surprise": 0.6}
+    allowed, _ = emoji_policy(predicted, label_config)
+    fit = rank_reactions(allowed, predicted, scores, label_config)
+    assert list(fit)[:2] == ["😀", "😄"] and fit["😀"] == 0.9 and fit["😮"] == 0.6
+    assert fit["👀"] == 0.6  # only surprise (0.6) of the two allows it
+    assert list(fit.values()) == sorted(fit.values(), reverse=True)
+    # A weight lifts or sinks an emoji; unlisted emojis weigh 1.
+    weighted = parse_label_config(with_weights(label_config.text, '"😮" = 2.0\n"😀" = 0.5'))
+    fit = rank_reactions(allowed, predicted, scores, weighted)
+    assert list(fit)[0] == "😮" and fit["😮"] == 1.2 and fit["😀"] == 0.45
+    # The sad example keeps its order: one label, equal weights, ties keep the policy's order.
+    sad, _ = emoji_policy(["sad"], label_config)
+    assert list(rank_reactions(sad, ["sad"], {"sad": 0.7}, label_config)) == ["😢", "😐", "💔", "🤍", "🙏"]
+
+
+def test_bad_reaction_weights_name_the_line(label_config):
+    from emoreact.heads import ConfigError, parse_label_config
+
+    for table, message in (('"smile" = 1', "not a single emoji"), ('"😢" = -1', "from 0 to 10")):
+        with pytest.raises(ConfigError, match=message):
+            parse_label_config(with_weights(label_config.text, table), origin="labels.toml")
+
+
+def test_predictions_order_allowed_emojis_by_their_reaction_scores(store_path, trained, backbone):
+    from emoreact.heads import EmotionHead, parse_label_config
+    from emoreact.index import Store
+    from emoreact.predictor import Predictor
+
+    head = EmotionHead.load(trained[0])
+    head.with_policy(parse_label_config(with_weights(head.label_config.text, '"🙏" = 5.0')))
+    store = Store.open(store_path)
+    with Predictor(backbone, store, head, owns_store=True) as predictor:
+        results = predictor.predict([encoded(("sad",), seed=s) for s in range(4)])
+    for result in results:
+        scores = result["reaction_scores"]
+        assert list(scores) == result["allowed_emojis"]  # the same emojis, in the same order
+        assert list(scores.values()) == sorted(scores.values(), reverse=True)
+        if "🙏" in scores:
+            assert result["allowed_emojis"][0] == "🙏"
+    assert any("🙏" in r["reaction_scores"] for r in results)
+
+
+# ---- novelty ------------------------------------------------------------------------------
+
+def test_novelty_is_the_share_of_indexed_images_closer_to_their_neighbour():
+    from emoreact.novelty import NoveltyCalibration
+
+    calibration = NoveltyCalibration([0.99, 0.9, 0.97, 0.95])
+    assert calibration.novelty([1.0, 0.99, 0.96, 0.9, 0.5]).tolist() == [0.0, 0.0, 0.5, 0.75, 1.0]
+    assert calibration.to_json()["sample"] == 4
+
+
+def test_an_image_unlike_the_index_is_flagged_unsure(store_path, trained, backbone):
+    import numpy as np
+
+    from emoreact.heads import EmotionHead
+    from emoreact.index import Store
+    from emoreact.novelty import NoveltyCalibration
+    from emoreact.predictor import Predictor
+
+    store = Store.open(store_path)
+    with Predictor(backbone, store, EmotionHead.load(trained[0]), owns_store=True) as predictor:
+        assert isinstance(predictor.novelty, NoveltyCalibration) and predictor.novelty.to_json()["sample"] == 640
+        indexed = store.vector(7)[None, :]
+        far = -indexed  # as unlike every indexed image as a unit vector can be
+        near_result, far_result = predictor.predict_vectors(np.concatenate([indexed, far]), ["in", "out"], k=0)
+        # Its own vector is its nearest (cosine ~1.0); only exact duplicates elsewhere in the index are closer.
+        assert near_result["novelty"] < 0.01 and near_result["unsure"] is False
+        assert far_result["novelty"] == 1.0 and far_result["unsure"] is True
+        assert "neighbours" in far_result and far_result["neighbours"] == []  # k=0 still measures novelty
+        # In-distribution images: about 1 - unsure_above of them are flagged (here: the sample itself).
+        sample = np.stack([store.vector(i) for i in range(0, 640, 7)])
+        flagged = [r["unsure"] for r in predictor.predict_vectors(sample + 0.0, ["x"] * len(sample), k=1)]
+        assert sum(flagged) == 0  # each is in the index, so its nearest image is itself
+    without_store = Predictor(backbone, None, EmotionHead.load(trained[0]))
+    [result] = without_store.predict_vectors(indexed, ["x"])
+    assert result["novelty"] is None and result["unsure"] is None and "neighbours" not in result
+
+
+def test_predict_answers_with_novelty_and_reaction_scores(served):
+    client = served(unsure_above=0.5).test_client()
+    [result] = client.post("/api/predict", data=upload(("a.png", encoded()))).get_json()["results"]
+    assert 0.0 <= result["novelty"] <= 1.0 and result["unsure"] == (result["novelty"] >= 0.5)
+    assert list(result["reaction_scores"]) == result["allowed_emojis"]
+    health = client.get("/healthz").get_json()
+    assert health["unsure_above"] == 0.5 and health["novelty_calibration"]["sample"] == 640

@@ -18,7 +18,8 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 OPERATIONS = ["POST /api/predict", "GET /api/neighbours", "POST /api/neighbours",
               "GET /api/images/{image_id}/thumbnail", "GET /api/labels", "GET /api/openapi.json", "GET /healthz",
-              "GET /", "GET /docs"]
+              "GET /", "GET /docs", "POST /api/feedback", "GET /api/feedback", "POST /api/admin/retrain",
+              "GET /api/admin/retrain", "GET /metrics"]
 
 
 @pytest.fixture(scope="module")

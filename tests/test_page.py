@@ -40,12 +40,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(store_path, trained, tmp_path_factory):
     """`cli.py serve` in a subprocess on a free port; gives its base URL once /healthz answers."""
+    yield from start_server(store_path, trained[0], tmp_path_factory.mktemp("serve") / "serve.log")
+
+
+def start_server(store, head, log: Path, options: list[str] = ()):
+    """Runs `cli.py serve` on a free port until the generator is closed; yields (base URL, /healthz)."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "cli.py"), "serve", "--store", str(store_path), "--head", str(trained[0]),
-             "--device", "cpu", "--port", str(port), "--threads", "4", "--k", "6"],
+            [sys.executable, str(ROOT / "cli.py"), "serve", "--store", str(store), "--head", str(head),
+             "--device", "cpu", "--port", str(port), "--threads", "4", "--k", "6", *options],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -84,10 +83,10 @@ class Retrainer:
         overrides = label_overrides(store_root)
         out = _new_folder(served_head)
         labels = head.label_config
-        # The served head's own config; a searched MLP keeps its chosen width and dropout as defaults.
-        trained, metrics = train_from_store(store_root, out, replace(head.config), labels, config.device,
-                                            config.pretrained, overrides or None)
-        served_scores, new_scores = _scores(store_root, [head, trained], overrides)
+        with res.store_lock:  # no feedback upload half-written while the store is read
+            trained, metrics = train_from_store(store_root, out, head.config, labels, config.device,
+                                                config.pretrained, overrides or None)
+            served_scores, new_scores = _scores(store_root, [head, trained], overrides)
         served_scores["head"], new_scores["head"] = str(served_head), str(out)
         common = {"feedback_overrides": int(metrics.get("feedback_overrides", 0)), "served": served_scores,
                   "new": new_scores}

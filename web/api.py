@@ -32,6 +32,8 @@ def predict(form: s.ImageForm, query: s.KQuery):
     config = resources().config
     if len(form.image) > config.max_files:
         abort(413, f"{len(form.image)} files in one request; send at most {config.max_files} at a time")
+    if form.k is not None and query.k is not None:
+        _k(query.k, minimum=0)  # the form's k wins, but a query k out of range is still an error
     k = _k(form.k if form.k is not None else query.k, minimum=0)
     files = [(_filename(f, i), f.read()) for i, f in enumerate(form.image)]
     results = [_with_status(r) for r in predictor().predict_files(files, k)]

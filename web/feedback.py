@@ -23,7 +23,7 @@ from .resources import predictor, resources
 log = logging.getLogger(__name__)
 
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}
-_writing = threading.Lock()  # one upload at a time goes through the store's writer in this process
+_STORE_WAIT_S = 10  # an upload waits this long for another upload or a retrain before answering 409
 _opening = threading.Lock()
 
 
@@ -106,15 +106,23 @@ def _store_upload(data: bytes, sha256: str, vector, labels: list[str]) -> int:
     root = predictor().store.root
     with Image.open(io.BytesIO(data)) as opened:  # the header only: the size as stored in the file
         size, suffix = opened.size, _SUFFIX.get(opened.format or "", ".img")
-    with _writing:
-        try:
-            image_id = add_upload(root, data, sha256, vector, size, labels, suffix)
-        except StoreError as exc:
-            response = jsonify(error=f"the image could not be added to the store: {exc}")
-            response.status_code, response.headers["Retry-After"] = 409, "60"
-            abort(response)
+    if not res.store_lock.acquire(timeout=_STORE_WAIT_S):
+        _busy("a retrain is reading the store; correct the image again once it has finished "
+              "(GET /api/admin/retrain)")
+    try:
+        image_id = add_upload(root, data, sha256, vector, size, labels, suffix)
         res.refresh_store()  # new requests see the image (neighbours, thumbnail)
+    except StoreError as exc:
+        _busy(f"the image could not be added to the store: {exc}")
+    finally:
+        res.store_lock.release()
     return image_id
+
+
+def _busy(message: str) -> None:
+    response = jsonify(error=message)
+    response.status_code, response.headers["Retry-After"] = 409, "60"
+    abort(response)
 
 
 def _log() -> FeedbackLog:

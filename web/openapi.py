@@ -20,8 +20,8 @@ _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBod
 _REFUSALS = {401: "No API key, or one the server does not know", 403: "The key lacks the right (admin)"}
 
 
-def finish_document(app: OpenAPI, config: WebConfig) -> None:
-    """Completes the app's (cached) OpenAPI document in place."""
+def finish_document(app: OpenAPI, config: WebConfig, labels: list[str]) -> None:
+    """Completes the app's (cached) OpenAPI document in place; `labels` are the served head's."""
     from .app import RIGHTS  # the one table of rights, beside the check that uses it
 
     doc = app.api_doc
@@ -42,6 +42,7 @@ def finish_document(app: OpenAPI, config: WebConfig) -> None:
             if form is not None:
                 _declare_image_part(form)
     doc["paths"]["/api/feedback"]["post"]["requestBody"] = _feedback_body(schemas)
+    _tighten(doc, config, labels)
 
 
 def _openapi_path(rule: str) -> str:
@@ -61,7 +62,50 @@ def _feedback_body(schemas: dict) -> dict:
         schemas[model.__name__] = schema
     form = {"schema": {"$ref": "#/components/schemas/FeedbackForm"}}
     _declare_image_part(form)
+    form["encoding"]["labels"] = {"contentType": "text/plain"}
     bodies["application/json"] = {"schema": {"$ref": "#/components/schemas/FeedbackJson"}}
     bodies["multipart/form-data"] = form
     return {"required": True, "description": "JSON for an indexed image, or multipart with the image itself",
             "content": bodies}
+
+
+def _tighten(doc: dict, config: WebConfig, labels: list[str]) -> None:
+    """Says in the document what the server checks: k's range, no null where a form or query cannot send
+    one (a text field "null" is not a number), and the label names a correction may use."""
+    schemas = doc["components"]["schemas"]
+    for name in ("ImageForm", "OneImageForm", "FeedbackForm"):
+        for prop in schemas[name]["properties"].values():
+            _drop_null(prop)
+    schemas["ImageForm"]["properties"]["k"].update(minimum=0, maximum=config.k_max)
+    # Several images are several parts of the same name. Declared as an array of files, a generated
+    # client (schemathesis among them) sends one part without a filename, which no multipart parser
+    # reads as a file, and counts a lone file part as a schema violation though it is what an array of
+    # one is on the wire; as one file part whose description says to repeat it, both go right.
+    schemas["ImageForm"]["properties"]["image"] = {
+        "type": "string", "format": "binary",
+        "description": f"an image file (JPEG, PNG, WebP or GIF); repeat the part, each named 'image', to send up "
+                       f"to {config.max_files} images"}
+    schemas["OneImageForm"]["properties"]["k"].update(minimum=1, maximum=config.k_max)
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            for parameter in operation.get("parameters", []):
+                _drop_null(parameter["schema"])
+                if parameter["name"] == "k":
+                    low = 0 if path == "/api/predict" else 1
+                    parameter["schema"].update(type="integer", minimum=low, maximum=config.k_max)
+    schemas["FeedbackJson"]["properties"]["labels"]["items"] = {"type": "string", "enum": list(labels)}
+    names = "|".join(re.escape(n) for n in labels)
+    schemas["FeedbackForm"]["properties"]["labels"]["pattern"] = rf"^ *({names}) *(, *({names}) *)*$"
+
+
+def _drop_null(schema: dict) -> None:
+    options = schema.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        kept = [o for o in options if o != {"type": "null"}]
+        del schema["anyOf"]
+        if len(kept) == 1:
+            schema.update(kept[0])
+        else:
+            schema["anyOf"] = kept
+        if schema.get("default", 0) is None:
+            del schema["default"]

@@ -56,6 +56,9 @@ class Resources:
         self._leases_lock = threading.Lock()  # guards the swap and the lease counts together
         self._leases: Counter = Counter()  # predictor -> requests running on it
         self.last_reload: Reload | None = None
+        # Held while this process writes the store (a feedback upload) or reads it whole (a retrain): a
+        # reader opening the store between a writer's add and finish would find it unfinished.
+        self.store_lock = threading.Lock()
         self.feedback = None  # the FeedbackLog, opened by the app when the served store has a folder
         self.retrainer = None  # set by the app (web/admin.py)
 

@@ -173,7 +173,7 @@ class FeedbackJson(BaseModel):
     """JSON {"id": N, "labels": ["sad"], "note": "..."} for an indexed image."""
 
     model_config = {"extra": "forbid"}
-    id: int = Field(ge=0, le=SQLITE_MAX_ID, description="id of an indexed image")
+    id: int = Field(ge=0, le=SQLITE_MAX_ID, strict=True, description="id of an indexed image")  # not true/1.0
     labels: Labels = Field(description="the right labels, from /api/labels")
     note: Note = None
 
@@ -186,9 +186,22 @@ class FeedbackForm(BaseModel):
     note: Note = None
 
 
+def _iso_time(value):
+    # pydantic would also take a number as seconds since 1970; the document promises an ISO 8601 time.
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    raise PydanticCustomError("iso_time", "Input should be an ISO 8601 time, like 2026-01-31T12:00:00Z")
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_time)]
+
+
 class FeedbackQuery(BaseModel):
-    since: datetime | None = Field(None, description="ISO 8601 time; only corrections recorded after it "
-                                                     "(no zone: UTC)")
+    since: IsoTime | None = Field(None, description="ISO 8601 time; only corrections recorded after it "
+                                                    "(no zone: UTC)")
     limit: Whole = Field(100, ge=1, le=1000, description="most corrections to return, oldest first")
 
 

@@ -1,4 +1,5 @@
-// EmoReact upload page: one request per image to /api/predict, two at a time, results as they come.
+// EmoReact upload page: one request per image to /api/predict, two at a time, results as they come;
+// a moderator corrects a result with POST /api/feedback, using a key kept for this browser tab only.
 "use strict";
 
 const TONES = {
@@ -7,6 +8,7 @@ const TONES = {
 };
 const SPARE_TONES = ["#d9468f", "#2b8cbe", "#a6761d", "#66a61e", "#e7298a", "#1b9e77"];
 const PARALLEL = 2;
+const KEY_SLOT = "emoreact-api-key";  // sessionStorage: gone when the tab closes
 
 const page = {
   limits: {
@@ -14,6 +16,7 @@ const page = {
     kMax: Number(document.body.dataset.kMax),
   },
   thresholds: {},  // label -> decision threshold, from /api/labels
+  labels: [],  // label names in output order, from /api/labels
   queue: [],
   running: 0,
 };
@@ -44,8 +47,21 @@ function showNotice(message) {
   notice.hidden = !message;
 }
 
+function apiKey() {
+  try {
+    return sessionStorage.getItem(KEY_SLOT) || "";
+  } catch (error) {
+    return "";
+  }
+}
+
+function authHeaders(extra) {
+  const key = apiKey();
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : { ...extra };
+}
+
 async function getJSON(url) {
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  const response = await fetch(url, { headers: authHeaders({ Accept: "application/json" }) });
   const body = await response.json();
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
   return body;
@@ -78,6 +94,7 @@ async function loadPolicy() {
     document.getElementById("policy-rule").textContent = `Rule: ${policy.rule}.`;
     const rows = document.getElementById("policy-rows");
     rows.replaceChildren();
+    page.labels = policy.labels.map((label) => label.name);
     for (const label of policy.labels) {
       page.thresholds[label.name] = label.threshold;
       const row = el("tr");
@@ -154,7 +171,7 @@ async function predict(file, card) {
   if (Number.isInteger(k) && k >= 0) form.append("k", String(Math.min(k, page.limits.kMax)));
   let response;
   try {
-    response = await fetch("/api/predict", { method: "POST", body: form });
+    response = await fetch("/api/predict", { method: "POST", body: form, headers: authHeaders({}) });
   } catch (error) {
     showError(card, "Could not reach the server",
       "The upload did not get through. Check that the EmoReact server is running, then try again.");
@@ -169,6 +186,7 @@ async function predict(file, card) {
   const result = body && body.results && body.results[0];
   if (response.ok && result && !result.error) {
     showResult(card, result);
+    offerCorrection(card, file, result);
   } else if (result && result.error) {
     showError(card, titleFor(response.status), sentence(result.error));
   } else if (body && body.error) {
@@ -182,7 +200,8 @@ async function predict(file, card) {
 
 function titleFor(status) {
   return {
-    400: "Not a usable image", 413: "Too large", 415: "Format not supported",
+    400: "Not a usable image", 401: "A key is needed", 403: "This key may not do that", 413: "Too large",
+    415: "Format not supported", 429: "Too many requests",
     500: "The server failed on this image",
   }[status] || "Could not analyse this image";
 }
@@ -202,15 +221,21 @@ function showError(card, title, message) {
 
 function showResult(card, result) {
   const verdict = card.querySelector(".verdict");
-  verdict.replaceChildren(
-    section("Detected emotions", emotionChips(result.predicted_emotions), "detected"),
+  const unsure = result.unsure === true;
+  const parts = [];
+  if (unsure) parts.push(unsureBox(result));
+  parts.push(
+    section(unsure ? "Emotions (a guess)" : "Detected emotions", emotionChips(result.predicted_emotions), "detected"),
     section("Emotion scores", scoreBars(result.emotion_scores, result.predicted_emotions), "scores"),
-    section("Suggested reactions", emojiList(result.allowed_emojis, "allowed",
-      "No reaction is safe to suggest."), "allowed-section"),
+    section(unsure ? "Possible reactions (none is certain)" : "Suggested reactions, best first",
+      reactionList(result.allowed_emojis, result.reaction_scores || {}, unsure), "allowed-section"),
     section("Blocked reactions", emojiList(result.blocked_emojis, "blocked", "Nothing is blocked."),
       "blocked-section"),
     section(`Nearest indexed images (${result.neighbours.length})`, neighbourGrid(result.neighbours), "near"),
   );
+  verdict.replaceChildren(...parts);
+  verdict.classList.toggle("unsure", unsure);
+  card.classList.toggle("unsure", unsure);
   card.dataset.predicted = result.predicted_emotions.join(",");
   requestAnimationFrame(() => {
     for (const fill of verdict.querySelectorAll(".bar-fill")) fill.style.width = fill.dataset.width;
@@ -265,6 +290,117 @@ function scoreBars(scores, predicted) {
     wrap.append(el("p", "legend muted", "The thin mark on each bar is the label's decision threshold."));
   }
   return wrap;
+}
+
+function unsureBox(result) {
+  const box = el("div", "unsure-box");
+  const nearest = result.neighbours.length ? result.neighbours[0].similarity : null;
+  const detail = nearest === null ? "" :
+    ` Its nearest indexed image has similarity ${nearest.toFixed(2)}.`;
+  box.append(el("strong", "", "This image is unlike anything in the index."),
+    el("span", "", `It is farther from the indexed images than ${Math.round(result.novelty * 100)}% of them are ` +
+      `from each other.${detail} The emotions and reactions below are guesses: check them before using any.`));
+  return box;
+}
+
+function reactionList(emojis, scores, unsure) {
+  const list = el("div", unsure ? "emojis allowed tentative" : "emojis allowed");
+  if (!emojis.length) list.append(el("span", "empty", "No reaction is safe to suggest."));
+  emojis.forEach((emoji, rank) => {
+    const item = el("span", rank < 3 && !unsure ? "emoji top" : "emoji");
+    item.append(el("span", "glyph", emoji));
+    const score = scores[emoji];
+    if (score !== undefined) item.append(el("span", "fit", score.toFixed(2)));
+    item.dataset.score = score === undefined ? "" : String(score);
+    item.title = unsure ? `${emoji}: a guess, the image is unlike the indexed ones`
+      : `${emoji} fits this image (fit score ${score === undefined ? "?" : score.toFixed(2)})`;
+    list.append(item);
+  });
+  return list;
+}
+
+// ---- corrections ---------------------------------------------------------------------------
+
+function offerCorrection(card, file, result) {
+  const form = card.querySelector(".correction");
+  if (!form || !page.labels.length) return;
+  const boxes = form.querySelector(".label-boxes");
+  boxes.replaceChildren();
+  for (const label of page.labels) {
+    const wrap = el("label");
+    const box = el("input");
+    box.type = "checkbox";
+    box.value = label;
+    box.name = "label";
+    box.checked = result.predicted_emotions.includes(label);
+    wrap.append(box, document.createTextNode(label));
+    boxes.append(wrap);
+  }
+  form.hidden = false;
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendCorrection(form, file);
+  });
+}
+
+async function sendCorrection(form, file) {
+  const state = form.querySelector(".correction-state");
+  const chosen = [...form.querySelectorAll("input[name=label]:checked")].map((box) => box.value);
+  state.className = "correction-state";
+  if (!chosen.length) {
+    state.classList.add("bad");
+    state.textContent = "Tick at least one emotion (neutral or other if none fits).";
+    return;
+  }
+  if (!apiKey()) {
+    state.classList.add("bad");
+    state.textContent = "Enter your moderator key above first; it is kept for this tab only.";
+    document.getElementById("key-input").focus();
+    return;
+  }
+  const body = new FormData();
+  body.append("image", file, file.name);
+  body.append("labels", chosen.join(","));
+  const note = form.querySelector(".note").value.trim();
+  if (note) body.append("note", note);
+  const button = form.querySelector("button");
+  button.disabled = true;
+  state.textContent = "Sending…";
+  try {
+    const response = await fetch("/api/feedback", { method: "POST", body, headers: authHeaders({}) });
+    const answer = await response.json().catch(() => ({}));
+    if (response.status === 201) {
+      state.classList.add("ok");
+      state.textContent = `Saved as correction #${answer.id}: ${answer.labels.join(", ")} ` +
+        `(image ${answer.image_id} in the index).`;
+      form.dataset.feedbackId = String(answer.id);
+      form.dataset.imageId = String(answer.image_id);
+    } else {
+      if (response.status === 401) forgetKey();
+      state.classList.add("bad");
+      state.textContent = `${titleFor(response.status)}: ${sentence(answer.error || `HTTP ${response.status}`)}`;
+    }
+  } catch (error) {
+    state.classList.add("bad");
+    state.textContent = "The correction did not reach the server; try again.";
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function showKeyState() {
+  const has = Boolean(apiKey());
+  document.getElementById("key-form").classList.toggle("has-key", has);
+  document.getElementById("key-state").textContent = has ? "Key set for this tab."
+    : "Corrections need an API key. It is kept in this browser tab only.";
+  document.getElementById("key-forget").hidden = !has;
+}
+
+function forgetKey() {
+  try {
+    sessionStorage.removeItem(KEY_SLOT);
+  } catch (error) { /* storage off: nothing kept */ }
+  showKeyState();
 }
 
 function emojiList(emojis, kind, emptyText) {
@@ -340,6 +476,20 @@ function wire() {
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
   document.getElementById("clear").addEventListener("click", clearResults);
+  document.getElementById("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = document.getElementById("key-input");
+    if (!input.value.trim()) return;
+    try {
+      sessionStorage.setItem(KEY_SLOT, input.value.trim());
+    } catch (error) {
+      showNotice("This browser keeps no session storage here; the key cannot be kept.");
+    }
+    input.value = "";
+    showKeyState();
+  });
+  document.getElementById("key-forget").addEventListener("click", forgetKey);
+  showKeyState();
 }
 
 wire();
