@@ -11,6 +11,8 @@ The public Python API is what this module lists in `__all__`; nothing else is pr
     emoreact.embed_source("photos/", store="runs/p", model="ViT-B-32", pretrained="laion2b_s34b_b79k")
     emoreact.train(store="runs/p", out="runs/p-head", head="linear")
     emoreact.evaluate(store="runs/p", head="runs/p-head", split="test")
+    emoreact.score(store="runs/p", head="runs/p-head", out="preds.parquet")  # every stored image, no re-embedding
+    emoreact.relabel(store="runs/p", manifest="fixes.csv")   # labels by path or sha256, no re-embedding
 
 The names load lazily, so `import emoreact` stays fast and does not import torch.
 """
@@ -27,6 +29,8 @@ _PUBLIC = {
     "embed_source": "emoreact.pipeline",
     "train": "emoreact.pipeline",
     "evaluate": "emoreact.pipeline",
+    "score": "emoreact.scoring",
+    "relabel": "emoreact.pipeline",
     "Predictor": "emoreact.predictor",
     "EmbedConfig": "emoreact.embed",
     "EmbedReport": "emoreact.embed",
@@ -49,7 +53,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from .heads import HeadConfig, HeadError
     from .index import StoreError
     from .labels import ConfigError, LabelConfig, load_label_config
-    from .pipeline import embed_source, evaluate, train
+    from .pipeline import embed_source, evaluate, relabel, train
+    from .scoring import score
     from .predictor import Predictor, load
 
 

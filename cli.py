@@ -138,12 +138,15 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
+@click.option("--max-train-rows", default=500_000, show_default=True, type=click.IntRange(0),
+              help="Most labelled training images the head is fitted on; past it each label keeps a seeded "
+                   "sample (the store is read in blocks, so memory is bounded by this). 0 keeps them all.")
 @click.option("--no-feedback", is_flag=True, help="Ignore the moderators' corrections (STORE/feedback.sqlite); "
                                                    "by default each corrected image trains with its corrected labels.")
 @_labels_option
 @_friendly
 def train(store_path, out, kind, task, loss, no_search, zero_shot_prior, epochs, patience, lr, schedule, seed, device,
-          pretrained, no_feedback, labels_path) -> None:
+          pretrained, max_train_rows, no_feedback, labels_path) -> None:
     """Train an emotion head on a store; writes weights, thresholds, metrics JSON and plots to OUT."""
     from emoreact.index.feedback import label_overrides
 
@@ -151,7 +154,7 @@ def train(store_path, out, kind, task, loss, no_search, zero_shot_prior, epochs,
     metrics = emoreact.train(store_path, out, kind, labels=labels_path, device=device, pretrained=pretrained,
                              task=task, loss=loss, search=not no_search, zero_shot_prior=zero_shot_prior,
                              epochs=epochs, patience=patience, lr=lr, schedule=schedule, seed=seed,
-                             overrides=overrides or None)
+                             max_train_rows=max_train_rows or None, overrides=overrides or None)
     click.echo(json.dumps({**_summary(metrics, out), "feedback_overrides": metrics.get("feedback_overrides", 0)}))
 
 
@@ -196,23 +199,71 @@ def evaluate(store_path, head_path, split, out) -> None:
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--head", "head_path", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--k", default=5, show_default=True, type=click.IntRange(0, 100), help="Neighbours per image.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the results to this .jsonl or .parquet file, batch by batch, and print a summary.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1),
+              help="Images read, decoded and embedded at a time.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar (shown with --out).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
 @_labels_option
 @_friendly
-def predict(images, store_path, head_path, k, device, pretrained, labels_path) -> None:
-    """Predict emotions and emoji reactions; one JSON object per image per line."""
+def predict(images, store_path, head_path, k, out, batch_size, no_progress, device, pretrained, labels_path) -> None:
+    """Predict emotions and emoji reactions for IMAGES: files, folders or CSV/JSONL manifests (every image they
+    list). One JSON object per image per line, or a file with --out; exits 1 if an image could not be read."""
+    from emoreact.outputs import output_format
+    from emoreact.scoring import image_paths, predict_to_file
+
+    if out is not None:
+        output_format(out)  # a wrong suffix fails before the model loads
     predictor = emoreact.load(store_path, head_path, device=device, labels=labels_path, pretrained=pretrained)
-    failed = False
-    for result in predictor.predict_many(images, k=k):
-        failed |= "error" in result
-        click.echo(json.dumps(result, ensure_ascii=False))
+    with predictor:
+        paths = image_paths(images, predictor.head.label_config)
+        if out is not None:
+            summary = predict_to_file(predictor, paths, out, batch_size=batch_size, k=k, progress=not no_progress)
+            click.echo(json.dumps(summary))
+            failed = summary["errors"] > 0
+        else:
+            failed = False
+            for result in predictor.predict_many(paths, batch_size=batch_size, k=k):
+                failed |= "error" in result
+                click.echo(json.dumps(result, ensure_ascii=False))
     if failed:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--head", "head_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Result file: .parquet or .jsonl.")
+@click.option("--split", default=None, type=click.Choice(["train", "val", "test"]), help="Default: every image.")
+@click.option("--batch-rows", default=65_536, show_default=True, type=click.IntRange(1),
+              help="Stored vectors read and scored at a time (one Parquet row group each).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_labels_option
+@_friendly
+def score(store_path, head_path, out, split, batch_rows, no_progress, labels_path) -> None:
+    """Score every stored image with a head, from its stored vector (nothing is re-embedded): per image its id,
+    path, split, calibrated scores, predicted emotions, allowed (best first) and blocked emojis. Prints a summary."""
+    summary = emoreact.score(store_path, head_path, out, split, labels=labels_path, batch_rows=batch_rows,
+                             progress=not no_progress)
+    click.echo(json.dumps(summary))
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--wait", is_flag=True, help="If another job is writing the store, wait for it instead of failing.")
+@_friendly
+def label(manifest, store_path, wait) -> None:
+    """Set stored images' labels (and splits) from MANIFEST without re-embedding. MANIFEST is CSV (header) or
+    JSONL naming each image by path or sha256, with labels (a|b; empty: unlabelled) and optionally split.
+    Prints the counts of changed, unchanged and unknown rows."""
+    click.echo(json.dumps(emoreact.relabel(store_path, manifest, wait=wait)))
 
 
 @main.command()

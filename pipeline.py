@@ -17,7 +17,7 @@ from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, M
                             same_model, source_root)
 from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embeddings, report, write_plots,
                             zero_shot_head)
-from emoreact.index import Store, StoreError, atomic_write_text
+from emoreact.index import Store, StoreError, atomic_write_text, read_relabel_manifest
 from emoreact.labels import LabelConfig, load_label_config
 from emoreact.trainset import SplitScores, read_training_data, score_splits
 
@@ -72,6 +72,22 @@ def evaluate(store: str | Path, head: str | Path, split: str | None = None, out:
     """Evaluates a saved head on a store split (default: test, or val with a note when the store has no
     test images); gives the metrics and writes them (JSON, plots) to `out` (default: the head's folder)."""
     return evaluate_head(store, head, split, out)
+
+
+def relabel(store: str | Path, manifest: str | Path, *, wait: bool = False) -> dict:
+    """Sets stored images' labels (and splits, where given) from a manifest, nothing re-embedded; gives
+    {"changed", "unchanged", "unknown"} counts of its rows.
+
+    The manifest is CSV or JSONL naming each image by `path` or `sha256`, with `labels` and an optional
+    `split` (see `emoreact.index.read_relabel_manifest`). It runs as one transaction under the store's
+    write lock (`wait`: wait for another writer instead of failing); a bad label changes nothing.
+    """
+    entries = read_relabel_manifest(manifest)
+    writable = Store.open_for_writing(store, wait)
+    try:
+        return writable.relabel(entries)
+    finally:
+        writable.close()
 
 
 def _with_options(config, options: dict):

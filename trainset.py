@@ -10,7 +10,8 @@ the rows, in id order, that an in-memory read would.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ def read_training_data(store: Store, label_names: list[str], *, max_train_rows: 
     moments = Moments(dim)
     labelled, multi, overridden = dict.fromkeys(SPLITS, 0), False, 0
     override_ids = np.fromiter(overrides, np.int64, len(overrides)) if overrides else None
-    for block in store.blocks(block_rows):
+    for block in batches(store, block_rows):
         labels = row_labels(block, overrides)
         y, has_labels = targets(labels)
         if override_ids is not None:
@@ -109,7 +110,7 @@ def score_splits(store: Store, head: EmotionHead, splits: tuple[str, ...], *,
         raise ValueError(f"unknown split {unknown[0]!r}; choose train, val or test")
     targets = _Targets(head.labels)
     parts: dict[str, list] = {s: [] for s in splits}
-    for block in store.blocks(block_rows, split=splits[0] if len(splits) == 1 else None):
+    for block in batches(store, block_rows, splits[0] if len(splits) == 1 else None):
         y, has_labels = targets(row_labels(block, overrides))
         block_splits = np.asarray(block.splits)
         for split in splits:
@@ -121,6 +122,36 @@ def score_splits(store: Store, head: EmotionHead, splits: tuple[str, ...], *,
         empty = np.zeros((0, len(head.labels)), np.float32)
         out[split] = SplitScores(*(np.concatenate([c[k] for c in chunks]) if chunks else empty for k in range(3)))
     return out
+
+
+def batches(store: Store, rows: int = BLOCK_ROWS, split: str | None = None) -> Iterator:
+    """Gives the store's live images (of `split`, or all) in id order as `Store.blocks` does, but `rows` at
+    a time (the last batch may be smaller): blocks never span shards, and a store of small shards would
+    otherwise come in small pieces."""
+    pending, held = [], 0
+    for block in store.blocks(rows, split):
+        pending.append(block)
+        held += len(block.ids)
+        while held >= rows:
+            joined = _join(pending)
+            yield _part(joined, slice(0, rows))
+            rest = _part(joined, slice(rows, None))
+            pending, held = ([rest] if len(rest.ids) else []), len(rest.ids)
+    if held:
+        yield _join(pending)
+
+
+def _join(blocks: list):
+    if len(blocks) == 1:
+        return blocks[0]
+    return replace(blocks[0], ids=np.concatenate([b.ids for b in blocks]),
+                   vectors=np.concatenate([b.vectors for b in blocks]), labels=[x for b in blocks for x in b.labels],
+                   splits=[x for b in blocks for x in b.splits], paths=[x for b in blocks for x in b.paths])
+
+
+def _part(block, rows: slice):
+    return replace(block, ids=block.ids[rows], vectors=block.vectors[rows], labels=block.labels[rows],
+                   splits=block.splits[rows], paths=block.paths[rows])
 
 
 @torch.inference_mode()

@@ -39,6 +39,7 @@ from .atomic import atomic_path, atomic_write_text
 from .dedup import EXACT_UP_TO, near_duplicate_groups, split_moves
 from .faults import fault_point
 from .manifest import read_manifest
+from .relabel import Relabel, apply_relabels
 from .search import build_index, search, to_gpu_if_available
 from .shards import Shard, ShardReader, overwrite_rows
 from .writelock import lock_for_writing
@@ -398,6 +399,13 @@ class Store:
         fault_point("after_remove_commit")
         self._apply_removals()
         return ids
+
+    def relabel(self, entries: list[Relabel]) -> dict:
+        """Sets the labels (and splits, where given) of the images `entries` name by path or SHA-256, in one
+        transaction, nothing re-embedded; gives {"changed", "unchanged", "unknown"} entry counts. Raises
+        ValueError, changing nothing, for a label or split the store does not know (index/relabel.py)."""
+        with self._lock, self._conn:
+            return apply_relabels(self._conn, self.labels, entries)
 
     @property
     def closed(self) -> bool:
