@@ -298,8 +298,9 @@ function unsureBox(result) {
   const detail = nearest === null ? "" :
     ` Its nearest indexed image has similarity ${nearest.toFixed(2)}.`;
   box.append(el("strong", "", "This image is unlike anything in the index."),
-    el("span", "", `It is farther from the indexed images than ${Math.round(result.novelty * 100)}% of them are ` +
-      `from each other.${detail} The emotions and reactions below are guesses: check them before using any.`));
+    el("span", "", `It is farther from its nearest indexed image than ${Math.round(result.novelty * 100)}% of ` +
+      `indexed images are from theirs.${detail} The emotions and reactions below are guesses: check them ` +
+      "before using any."));
   return box;
 }
 
