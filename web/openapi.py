@@ -20,8 +20,9 @@ _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBod
 _REFUSALS = {401: "No API key, or one the server does not know", 403: "The key lacks the right (admin)"}
 
 
-def finish_document(app: OpenAPI, config: WebConfig, labels: list[str]) -> None:
-    """Completes the app's (cached) OpenAPI document in place; `labels` are the served head's."""
+def finish_document(app: OpenAPI, config: WebConfig, labels: list[str] | None) -> None:
+    """Completes the app's (cached) OpenAPI document in place; `labels` are the served head's (None: not
+    known, the document then names no label)."""
     from .app import RIGHTS  # the one table of rights, beside the check that uses it
 
     doc = app.api_doc
@@ -93,6 +94,8 @@ def _tighten(doc: dict, config: WebConfig, labels: list[str]) -> None:
                 if parameter["name"] == "k":
                     low = 0 if path == "/api/predict" else 1
                     parameter["schema"].update(type="integer", minimum=low, maximum=config.k_max)
+    if not labels:
+        return
     schemas["FeedbackJson"]["properties"]["labels"]["items"] = {"type": "string", "enum": list(labels)}
     names = "|".join(re.escape(n) for n in labels)
     schemas["FeedbackForm"]["properties"]["labels"]["pattern"] = rf"^ *({names}) *(, *({names}) *)*$"
