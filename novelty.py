@@ -13,10 +13,20 @@ elsewhere (a temple photo against an index of emoji art: top-1 0.60 where indexe
 """
 from __future__ import annotations
 
+import json
+import logging
+import time
+
 import numpy as np
+
+from emoreact.index import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE = 2_000  # indexed images whose nearest neighbour is looked up at load
 DEFAULT_UNSURE_ABOVE = 0.99
+CACHE_FILE = "novelty.json"  # in the store folder: the calibration, for as long as the store is unchanged
+CACHE_FORMAT, CACHE_VERSION = "emoreact-novelty", 1
 
 
 class NoveltyCalibration:
@@ -30,9 +40,32 @@ class NoveltyCalibration:
     @classmethod
     def from_store(cls, store, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> "NoveltyCalibration | None":
         """Gives the calibration of a store (None when it holds fewer than two images): each sampled
-        image's nearest OTHER indexed image, from a k=2 search skipping the image itself."""
+        image's nearest OTHER indexed image, from a k=2 search skipping the image itself.
+
+        2,000 exact searches over a large flat index take seconds, so the result is kept in
+        STORE/novelty.json and used again while the store's rows and index are the ones it was
+        measured on (where the folder cannot be written, it is measured at each load)."""
         if len(store) < 2:
             return None
+        stamp = {"format": CACHE_FORMAT, "format_version": CACHE_VERSION, "rows": int(getattr(store, "rows", len(store))),
+                 "live": len(store), "index": store.manifest.get("index"), "sample": sample, "seed": seed}
+        cached = _read_cache(store.root / CACHE_FILE, stamp)
+        if cached is not None:
+            return cls(cached)
+        started = time.perf_counter()
+        calibration = cls._measure(store, sample, seed)
+        if calibration is not None:
+            log.info("novelty calibrated on %d indexed images in %.1f s", len(calibration.similarities_),
+                     time.perf_counter() - started)
+            try:
+                atomic_write_text(store.root / CACHE_FILE, json.dumps(
+                    {**stamp, "similarities": [round(float(v), 6) for v in calibration.similarities_]}) + "\n")
+            except OSError as exc:  # a read-only store: measured again at the next load
+                log.info("novelty calibration not cached in %s (%s)", store.root, exc)
+        return calibration
+
+    @classmethod
+    def _measure(cls, store, sample: int, seed: int) -> "NoveltyCalibration | None":
         rows = int(getattr(store, "rows", len(store)))  # ids run to `rows`; removed images leave gaps
         drawn = np.sort(np.random.default_rng(seed).choice(rows, min(sample, rows), replace=False))
         ids, vectors = [], []
@@ -62,3 +95,15 @@ class NoveltyCalibration:
         p1, p50, p99 = np.percentile(self.similarities_, [1, 50, 99])
         return {"sample": int(len(self.similarities_)), "p1": round(float(p1), 4), "median": round(float(p50), 4),
                 "p99": round(float(p99), 4)}
+
+
+def _read_cache(path, stamp: dict) -> list[float] | None:
+    """Gives the cached similarities when the file was measured on this very store state, else None."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or any(data.get(k) != v for k, v in stamp.items()):
+        return None
+    values = data.get("similarities")
+    return values if isinstance(values, list) and values else None

@@ -477,3 +477,35 @@ def test_predict_answers_with_novelty_and_reaction_scores(served):
     assert list(result["reaction_scores"]) == result["allowed_emojis"]
     health = client.get("/healthz").get_json()
     assert health["unsure_above"] == 0.5 and health["novelty_calibration"]["sample"] == 640
+
+
+def test_the_novelty_calibration_is_kept_while_the_store_is_unchanged(tmp_path, store_path, monkeypatch):
+    import json
+
+    from emoreact.index import Store
+    from emoreact.novelty import CACHE_FILE, NoveltyCalibration
+
+    shutil.copytree(store_path, tmp_path / "store", ignore=shutil.ignore_patterns(CACHE_FILE))
+    store = Store.open(tmp_path / "store")
+    measured = NoveltyCalibration.from_store(store)
+    assert json.loads((tmp_path / "store" / CACHE_FILE).read_text())["live"] == 640
+    monkeypatch.setattr(Store, "search", lambda *a, **k: pytest.fail("searched again though the store is unchanged"))
+    again = NoveltyCalibration.from_store(store)
+    assert np_equal(again.similarities_, measured.similarities_)
+    monkeypatch.undo()
+    store.close()
+    cache = json.loads((tmp_path / "store" / CACHE_FILE).read_text())
+    (tmp_path / "store" / CACHE_FILE).write_text(json.dumps({**cache, "rows": 639}))  # as if measured before a change
+    searched = []
+    real = Store.search
+    monkeypatch.setattr(Store, "search", lambda self, q, k: searched.append(len(q)) or real(self, q, k))
+    store = Store.open(tmp_path / "store")
+    NoveltyCalibration.from_store(store)
+    store.close()
+    assert searched == [640]  # measured again
+
+
+def np_equal(a, b) -> bool:
+    import numpy as np
+
+    return bool(np.allclose(a, b, atol=1e-6))
