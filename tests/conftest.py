@@ -74,3 +74,13 @@ def trained(tmp_path_factory, store_path, label_config):
     out = tmp_path_factory.mktemp("head") / "head"
     _, metrics = train_from_store(store_path, out, HeadConfig(kind="mlp"), label_config, "cpu")
     return out, metrics
+
+
+@pytest.fixture(scope="session")
+def linear_head(tmp_path_factory, store_path, label_config) -> Path:
+    """A linear head without search on the session store: the quickest to train, and so to retrain."""
+    from emoreact.pipeline import train_from_store
+
+    out = tmp_path_factory.mktemp("linear") / "head"
+    train_from_store(store_path, out, HeadConfig(kind="linear", search=False), label_config, "cpu")
+    return out

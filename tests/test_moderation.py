@@ -29,16 +29,6 @@ def keys_file(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def linear_head(tmp_path_factory, store_path, label_config) -> Path:
-    """A linear head without search: the quickest to train, and so to retrain."""
-    from emoreact.pipeline import train_from_store
-
-    out = tmp_path_factory.mktemp("linear") / "head"
-    train_from_store(store_path, out, HeadConfig(kind="linear", search=False), label_config, "cpu")
-    return out
-
-
 @pytest.fixture
 def served(tmp_path, store_path, linear_head, keys_file):
     """Gives a factory of apps serving copies of the session store and the linear head, keyed."""

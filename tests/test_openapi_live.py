@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_moderation import ADMIN_KEY, MODERATOR, linear_head  # noqa: F401 - a fixture
+from test_moderation import ADMIN_KEY, MODERATOR
 from test_page import start_server
 
 pytestmark = pytest.mark.slow

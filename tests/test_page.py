@@ -77,6 +77,11 @@ def start_server(store, head, log: Path, options: list[str] = ()):
 
 @pytest.fixture(scope="module")
 def browser():
+    yield from launch_browser()
+
+
+def launch_browser():
+    """Yields headless Debian Chromium driven by Playwright (skips the test where either is missing)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
     executable = _chromium()
     with sync_api.sync_playwright() as playwright:

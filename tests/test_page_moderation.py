@@ -16,9 +16,14 @@ from PIL import Image
 from emoreact.heads import HeadConfig
 from synthetic import draw
 from test_moderation import ADMIN_KEY, MODERATOR, shuffled_train_labels
-from test_page import ARTIFACTS, browser, start_server  # noqa: F401 - browser is a fixture
+from test_page import ARTIFACTS, launch_browser, start_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from launch_browser()
 
 
 @pytest.fixture(scope="module")
