@@ -49,10 +49,10 @@ def score(store: str | Path, head: str | Path, out: str | Path, split: str | Non
         if labels is not None:
             trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
         schema = _schema(trained.labels) if fmt == "parquet" else None
-        with ResultWriter(out, schema) as writer, tqdm(total=len(opened) if split is None else None, unit="img",
+        with ResultWriter(out, schema, _STRING_LEAVES) as writer, tqdm(total=len(opened) if split is None else None, unit="img",
                                                        desc="score", disable=not progress) as bar:
             for block in batches(opened, batch_rows, split):
-                probs = trained.predict_proba(block.vectors)
+                probs = trained.predict_proba(block.vectors, overwrite_x=True)  # the block is ours: no copies
                 answer = reactions(probs, trained.decide(probs), trained.label_config)
                 if fmt == "parquet":
                     writer.write_table(_table(block, probs, answer, trained.labels, schema))
@@ -65,6 +65,11 @@ def score(store: str | Path, head: str | Path, out: str | Path, split: str | Non
     log.info("scored %d images in %.1f s into %s", writer.rows, seconds, out)
     return {"rows": writer.rows, "out": str(out), "format": fmt, "seconds": round(seconds, 2),
             "rows_per_s": round(writer.rows / seconds, 1) if seconds > 0 else None}
+
+
+# The Parquet leaves that repeat a few strings (dictionary-encoded); the scores are written plain.
+_STRING_LEAVES = ["split", "predicted_emotions.list.element", "allowed_emojis.list.element",
+                  "blocked_emojis.list.element", "reaction_scores.key_value.key"]
 
 
 def _schema(labels: list[str]):

@@ -173,15 +173,25 @@ class EmotionHead:
         return self.task_
 
     @torch.inference_mode()
-    def predict_proba(self, x: np.ndarray, calibrated: bool = True) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, calibrated: bool = True, *, overwrite_x: bool = False) -> np.ndarray:
         """Gives (N, L) float32 scores in [0, 1] for (N, D) unit-norm vectors (rows sum to 1 for a
-        softmax head); `calibrated=False` skips the temperature (for before/after reports)."""
+        softmax head); `calibrated=False` skips the temperature (for before/after reports).
+
+        overwrite_x=True lets a writable float32 `x` be standardised in place (its values are lost):
+        the same scores without two (N, D) temporaries, for batch scoring of stored vectors."""
         if not self.fitted_:
             raise HeadError("this head is not trained; call fit_head(...) or load a saved head first")
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise HeadError(f"expected vectors of shape (N, {self.dim}), got {x.shape}")
-        logits = self.logits(torch.from_numpy(x))
+        tensor = torch.from_numpy(x)
+        raw_needed = self.net_ is None or (self.prior_ is not None and self.alpha_ != 0.0)  # the prior reads raw x
+        if overwrite_x and not raw_needed and x.flags.writeable and x.flags.c_contiguous:
+            self.net_.eval()
+            standardize = self.net_[0]
+            logits = self.net_[1:](tensor.sub_(standardize.mean).div_(standardize.std)).float()
+        else:
+            logits = self.logits(tensor)
         return self.logits_to_proba(self.calibrate(logits) if calibrated else logits).numpy()
 
     def decide(self, probs: np.ndarray) -> np.ndarray:

@@ -84,8 +84,16 @@ def reactions(probs: np.ndarray, chosen: np.ndarray, config: LabelConfig) -> Rea
     ranked_chosen = np.take_along_axis(chosen, order, axis=1)
     predicted = order[ranked_chosen]
     predicted_offsets = _offsets(ranked_chosen.sum(axis=1))
-    # Rows with the same predicted labels in the same order share one policy answer.
-    keys, group = np.unique(np.where(ranked_chosen, order, -1), axis=0, return_inverse=True)
+    # Rows with the same predicted labels in the same order share one policy answer. Each row's
+    # pattern is read as a number in base L + 1 (a sort of N integers, not of N rows of L).
+    patterns = np.where(ranked_chosen, order, -1)
+    count = probs.shape[1]
+    if (count + 1) ** count < 2**63:
+        codes = (patterns + 1) @ ((count + 1) ** np.arange(count, dtype=np.int64))
+        _, first, group = np.unique(codes, return_index=True, return_inverse=True)
+        keys = patterns[first]
+    else:
+        keys, group = np.unique(patterns, axis=0, return_inverse=True)
     group = group.reshape(-1)
     answers = []
     for key in keys:

@@ -56,7 +56,8 @@ class _Stratum:
     def append(self, keys, ids, x, y) -> None:
         need = self.size + len(ids)
         if need > len(self.ids):
-            grown = max(need, 2 * len(self.ids), 1024)
+            # 1.25x, not 2x: the buffers are most of what training holds, and growth stops at the cap.
+            grown = max(need, len(self.ids) + len(self.ids) // 4, 1024)
             for name in ("keys", "ids", "x", "y"):
                 old = getattr(self, name)
                 new = np.empty((grown, *old.shape[1:]), old.dtype)
@@ -139,12 +140,14 @@ class RowSample:
         position[order] = np.arange(len(order))
         x = np.empty((len(ids), self.dim), np.float32)
         y = np.empty((len(ids), self.labels), np.float32)
+        self._strata = {}
         start = 0
-        for stratum in strata:
+        while strata:
+            stratum = strata.pop(0)  # released as soon as copied: float16 buffers and float32 rows overlap less
             where = position[start:start + stratum.size]
             x[where], y[where] = stratum.x[:stratum.size], stratum.y[:stratum.size]
             start += stratum.size
-        self._strata = {}
+            del stratum
         return ids[order], x, y
 
 

@@ -50,6 +50,12 @@ class ShardReader:
                 array = self._maps[shard.name] = self._open(shard)
             return array
 
+    def scan(self, shard: Shard) -> np.ndarray:
+        """Gives the shard's (count, D) float16 rows memory-mapped afresh and not kept, for one pass over a
+        store: its pages leave this process's resident memory with the array. (Kept maps, as `block` keeps
+        them for random reads, would leave every page a pass touched resident: the whole store.)"""
+        return self._open(shard)
+
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Gives the (len(ids), D) float32 vectors of `ids` (int64, any order, all < self.rows)."""
         ids = np.asarray(ids, dtype=np.int64).ravel()

@@ -227,6 +227,7 @@ class Store:
         each block's vectors read from one memory-mapped shard."""
         reader = self._shards()
         for shard in reader.shards:
+            mapped = reader.scan(shard)  # dropped at the next shard: a pass keeps one shard mapped, not the store
             for start in range(shard.first_id, shard.first_id + shard.count, block_rows):
                 stop = min(start + block_rows, shard.first_id + shard.count)
                 sql = "SELECT id, path, labels, split FROM images WHERE id >= ? AND id < ?"
@@ -237,7 +238,7 @@ class Store:
                 if not rows:
                     continue
                 ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-                vectors = np.asarray(reader.block(shard)[ids - shard.first_id], dtype=np.float32)
+                vectors = np.asarray(mapped[ids - shard.first_id], dtype=np.float32)
                 yield Block(ids, vectors, [tuple(r[2].split("|")) if r[2] else None for r in rows],
                             [r[3] for r in rows], [r[1] for r in rows])
 

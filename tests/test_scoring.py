@@ -114,3 +114,13 @@ def test_predict_a_folder_into_a_file_batch_by_batch(store_path, trained, tmp_pa
     good = [(l, r) for l, r in zip(lines, rows) if "error" not in l]
     assert all(l["predicted_emotions"] == r["predicted_emotions"] and len(r["neighbours"]) == 2 for l, r in good)
     assert np.allclose([r["novelty"] for _, r in good], [l["novelty"] for l, _ in good], atol=1e-4)
+
+
+def test_predict_proba_in_place_gives_the_same_scores(store_path, trained):
+    head = EmotionHead.load(trained[0])
+    store = Store.open(store_path, with_index=False)
+    x = next(store.blocks()).vectors
+    store.close()
+    own = x.copy()
+    assert np.array_equal(head.predict_proba(own, overwrite_x=True), head.predict_proba(x))
+    assert not np.array_equal(own, x)  # it was standardised in place; x itself is untouched by default
