@@ -17,6 +17,7 @@ import io
 import json
 import sqlite3
 import threading
+import urllib.parse
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -66,7 +67,7 @@ class FeedbackLog:
         self.path = feedback_path(store_root)
         try:
             if readonly:
-                uri = f"file:{self.path.absolute()}?mode=ro"
+                uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
                 self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
             else:
                 self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)

@@ -11,6 +11,7 @@ from pathlib import Path
 from flask import abort, g, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 from PIL import Image
+from pydantic import ValidationError
 
 from emoreact.embed import ImageError
 from emoreact.index import StoreError
@@ -82,8 +83,6 @@ def list_feedback(query: s.FeedbackQuery):
 
 
 def _model(model, data):
-    from pydantic import ValidationError
-
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
@@ -138,11 +137,22 @@ def _log() -> FeedbackLog:
     return res.feedback
 
 
-def stored_feedback() -> int:
-    """Gives how many corrections the served store holds (0 before the first)."""
-    if resources().feedback is None and not feedback_path(predictor().store.root).exists():
+def stored_feedback() -> int | None:
+    """Gives how many corrections the served store holds (0 before the first; None when unreadable)."""
+    res = resources()
+    if res.feedback is not None:
+        return len(res.feedback)
+    root = predictor().store.root
+    if not feedback_path(root).exists():
         return 0
-    return len(_log())
+    try:  # read-only: /healthz must answer even where the store folder cannot be written
+        log_ = FeedbackLog(root, readonly=True)
+    except StoreError:
+        return None
+    try:
+        return len(log_)
+    finally:
+        log_.close()
 
 
 @functools.lru_cache(maxsize=16)

@@ -97,6 +97,9 @@ class Resources:
             else:
                 self.config = config
                 self._swap(predictor)
+                # The store path may now lead elsewhere (a re-pointed symlink): the corrections log is
+                # opened again on first use. The old one is left to close itself, not closed under a request.
+                self.feedback = None
                 result = Reload(True, f"reloaded: now serving {len(predictor.store)} indexed images", now())
                 log.info("%s", result.message)
             self.metrics.reloads.labels("ok" if result.ok else "failed").inc()

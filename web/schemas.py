@@ -159,7 +159,7 @@ class Health(BaseModel):
     novelty_calibration: dict | None = Field(description="the store's nearest-neighbour similarities that novelty "
                                                          "is measured against (sample, p1, median, p99)")
     keys_required_for_read: bool
-    feedback_count: int = Field(description="corrections stored beside the served store")
+    feedback_count: int | None = Field(description="corrections stored beside the served store (null: unreadable)")
     last_retrain: RetrainOutcome | None = Field(None, description="null until a retrain has finished")
 
 
