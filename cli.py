@@ -21,12 +21,12 @@ import click  # noqa: E402
 
 import emoreact  # noqa: E402
 from emoreact import ConfigError, HeadError, ImageError, ModelLoadError, SourceError, StoreError  # noqa: E402
-from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402
+from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED, EngineError  # noqa: E402
 from emoreact.index import NEAR_DUPLICATE_THRESHOLD  # noqa: E402
 from emoreact.labels import load_label_config  # noqa: E402
 
-_USER_ERRORS = (ModelLoadError, StoreError, HeadError, ConfigError, SourceError, ImageError, ValueError,
-                KeyError, FileNotFoundError)
+_USER_ERRORS = (ModelLoadError, StoreError, HeadError, ConfigError, SourceError, ImageError, EngineError,
+                ValueError, KeyError, FileNotFoundError)
 
 
 def _friendly(command):
@@ -99,7 +99,15 @@ def info() -> None:
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "folder", "manifest", "fi", "emoset", "emotion6", "affectnet"]))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
+@click.option("--workers", default=None, type=click.IntRange(0),
+              help="local: decoding processes (default 2); ray: model workers (default one per GPU, "
+                   "or all CPUs but one).")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="local: this machine's processes; ray: a Ray cluster (pip install \"emoreact[ray]\").")
+@click.option("--ray-address", default=None, help="ray: the cluster to join (auto: the one `ray start` began); "
+                                                   "default: a local Ray.")
+@click.option("--gpus-per-worker", default=None, type=click.FloatRange(0),
+              help="ray: GPUs each model worker holds; 0 for CPU workers (default: 1 on a cluster with GPUs).")
 @click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(1))
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--wait", is_flag=True, help="If another job is writing the store, wait for it instead of failing.")
@@ -109,13 +117,18 @@ def info() -> None:
                    "off keeps every split as the content hash gave it.")
 @_labels_option
 @_friendly
-def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, shard_size, no_progress, wait,
-          near_duplicate_threshold, labels_path) -> None:
+def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, engine, ray_address,
+          gpus_per_worker, shard_size, no_progress, wait, near_duplicate_threshold, labels_path) -> None:
     """Embed images from SOURCE (folder, CSV/JSONL manifest, FI/EmoSet/Emotion6/AffectNet) into a store."""
+    from emoreact.embed import RayConfig
+
+    ray_config = RayConfig(address=ray_address, workers=workers or None, gpus_per_worker=gpus_per_worker)
     report = emoreact.embed_source(source, store_path, model, pretrained, labels=labels_path, source_format=fmt,
-                                   device=device, batch_size=batch_size, workers=workers, shard_size=shard_size,
-                                   progress=not no_progress, wait=wait,
-                                   near_duplicate_threshold=near_duplicate_threshold)
+                                   device=device, batch_size=batch_size,
+                                   workers=2 if workers is None or engine == "ray" else workers,
+                                   shard_size=shard_size, progress=not no_progress, wait=wait,
+                                   near_duplicate_threshold=near_duplicate_threshold, engine=engine,
+                                   ray_config=ray_config)
     click.echo(json.dumps({**report.to_json(), "store": str(store_path)}, ensure_ascii=False))
 
 
@@ -373,13 +386,15 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
                    "level (api: 10).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
               help="embed: measure each pipeline this many times, in turn, and keep its best.")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="embed: ray compares the Ray engine's job with the local engine's on the same images.")
 @_friendly
-def bench(what, device, model, size, rounds) -> None:
+def bench(what, device, model, size, rounds, engine) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
     from emoreact.bench import api_bench, dedup_bench, embed_bench, head_bench, index_bench
 
     if what == "embed":
-        result = embed_bench.run(model, images=size or 256, device=device, rounds=rounds)
+        result = embed_bench.run(model, images=size or 256, device=device, rounds=rounds, engine=engine)
     elif what == "head":
         result = head_bench.run(size or 100_000, device=device)
     elif what == "index":

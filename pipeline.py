@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, ModelSpec, default_pretrained,
-                            load_backbone, read_source, resolve_device, run_embed_job, run_sharded_embed_job,
-                            same_model, source_root)
+from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, ModelSpec, RayConfig,
+                            default_pretrained, load_backbone, read_source, resolve_device, run_embed_job,
+                            require_ray, run_ray_embed_job, run_sharded_embed_job, same_model, source_root)
 from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embeddings, report, write_plots,
                             zero_shot_head)
 from emoreact.index import Store, StoreError, atomic_write_text, read_relabel_manifest
@@ -27,17 +27,26 @@ log = logging.getLogger(__name__)
 def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec = DEFAULT_MODEL,
                  pretrained: str | None = None, *, labels: str | Path | LabelConfig | None = None,
                  source_format: str = "auto", device: str = "auto", config: EmbedConfig | None = None,
-                 **options) -> EmbedReport:
+                 engine: str = "local", ray_config: RayConfig | None = None, **options) -> EmbedReport:
     """Embeds a folder, manifest or dataset copy into a store (created, or resumed and grown); gives the report.
 
     `model` is an open_clip name (or a model-config JSON), `pretrained` its weights (default: the
     model's usual tag). `options` are `EmbedConfig` fields (batch_size=256, workers=16, ...).
     `device` may list several devices ("cuda:0,cuda:1" or "cuda:all"): one process each.
+    `engine="ray"` runs the job on a Ray cluster instead (`ray_config`: address, workers, GPUs per
+    worker); `device` is then the workers' (auto, cpu or cuda). Same store either way.
     """
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; use local or ray")
+    if engine == "ray":
+        require_ray()  # at once: not after reading the source and loading a model
     spec = model if isinstance(model, ModelSpec) else ModelSpec(model, pretrained or default_pretrained(model))
     config = _with_options(config or EmbedConfig(), options)
     label_config = _label_config(labels)
     records = read_source(source, label_config, source_format)
+    if engine == "ray":
+        return _embed_on_ray(records, store, spec, label_config, config, ray_config or RayConfig(), device,
+                             source_root(source))
     devices = _devices(device)
     if len(devices) == 1:
         return embed_records(records, store, load_backbone(spec, devices[0]), label_config, config,
@@ -47,6 +56,20 @@ def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec =
     try:
         _remember_source(writable, source_root(source))
         report_ = run_sharded_embed_job(records, writable, spec, devices, config)
+        _write_report(writable, report_)
+    finally:
+        writable.close()
+    return report_
+
+
+def _embed_on_ray(records: list, store: str | Path, spec: ModelSpec, labels: LabelConfig, config: EmbedConfig,
+                  ray_config: RayConfig, device: str, root: Path) -> EmbedReport:
+    """Embeds records into a store on a Ray cluster; writes STORE/report.json; gives the report."""
+    backbone = load_backbone(spec, "cpu")  # names the model and gives the preprocessing; workers load their own
+    writable = _writable_store(store, backbone, labels, config.wait)
+    try:
+        _remember_source(writable, root)
+        report_ = run_ray_embed_job(records, writable, backbone, config, ray_config, device)
         _write_report(writable, report_)
     finally:
         writable.close()

@@ -9,9 +9,10 @@ import hashlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -22,6 +23,7 @@ from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
 from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image_with_size
 from .models import Backbone
 from .readers import Record
+from .writer import ShardWriter, split_for  # noqa: F401 - split_for is public through this module too
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class EmbedConfig:
     near_duplicate_threshold: float | None = NEAR_DUPLICATE_THRESHOLD  # images this close (cosine) share a split,
     # so a resized or re-encoded copy never sits in train while its twin is in test; None leaves splits alone
     wait: bool = False  # another job is writing the store: wait for it to finish instead of failing at once
+    allow_readd: bool = False  # embed files whose content was removed from the store (`cli.py remove`) again
+    index: str | None = None  # index kind: auto, flat, ivf or a FAISS factory string; None keeps the store's choice
 
 
 @dataclass
@@ -54,6 +58,10 @@ class EmbedReport:
     seconds: float = 0.0
     near_duplicate_groups_moved: int = 0  # groups of near-duplicates that straddled splits and were united
     near_duplicate_images_moved: int = 0  # images that changed split for it
+    engine: str = "local"  # local (this machine's processes) or ray
+    nodes: int = 1  # machines that ran the model
+    workers: int = 1  # model workers: processes (local, one per device) or Ray actors
+    images_per_node: dict = field(default_factory=dict)  # Ray: images each node embedded, by node
 
     @property
     def images_per_second(self) -> float:
@@ -64,13 +72,9 @@ class EmbedReport:
                 "skipped": sum(self.skipped.values()), "skipped_by_reason": dict(self.skipped),
                 "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1),
                 "near_duplicates_moved": {"groups": self.near_duplicate_groups_moved,
-                                          "images": self.near_duplicate_images_moved}}
-
-
-def split_for(sha256: str) -> str:
-    """Gives a deterministic 80/10/10 train/val/test split from a content hash."""
-    bucket = int(sha256[:8], 16) % 10
-    return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
+                                          "images": self.near_duplicate_images_moved},
+                "engine": self.engine, "nodes": self.nodes, "workers": self.workers,
+                **({"images_per_node": dict(self.images_per_node)} if self.images_per_node else {})}
 
 
 class _ImageFiles(Dataset):
@@ -85,21 +89,29 @@ class _ImageFiles(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
-        path = self.records[i].path
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            return {"i": i, "sha": None, "error": f"unreadable file: {exc.strerror or exc}"}
-        sha = hashlib.sha256(data).hexdigest()
-        if sha in self.known:
-            return {"i": i, "sha": sha, "known": True}
-        if self.fast_jpeg and fast_path_eligible(data, self.max_pixels):
-            return {"i": i, "sha": sha, "jpeg": data, "bytes": len(data)}
-        try:
-            image, size = decode_image_with_size(data, self.max_pixels, self.min_side)
-        except ImageError as exc:
-            return {"i": i, "sha": sha, "error": str(exc)}
-        return {"i": i, "sha": sha, "tensor": self.transform(image), "size": size, "bytes": len(data)}
+        return read_item(i, self.records[i].path, self.known, self.transform, self.max_pixels, self.min_side,
+                         self.fast_jpeg)
+
+
+def read_item(i: int, path: Path, known: Container[str], transform, max_pixels: int, min_side: int | None,
+              fast_jpeg: bool = False) -> dict:
+    """Gives record `i`'s item for the writer: its hash and `known`, an `error`, the raw `jpeg` bytes (fast
+    path), or the preprocessed `tensor` (3, H, W) float32 with the image's `size` and `bytes`. Never raises
+    for a bad file: every engine reads, hashes and decodes a file through this one function."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return {"i": i, "sha": None, "error": f"unreadable file: {exc.strerror or exc}"}
+    sha = hashlib.sha256(data).hexdigest()
+    if sha in known:
+        return {"i": i, "sha": sha, "known": True}
+    if fast_jpeg and fast_path_eligible(data, max_pixels):
+        return {"i": i, "sha": sha, "jpeg": data, "bytes": len(data)}
+    try:
+        image, size = decode_image_with_size(data, max_pixels, min_side)
+    except ImageError as exc:
+        return {"i": i, "sha": sha, "error": str(exc)}
+    return {"i": i, "sha": sha, "tensor": transform(image), "size": size, "bytes": len(data)}
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -108,82 +120,34 @@ def _collate(items: list[dict]) -> list[dict]:
 
 def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
                   config: EmbedConfig = EmbedConfig(), known: set[str] = frozenset()) -> EmbedReport:
-    """Embeds the records not yet in `store` (nor in `known`), records skipped files, finishes the store.
-
-    A duplicate's skip row is committed with the shard holding its original: committed earlier,
-    a kill in between would leave the original's hash looking stored when it is not.
-    """
+    """Embeds the records not yet in `store` (nor in `known`), records skipped files, finishes the store;
+    gives the report."""
     report = EmbedReport()
     start = time.perf_counter()
-    known = store.known_hashes() | set(known)
+    known = store.known_hashes(tombstones=not config.allow_readd) | set(known)
     fast = config.fast_jpeg if config.fast_jpeg is not None else backbone.device.type == "cuda"
     min_side = max(backbone.preprocess.image_size) if config.reduced_jpeg_decode else None
     dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast, min_side)
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
                         collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
-    pending_rows: list[dict] = []
-    pending_vectors: list[np.ndarray] = []
-    pending_duplicates: list[tuple[str, str, str]] = []  # copies of images in pending_rows
-    pending_hashes: set[str] = set()
-    seen: dict[str, str] = {}
+    writer = ShardWriter(store, records, report, config.shard_size)
     bar = tqdm(total=len(records), unit="img", desc="embed", disable=not config.progress, smoothing=0.1)
     for batch in loader:
         if fast:
             _decode_fast(batch, backbone, dataset)
-        good = []
-        skipped = []
-        for item in batch:
-            record = records[item["i"]]
-            if item.get("known"):
-                report.already_present += 1
-            elif "error" in item:
-                skipped.append((str(record.path), item["sha"], item["error"]))
-            elif item["sha"] in seen:
-                duplicate = (str(record.path), item["sha"], f"duplicate of {seen[item['sha']]}")
-                (pending_duplicates if item["sha"] in pending_hashes else skipped).append(duplicate)
-            else:
-                seen[item["sha"]] = str(record.path)
-                pending_hashes.add(item["sha"])
-                good.append((record, item))
-        if skipped:
-            _record_skipped(store, report, skipped)
+        good = writer.sort(batch)
         if good:
             vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device) for _, item in good]))
-            pending_vectors.append(vectors.cpu().numpy().astype(np.float16))
-            pending_rows += [_row(record, item) for record, item in good]
-            report.added += len(good)
-        if len(pending_rows) >= config.shard_size:
-            _commit_shard(store, report, pending_rows, pending_vectors, pending_duplicates)
-            pending_rows, pending_vectors, pending_duplicates, pending_hashes = [], [], [], set()
+            writer.add(good, vectors.cpu().numpy())
         bar.update(len(batch))
     bar.close()
-    if pending_rows:
-        _commit_shard(store, report, pending_rows, pending_vectors, pending_duplicates)
+    writer.flush()
     report.near_duplicate_groups_moved, report.near_duplicate_images_moved = \
-        store.finish(config.near_duplicate_threshold)
+        store.finish(config.near_duplicate_threshold, config.index)
     report.seconds = time.perf_counter() - start
     log.info("embed: %s", report.to_json())
     return report
-
-
-def _record_skipped(store: Store, report: EmbedReport, skipped: list[tuple[str, str | None, str]]) -> None:
-    """Commits (path, sha256, reason) skip rows and counts them."""
-    store.add_skipped(skipped)
-    _count_skipped(report, skipped)
-
-
-def _commit_shard(store: Store, report: EmbedReport, rows: list[dict], vectors: list[np.ndarray],
-                  duplicates: list[tuple[str, str, str]]) -> None:
-    """Commits a shard's rows and vectors together with the skip rows of their duplicates."""
-    store.add(rows, np.concatenate(vectors), duplicates)
-    _count_skipped(report, duplicates)
-
-
-def _count_skipped(report: EmbedReport, skipped: list[tuple[str, str | None, str]]) -> None:
-    report.skipped.update(_reason_kind(reason) for _, _, reason in skipped)
-    for path, _, reason in skipped:
-        log.info("skipped %s: %s", path, reason)
 
 
 def _decode_fast(batch: list[dict], backbone: Backbone, dataset: _ImageFiles) -> None:
@@ -204,25 +168,3 @@ def _decode_fast(batch: list[dict], backbone: Backbone, dataset: _ImageFiles) ->
         else:
             item.update(tensor=preprocess_tensors([image], backbone.preprocess)[0],
                         size=(image.shape[2], image.shape[1]))
-
-
-def _row(record: Record, item: dict) -> dict:
-    return {"path": str(record.path), "sha256": item["sha"], "labels": record.labels,
-            "split": record.split or split_for(item["sha"]), "split_fixed": bool(record.split),
-            "width": item["size"][0],
-            "height": item["size"][1], "bytes": item["bytes"]}
-
-
-def _reason_kind(reason: str) -> str:
-    """Gives a short category for counting skip reasons."""
-    if reason.startswith("duplicate"):
-        return "duplicate"
-    if reason.startswith("unreadable"):
-        return "unreadable"
-    if "not an image" in reason or "empty" in reason:
-        return "not an image"
-    if "not accepted" in reason:
-        return "unsupported format"
-    if "pixels" in reason or "too large" in reason:
-        return "too large"
-    return "damaged"

@@ -17,7 +17,8 @@ import numpy as np
 
 from emoreact.index import Store
 
-from .job import EmbedConfig, EmbedReport, _reason_kind, run_embed_job, split_for
+from .job import EmbedConfig, EmbedReport, run_embed_job
+from .writer import reason_kind, split_for
 from .models import ModelSpec, load_backbone
 from .readers import Record
 
@@ -28,7 +29,7 @@ def run_sharded_embed_job(records: list[Record], store: Store, spec: ModelSpec, 
                           config: EmbedConfig = EmbedConfig()) -> EmbedReport:
     """Embeds `records` on each of `devices` in parallel and merges the results into `store`."""
     parts_root = store.root / ".parts"  # kept after a kill: each part store resumes by content hash
-    known = store.known_hashes()
+    known = store.known_hashes(tombstones=not config.allow_readd)
     jobs = [(records[i::len(devices)], parts_root / str(i), spec, device, config, known, store.labels)
             for i, device in enumerate(devices)]
     # spawn, not fork: each process initialises its own CUDA context.
@@ -36,6 +37,7 @@ def run_sharded_embed_job(records: list[Record], store: Store, spec: ModelSpec, 
         reports = list(pool.map(_embed_part, jobs))
     report = _merge(records, store, [Store.open(job[1]) for job in jobs], config, known)
     report.seconds = max(r.seconds for r in reports)
+    report.workers = len(devices)
     shutil.rmtree(parts_root, ignore_errors=True)
     return report
 
@@ -90,7 +92,7 @@ def _merge(records: list[Record], store: Store, parts: list[Store], config: Embe
             rows, vectors, skips = [], [], []
     _commit(store, report, rows, vectors, skips)
     report.near_duplicate_groups_moved, report.near_duplicate_images_moved = \
-        store.finish(config.near_duplicate_threshold)
+        store.finish(config.near_duplicate_threshold, config.index)
     for part in parts:
         part.close()
     return report
@@ -104,4 +106,4 @@ def _commit(store: Store, report: EmbedReport, rows: list[dict], vectors: list[n
     else:
         store.add_skipped(skips)
     report.added += len(rows)
-    report.skipped.update(_reason_kind(reason) for _, _, reason in skips)
+    report.skipped.update(reason_kind(reason) for _, _, reason in skips)
