@@ -1,44 +1,115 @@
-"""Exact k-NN search: the store's FAISS index vs numpy brute force, on the same vectors."""
+"""The store's index at scale: build time, recall@10 against exact search, latency, memory, disk.
+
+`python cli.py bench index --size N` writes a synthetic store of N x 512 (bench/synthetic_store.py),
+builds the index the store chooses for N (or `--index KIND`), then
+- recall@10 of the store's search (index + exact re-rank) against exact search, on 1,000 held-out queries;
+- single-query latency (p50/p95) in a separate serving process that opens the store as `serve` does
+  (memory-mapped index) and answers each query with search, re-rank and metadata lookup; its peak RSS;
+- the exact baseline in the same run: a flat inner-product index over the same vectors (fp16 codes beyond
+  4M vectors, so that it fits in RAM; still exact on the stored values), single queries;
+- adding 1% more images: the incremental index update against the full build.
+"""
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import faiss
 import numpy as np
 
-from emoreact.index import brute_force_search, build_index, search
+from emoreact.index import Store
+from emoreact.index import ann
 
-from .common import environment, timed
+from .common import environment
+from .synthetic_store import Mixture, held_out_queries, write_store
+
+QUERIES = 1_000
+EXACT_QUERIES = 100
 
 
-def run(count: int = 1_000_000, dim: int = 512, k: int = 10, queries: int = 256) -> dict:
-    """Gives build time, single-query latency and batch throughput of both searches."""
+def run(size: int = 1_000_000, dim: int = 512, index: str = "auto", keep: str | Path | None = None,
+        exact_baseline: bool = True) -> dict:
+    """Gives the figures above as a dict (see the module docstring)."""
     import torch
 
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((count, dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    q = vectors[rng.choice(count, queries)] + 0.1 * rng.standard_normal((queries, dim), dtype=np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    build_s, index = timed(lambda: build_index(vectors))
-    single = _latency(lambda row: search(index, row, k), q[:20])
-    batch_s, (scores, ids) = timed(lambda: search(index, q, k))
-    base_single = _latency(lambda row: brute_force_search(vectors, row, k), q[:5])
-    base_batch_s, (ref_scores, ref_ids) = timed(lambda: brute_force_search(vectors, q[:32], k))
-    agree = float((ids[:32] == ref_ids).mean())
-    return {"bench": "index", **environment(torch.device("cpu")), "vectors": count, "dim": dim, "k": k,
-            "build_seconds": round(build_s, 2),
-            "ours_faiss_single_query_ms": single, "ours_faiss_queries_per_s": round(queries / batch_s, 1),
-            "baseline_numpy_single_query_ms": base_single,
-            "baseline_numpy_queries_per_s": round(32 / base_batch_s, 1),
-            "speedup_single_query": round(base_single / single, 2),
-            "speedup_throughput": round((queries / batch_s) / (32 / base_batch_s), 2),
-            "neighbours_identical_to_brute_force": agree}
-
-
-def _latency(fn, rows: np.ndarray) -> float:
-    times = []
-    for row in rows:
+    folder = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="emoreact-bench-index-"))
+    mixture = Mixture(dim=dim, clusters=max(64, min(65_536, size // 250)))
+    try:
         start = time.perf_counter()
-        fn(row[None, :])
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 2)
+        store = write_store(folder, size, mixture, index=None)
+        generate_s = time.perf_counter() - start
+        start = time.perf_counter()
+        settings = store.reindex(index)
+        build_s = time.perf_counter() - start
+        store.close()
+
+        queries = held_out_queries(QUERIES, mixture)
+        reader = Store.open(folder, with_index=False)
+        _, truth = ann.exact_neighbours(queries, ((b.ids, b.vectors) for b in reader.blocks()), 10)
+        served = _serve_queries(folder, queries)
+        recall = float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(served["ids"], truth.tolist())]))
+        exact = _exact_latency(reader, queries[:EXACT_QUERIES]) if exact_baseline else None
+        reader.close()
+
+        disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        index_size = (folder / settings.file).stat().st_size
+        add_s, grown = _add_one_percent(folder, size, mixture)
+        result = {
+            "bench": "index", **environment(torch.device("cpu")), "vectors": size, "dim": dim,
+            "index": settings.factory, "nprobe": settings.nprobe, "candidates": settings.candidates,
+            "tuned_recall_at_10": settings.recall_at_10, "generate_seconds": round(generate_s, 1),
+            "build_seconds": round(build_s, 1), "recall_at_10": round(recall, 4), "queries": QUERIES,
+            "p50_ms": served["p50_ms"], "p95_ms": served["p95_ms"],
+            "exact_p50_ms": exact and exact["p50_ms"], "exact_p95_ms": exact and exact["p95_ms"],
+            "exact_baseline": exact and exact["kind"],
+            "speedup_p95": round(exact["p95_ms"] / served["p95_ms"], 1) if exact else None,
+            "server_rss_mib": served["peak_rss_mib"], "server_open_seconds": served["open_seconds"],
+            "disk_mib": round(disk / 2**20), "index_mib": round(index_size / 2**20),
+            "add_1pct_seconds": round(add_s, 2), "add_1pct_vs_build": round(add_s / build_s, 4),
+            "index_after_add": grown}
+        return result
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serve_queries(folder: Path, queries: np.ndarray) -> dict:
+    """Runs bench/index_serve.py in a fresh process (its RSS is the server's) on `queries`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "queries.npy"
+        np.save(path, queries)
+        out = subprocess.run([sys.executable, "-m", "emoreact.bench.index_serve", str(folder), str(path)],
+                             capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def _exact_latency(store: Store, queries: np.ndarray) -> dict:
+    fp16 = store.rows > 4_000_000  # 4M x 512 float32 is 8 GiB: beyond, exact search over fp16 codes
+    flat = (faiss.IndexScalarQuantizer(store.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+            if fp16 else faiss.IndexFlatIP(store.dim))
+    for block in store.blocks():
+        flat.add(block.vectors)
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        flat.search(query[None, :], 10)
+        times.append(1000 * (time.perf_counter() - start))
+    del flat
+    return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2),
+            "kind": "Flat (fp16 codes)" if fp16 else "Flat"}
+
+
+def _add_one_percent(folder: Path, size: int, mixture: Mixture) -> tuple[float, str]:
+    """Adds 1% more images (new RNG streams) and times the index update that `finish()` does."""
+    store = write_store(folder, max(1, size // 100), mixture, first_stream=10_000, index=None)
+    start = time.perf_counter()
+    store.finish()
+    seconds = time.perf_counter() - start
+    factory = store.index_settings.factory
+    store.close()
+    return seconds, factory

@@ -431,6 +431,7 @@ class Store:
     # ---- private: the index ----------------------------------------------------------------
 
     def _update_index(self, rows: int, choice: str, force: bool, extra: dict | None = None) -> None:
+        self._live = self._scalar("SELECT COUNT(*) FROM images")
         target = ann.factory_for(choice, self._live, self.dim)
         settings, index = self._current_index_for_update()
         # auto keeps an approximate index's list count until it must be re-trained anyway

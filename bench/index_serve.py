@@ -1,0 +1,39 @@
+"""The serving side of `bench index`, run as its own process: `python -m emoreact.bench.index_serve STORE QUERIES.npy`.
+
+Opens the store as the server does (memory-mapped index), answers each query alone (search, exact
+re-rank, metadata of the hits), and prints JSON: per-query latency percentiles, the ids found, the
+time to open and the process's peak resident memory.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+from emoreact.index import Store
+
+
+def main(store_path: str, queries_path: str) -> None:
+    queries = np.load(queries_path)
+    start = time.perf_counter()
+    store = Store.open(store_path)
+    open_s = time.perf_counter() - start
+    times, found = [], []
+    for query in queries:
+        start = time.perf_counter()
+        _, ids = store.search(query[None, :], 10)
+        store.items([int(i) for i in ids[0] if i >= 0])
+        times.append(1000 * (time.perf_counter() - start))
+        found.append([int(i) for i in ids[0]])
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    print(json.dumps({"p50_ms": round(float(np.percentile(times, 50)), 2),
+                      "p95_ms": round(float(np.percentile(times, 95)), 2),
+                      "open_seconds": round(open_s, 2), "peak_rss_mib": round(peak_kib / 1024),
+                      "ids": found}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
