@@ -9,8 +9,9 @@ With CPU workers the decode step asks for the workers' CPUs, so Ray Data fuses i
 decodes its own batches, which scales with the workers and keeps pixels out of the object store.
 The driver alone writes, shard by shard, through the writer the local job uses, so a Ray run gives
 the store a local run gives, and a killed driver resumes from the store's hashes like the local job.
-A lost worker is restarted and its batch retried by Ray Data (its defaults for actor pools). Every node must have EmoReact installed
-(`pip install "emoreact[ray]"`) and see the source files and the model's files at the same paths.
+A lost worker is restarted and its batch retried by Ray Data (its defaults for actor pools). Every
+node must have EmoReact installed (`pip install "emoreact[ray]"`) and see the source files and the
+model's files at the same paths.
 """
 from __future__ import annotations
 
@@ -106,8 +107,9 @@ def run_ray_embed_job(records: list[Record], store: Store, backbone: Backbone, c
         nodes: set[str] = set()
         bar = tqdm(total=len(records), unit="img", desc="embed (ray)", disable=not config.progress, smoothing=0.1)
         expected = 0
-        for batch in _dataset(ray, records, known, backbone, config, plan).iter_batches(
-                batch_size=config.batch_size, batch_format="numpy", prefetch_batches=2):
+        batches = _dataset(ray, records, known, backbone, config, plan).iter_batches(
+            batch_size=config.batch_size, batch_format="numpy", prefetch_batches=2) if records else []
+        for batch in batches:
             items = _items(batch)
             if items[0]["i"] != expected:  # the writer needs input order: a store must not depend on timing
                 raise EngineError(f"Ray gave record {items[0]['i']} where {expected} was due; "
@@ -132,7 +134,7 @@ def run_ray_embed_job(records: list[Record], store: Store, backbone: Backbone, c
     report.seconds = time.perf_counter() - start
     log.info("embed on ray: %s", report.to_json())
     for node, count in report.images_per_node.items():
-        log.warning("node %s embedded %d images", node, count)
+        log.info("node %s embedded %d images", node, count)
     return report
 
 

@@ -7,6 +7,7 @@ own. Kills are named fault points (index/faults.py), never timing.
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -152,6 +153,25 @@ def test_a_worker_killed_mid_batch_is_retried_by_ray(source, local, tmp_path, la
     assert marker.exists(), "the fault point was never reached: no worker was killed"
     assert report.added == UNIQUE
     assert_same_store(snapshot(tmp_path / "store"), local)
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("ray_config, device, message", [
+    (RayConfig(workers=2), "cpu", "2 workers x 1 CPUs leave no CPU for reading and decoding on a Ray cluster of 2 "
+                                  "CPUs; use --workers 1 or fewer"),
+    (RayConfig(gpus_per_worker=1), "auto", "--gpus-per-worker 1 but the Ray cluster has 0 GPUs"),
+    (RayConfig(), "cuda", "--device cuda with --gpus-per-worker 0"),
+])
+def test_workers_the_cluster_cannot_hold_are_refused_at_once(source, tmp_path, label_config, ray_config, device,
+                                                             message):
+    # Actors holding every CPU would leave the read tasks none, and the job would hang (Ray issue 44687).
+    from emoreact.embed import EngineError
+
+    with pytest.raises(EngineError, match=re.escape(message)):
+        embed_source(source, tmp_path / "store", TINY, labels=label_config, device=device, config=CONFIG,
+                     engine="ray", ray_config=ray_config)
 
 
 @needs_ray
