@@ -7,6 +7,7 @@ name asked for. Parquet goes through pyarrow's `ParquetWriter`, one row group pe
 from __future__ import annotations
 
 import json
+import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,6 +22,17 @@ def output_format(path: str | Path) -> str:
     if suffix not in FORMATS:
         raise ValueError(f"--out {str(path)!r} must end in .parquet or .jsonl (it ends in {suffix or 'nothing'})")
     return FORMATS[suffix]
+
+
+def _umask() -> int:
+    """Gives the process umask without changing it (Linux reports it in /proc; elsewhere assume 022)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 class ResultWriter:
@@ -38,7 +50,7 @@ class ResultWriter:
         self._parquet = None
 
     def __enter__(self) -> "ResultWriter":
-        tmp = self._stack.enter_context(atomic_path(self.path))
+        tmp = self._tmp = self._stack.enter_context(atomic_path(self.path))
         if self.format == "parquet":
             import pyarrow.parquet as pq
 
@@ -69,5 +81,7 @@ class ResultWriter:
     def __exit__(self, kind, error, trace) -> None:
         if self._parquet is not None:
             self._parquet.close()  # the footer: without it the file is unreadable
+        if kind is None:
+            os.chmod(self._tmp, 0o666 & ~_umask())  # a temporary file is private (0600); a result is not
         # Closes (and, after an error, deletes) the temporary file; renames it into place otherwise.
         self._stack.__exit__(kind, error, trace)

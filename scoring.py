@@ -21,7 +21,7 @@ from emoreact.heads.policy import Reactions, reactions
 from emoreact.index import Store
 from emoreact.labels import LabelConfig, load_label_config
 from emoreact.outputs import ResultWriter, output_format
-from emoreact.trainset import BLOCK_ROWS, SPLITS, batches
+from emoreact.trainset import BLOCK_ROWS, SPLITS, batches, prefetched
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def score(store: str | Path, head: str | Path, out: str | Path, split: str | Non
         schema = _schema(trained.labels) if fmt == "parquet" else None
         with ResultWriter(out, schema, _STRING_LEAVES) as writer, tqdm(total=len(opened) if split is None else None, unit="img",
                                                        desc="score", disable=not progress) as bar:
-            for block in batches(opened, batch_rows, split):
+            for block in prefetched(batches(opened, batch_rows, split)):
                 probs = trained.predict_proba(block.vectors, overwrite_x=True)  # the block is ours: no copies
                 answer = reactions(probs, trained.decide(probs), trained.label_config)
                 if fmt == "parquet":

@@ -10,6 +10,8 @@ the rows, in id order, that an in-memory read would.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -74,7 +76,7 @@ def read_training_data(store: Store, label_names: list[str], *, max_train_rows: 
     moments = Moments(dim)
     labelled, multi, overridden = dict.fromkeys(SPLITS, 0), False, 0
     override_ids = np.fromiter(overrides, np.int64, len(overrides)) if overrides else None
-    for block in batches(store, block_rows):
+    for block in prefetched(batches(store, block_rows)):
         labels = row_labels(block, overrides)
         y, has_labels = targets(labels)
         if override_ids is not None:
@@ -110,7 +112,7 @@ def score_splits(store: Store, head: EmotionHead, splits: tuple[str, ...], *,
         raise ValueError(f"unknown split {unknown[0]!r}; choose train, val or test")
     targets = _Targets(head.labels)
     parts: dict[str, list] = {s: [] for s in splits}
-    for block in batches(store, block_rows, splits[0] if len(splits) == 1 else None):
+    for block in prefetched(batches(store, block_rows, splits[0] if len(splits) == 1 else None)):
         y, has_labels = targets(row_labels(block, overrides))
         block_splits = np.asarray(block.splits)
         for split in splits:
@@ -139,6 +141,49 @@ def batches(store: Store, rows: int = BLOCK_ROWS, split: str | None = None) -> I
             pending, held = ([rest] if len(rest.ids) else []), len(rest.ids)
     if held:
         yield _join(pending)
+
+
+def prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Gives the items of `iterator`, read ahead by a background thread (at most `depth` waiting).
+
+    Reading a block (SQLite, the float16 -> float32 conversion) and using it (torch, pyarrow) each
+    release the GIL for most of their time, so on two cores they overlap. An error in the reader is
+    raised here; stopping early (break, an error here) stops the reader."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(entry: tuple) -> bool:
+        while not stop.is_set():  # never blocks for good: the consumer may have stopped
+            try:
+                items.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in iterator:
+                if not offer((item, None)):
+                    return
+            offer((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            offer((done, exc))
+
+    reader = threading.Thread(target=read, name="block-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _join(blocks: list):

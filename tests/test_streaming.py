@@ -148,3 +148,24 @@ def test_a_bad_row_cap_names_the_value():
         HeadConfig(max_train_rows=0)
     with pytest.raises(ValueError, match="at least 1"):
         RowSample(0, 4, 2)
+
+
+def test_batches_regroup_small_shards_and_prefetching_keeps_order_and_errors(store_path):
+    from emoreact.trainset import batches, prefetched
+
+    store = Store.open(store_path, with_index=False)
+    sizes = [len(b.ids) for b in prefetched(batches(store, 100))]  # the session store has shards of 64
+    ids = np.concatenate([b.ids for b in batches(store, 100, "test")])
+    store.close()
+    assert sizes == [100] * 6 + [40]
+    assert np.all(np.diff(ids) > 0) and len(ids) == 96
+
+    def failing():
+        yield 1
+        raise KeyError("shard 7")
+
+    with pytest.raises(KeyError, match="shard 7"):
+        list(prefetched(failing()))
+    endless = prefetched(iter(range(10**9)))
+    assert [next(endless), next(endless)] == [0, 1]
+    endless.close()  # stops its reader thread instead of waiting on it
