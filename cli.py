@@ -109,6 +109,10 @@ def info() -> None:
 @click.option("--gpus-per-worker", default=None, type=click.FloatRange(0),
               help="ray: GPUs each model worker holds; 0 for CPU workers (default: 1 on a cluster with GPUs).")
 @click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(1))
+@click.option("--index", "index_kind", default=None, metavar="auto|flat|ivf|FACTORY",
+              help="Index kind: auto (exact up to 200k images, then IVF-HNSW-PQ with exact re-ranking), flat, "
+                   "ivf, or a FAISS factory string. Default: the store's earlier choice, else auto.")
+@click.option("--allow-readd", is_flag=True, help="Embed files whose content was removed (`remove`) again.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--wait", is_flag=True, help="If another job is writing the store, wait for it instead of failing.")
 @click.option("--near-duplicate-threshold", default=str(NEAR_DUPLICATE_THRESHOLD), show_default=True,
@@ -118,7 +122,8 @@ def info() -> None:
 @_labels_option
 @_friendly
 def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, engine, ray_address,
-          gpus_per_worker, shard_size, no_progress, wait, near_duplicate_threshold, labels_path) -> None:
+          gpus_per_worker, shard_size, index_kind, allow_readd, no_progress, wait, near_duplicate_threshold,
+          labels_path) -> None:
     """Embed images from SOURCE (folder, CSV/JSONL manifest, FI/EmoSet/Emotion6/AffectNet) into a store."""
     from emoreact.embed import RayConfig
 
@@ -127,6 +132,7 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
                                    device=device, batch_size=batch_size,
                                    workers=2 if workers is None or engine == "ray" else workers,
                                    shard_size=shard_size, progress=not no_progress, wait=wait,
+                                   index=_index_choice(index_kind), allow_readd=allow_readd,
                                    near_duplicate_threshold=near_duplicate_threshold, engine=engine,
                                    ray_config=ray_config)
     click.echo(json.dumps({**report.to_json(), "store": str(store_path)}, ensure_ascii=False))
@@ -378,6 +384,69 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
 
 
 @main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--index", "index_kind", default=None, metavar="auto|flat|ivf|FACTORY",
+              help="Index kind (see embed --index). Default: the store's choice.")
+@click.option("--wait", is_flag=True, help="If another job is writing the store, wait for it instead of failing.")
+@_friendly
+def reindex(store_path, index_kind, wait) -> None:
+    """Build the store's index anew: re-train its quantizer, re-tune nprobe for recall@10 >= 0.95, publish atomically."""
+    from emoreact.index import Store
+
+    store = Store.open_for_writing(store_path, wait=wait)
+    try:
+        settings = store.reindex(_index_choice(index_kind))
+        click.echo(json.dumps({"store": str(store_path), "images": len(store), **settings.to_json()}))
+    finally:
+        store.close()
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--id", "ids", multiple=True, type=click.IntRange(0), help="Image id to remove (repeatable).")
+@click.option("--sha256", "hashes", multiple=True, help="Content hash of an image to remove (repeatable).")
+@click.option("--manifest", "manifest", type=click.Path(exists=True, dir_okay=False),
+              help="CSV/JSONL/text file of ids, sha256 or paths (one column named id, sha256 or path; or one per line).")
+@click.option("--reason", required=True, help="Why (takedown, privacy request ...): kept in the removal log.")
+@click.option("--by", default=None, help="Who asks; default: the user running the command.")
+@click.option("--wait", is_flag=True, help="If another job is writing the store, wait for it instead of failing.")
+@_friendly
+def remove(store_path, ids, hashes, manifest, reason, by, wait) -> None:
+    """Remove images for good: never again in search, neighbours, thumbnails, scoring or training; their vectors
+    are overwritten, and a later embed refuses the same file (embed --allow-readd lifts that)."""
+    import getpass
+
+    from emoreact.index import Store
+    from emoreact.index.removal import resolve_targets
+
+    if not (ids or hashes or manifest):
+        raise click.UsageError("name the images to remove: --id N, --sha256 HASH or --manifest FILE")
+    store = Store.open_for_writing(store_path, wait=wait)
+    try:
+        targets = resolve_targets(store, ids, hashes, manifest)
+        removed = store.remove(targets, reason, by or getpass.getuser())
+        click.echo(json.dumps({"store": str(store_path), "removed": len(removed), "ids": removed,
+                               "images_left": len(store)}))
+    finally:
+        store.close()
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
+@_friendly
+def removed(store_path) -> None:
+    """List the removal log: id, content hash, when, by whom and why; one JSON object per line."""
+    from emoreact.index import Store
+
+    store = Store.open(store_path, with_index=False)
+    try:
+        for entry in store.removed():
+            click.echo(json.dumps(entry))
+    finally:
+        store.close()
+
+
+@main.command()
 @click.argument("what", type=click.Choice(["embed", "head", "index", "api", "dedup"]))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Backbone for embed/api (random weights).")
@@ -388,8 +457,12 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
               help="embed: measure each pipeline this many times, in turn, and keep its best.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="embed: ray compares the Ray engine's job with the local engine's on the same images.")
+@click.option("--index", "index_kind", default="auto", show_default=True, metavar="auto|flat|ivf|FACTORY",
+              help="index: the index kind to build (auto: what the store would choose for --size).")
+@click.option("--keep", default=None, type=click.Path(file_okay=False),
+              help="index: write the synthetic store here and keep it (default: a temporary folder, deleted).")
 @_friendly
-def bench(what, device, model, size, rounds, engine) -> None:
+def bench(what, device, model, size, rounds, engine, index_kind, keep) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
     from emoreact.bench import api_bench, dedup_bench, embed_bench, head_bench, index_bench
 
@@ -398,12 +471,21 @@ def bench(what, device, model, size, rounds, engine) -> None:
     elif what == "head":
         result = head_bench.run(size or 100_000, device=device)
     elif what == "index":
-        result = index_bench.run(size or 1_000_000)
+        result = index_bench.run(size or 1_000_000, index=index_kind, keep=keep)
     elif what == "dedup":
         result = dedup_bench.run(size or 50_000)
     else:
         result = api_bench.run(model, seconds=size or 10, device=device)
     click.echo(json.dumps(result, indent=2))
+
+
+def _index_choice(value: str | None) -> str | None:
+    """Gives an --index value checked early (a FAISS factory string on a D = 512 probe), before hours of embedding."""
+    if value is None or value in ("auto", "flat", "ivf"):
+        return value
+    from emoreact.index.ann import factory_for
+
+    return factory_for(value, 0, 512)
 
 
 def _threshold_or_off(value: str) -> float | None:

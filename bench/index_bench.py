@@ -67,7 +67,7 @@ def run(size: int = 1_000_000, dim: int = 512, index: str = "auto", keep: str | 
             "p50_ms": served["p50_ms"], "p95_ms": served["p95_ms"],
             "exact_p50_ms": exact and exact["p50_ms"], "exact_p95_ms": exact and exact["p95_ms"],
             "exact_baseline": exact and exact["kind"],
-            "speedup_p95": round(exact["p95_ms"] / served["p95_ms"], 1) if exact else None,
+            "speedup_p95": round(exact["p95_ms"] / served["p95_ms"], 2) if exact else None,
             "server_rss_mib": served["peak_rss_mib"], "server_open_seconds": served["open_seconds"],
             "disk_mib": round(disk / 2**20), "index_mib": round(index_size / 2**20),
             "add_1pct_seconds": round(add_s, 2), "add_1pct_vs_build": round(add_s / build_s, 4),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import faiss
 import numpy as np
@@ -16,9 +16,30 @@ import numpy as np
 from . import ann
 from .ann import IndexSettings
 
+if TYPE_CHECKING:
+    from .store import Store
+
 log = logging.getLogger(__name__)
 
 Blocks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+Builder = Callable[["Store", str], tuple[faiss.Index, IndexSettings]]  # (store, factory) -> (index, settings)
+
+
+def build_for_store(store: "Store", factory: str) -> tuple[faiss.Index, IndexSettings]:
+    """Gives a new index of kind `factory` over the store's live images, built in this process."""
+    rows = store.rows_written()
+    return build(factory, store.dim, rows, store.live_ids(), store.live_blocks, store.vectors_of)
+
+
+def train_empty(factory: str, dim: int, live_ids: np.ndarray, rows_of: Callable[[np.ndarray], np.ndarray],
+                seed: int = 0) -> faiss.Index:
+    """Gives an empty index of kind `factory`, trained (when approximate) on a seeded sample of `live_ids`."""
+    index = ann.new_index(factory, dim)
+    if not ann.is_flat(factory):
+        sample = _sample(live_ids, ann.training_size(factory, len(live_ids)), seed)
+        log.info("training %s on %d vectors", factory, len(sample))
+        index.train(rows_of(sample))
+    return index
 
 
 def build(factory: str, dim: int, rows: int, live_ids: np.ndarray, live_blocks: Blocks,
@@ -26,13 +47,8 @@ def build(factory: str, dim: int, rows: int, live_ids: np.ndarray, live_blocks: 
     """Gives a new index of kind `factory` over all live rows (`live_ids`, sorted, of `rows` in all),
     trained on a seeded sample and tuned to the recall target when approximate."""
     start = time.perf_counter()
-    index = ann.new_index(factory, dim)
-    settings = IndexSettings(factory=factory, file="", indexed_rows=rows)
-    if settings.approximate:
-        sample = _sample(live_ids, ann.training_size(factory, len(live_ids)), seed)
-        log.info("training %s on %d vectors", factory, len(sample))
-        index.train(rows_of(sample))
-        settings = settings.with_(trained_rows=rows)
+    index = train_empty(factory, dim, live_ids, rows_of, seed)
+    settings = IndexSettings(factory=factory, file="", indexed_rows=rows, trained_rows=0 if ann.is_flat(factory) else rows)
     ann.add_blocks(index, live_blocks())
     if settings.approximate:
         settings = tune_on_store(index, settings, live_ids, live_blocks, rows_of, seed)

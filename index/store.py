@@ -19,8 +19,6 @@ approximate, is memory-mapped for serving.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import sqlite3
 import threading
@@ -33,15 +31,14 @@ import numpy as np
 
 from emoreact import __version__
 
-from . import ann, building, metadata
-from .ann import IndexSettings
-from .atomic import atomic_path, atomic_write_text
-from .dedup import EXACT_UP_TO, near_duplicate_groups, split_moves
+from . import metadata
+from .atomic import atomic_path
 from .faults import fault_point
+from .indexing import IndexMaintenance
+from .removal import Removal
 from .manifest import read_manifest
 from .relabel import Relabel, apply_relabels
-from .search import build_index, search, to_gpu_if_available
-from .shards import Shard, ShardReader, overwrite_rows
+from .shards import Shard, ShardReader
 from .writelock import lock_for_writing
 
 log = logging.getLogger(__name__)
@@ -82,10 +79,13 @@ class Block:
     paths: list[str]
 
 
-class Store:
+class Store(IndexMaintenance, Removal):
     """An open store. Use `Store.open` to read and search, `Store.create_or_resume` to add."""
 
     def __init__(self, root: Path, manifest: dict, conn: sqlite3.Connection) -> None:
+        # Files read later (shards, a lazily read index) come from the folder `root` named at open, even
+        # if a symlink at `root` is re-pointed to another store meanwhile (how a server switches stores).
+        self._folder = Path(root).resolve()
         self.root = root
         self.manifest = manifest
         self._conn = conn
@@ -206,13 +206,13 @@ class Store:
         last `finish()`: no query, since predict and /healthz ask often."""
         return self._live
 
-    @property
-    def index_settings(self) -> IndexSettings:
-        """Gives the index kind, file and search settings the manifest records (with open's overrides)."""
-        data = self.manifest.get("index")
-        settings = (IndexSettings.from_json(data) if data else
-                    IndexSettings("Flat", "index.faiss", indexed_rows=self.rows))  # stores before 0.3
-        return settings.with_(**self._overrides) if self._overrides else settings
+    def rows_written(self) -> int:
+        """Gives the number of vector rows committed so far (a writer's new rows included)."""
+        return self._scalar("SELECT COALESCE(MAX(first_id + count), 0) FROM shards")
+
+    def shards(self) -> list[Shard]:
+        """Gives the committed vector shards (name, first_id, count) in id order; files in STORE/vectors/."""
+        return list(self._shards().shards)
 
     def vectors(self) -> np.ndarray:
         """Gives all (rows, D) float32 vectors in id order (removed rows are zero). Small stores only:
@@ -283,14 +283,6 @@ class Store:
             sql += " UNION SELECT sha256 FROM removed"
         return {r[0] for r in self._query(sql)}
 
-    def removed(self) -> list[dict]:
-        """Gives the removal log: id, sha256, removed_at (UTC, ISO 8601), removed_by, reason."""
-        if not self._has_table("removed"):
-            return []
-        keys = ("id", "sha256", "removed_at", "removed_by", "reason")
-        return [dict(zip(keys, row)) for row in
-                self._query(f"SELECT {', '.join(keys)} FROM removed ORDER BY removed_at, id")]
-
     def find(self, sha256: str) -> int | None:
         """Gives the id of the stored image with this content hash, or None."""
         rows = self._query("SELECT id FROM images WHERE sha256 = ?", (sha256,))
@@ -302,25 +294,6 @@ class Store:
         if not self._query("SELECT 1 FROM images WHERE id = ?", (image_id,)):
             raise KeyError(image_id)
         return self._shards().rows_of(np.array([image_id]))[0]
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Gives (scores, ids), each (Q, min(k, live images)), best first, for (Q, D) unit-norm queries;
-        the scores are exact cosines, whatever the index kind."""
-        if self._index is None:
-            self._load_index()
-        k = min(int(k), len(self))
-        if k <= 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        settings, extra = self.index_settings, len(self._pending)
-        if settings.approximate:
-            scores, ids = ann.search(self._index, settings, queries, k + extra, self._shards().rows_of)
-        else:
-            scores, ids = search(self._index, queries, k + extra)
-        if extra:  # a killed removal not yet rolled forward: its images are gone for readers already
-            keep = ~np.isin(ids, list(self._pending))
-            scores = np.stack([s[m][:k] for s, m in zip(scores, keep)])
-            ids = np.stack([i[m][:k] for i, m in zip(ids, keep)])
-        return scores[:, :k], ids[:, :k]
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -357,50 +330,6 @@ class Store:
         with self._lock, self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", entries)
 
-    def finish(self, near_duplicate_threshold: float | None = None, index: str | None = None) -> tuple[int, int]:
-        """Brings the index up to date and rewrites the manifest so that readers see the new rows; first puts
-        each group of near-duplicates (cosine >= the threshold; None: skip) in one split. The index gets
-        only the new rows, unless its kind changes (`index`: auto, flat, ivf or a FAISS factory string;
-        None keeps the store's choice) or it has outgrown its training (see index/building.py). Gives the
-        number of (groups, images) moved."""
-        rows = self._scalar("SELECT COALESCE(MAX(first_id + count), 0) FROM shards")
-        moved, checked = (0, 0), self.manifest.get("near_duplicates")
-        if near_duplicate_threshold is not None:
-            # Rows up to rows_checked were grouped by an earlier job at this threshold: only newer rows search.
-            same = isinstance(checked, dict) and checked.get("threshold") == near_duplicate_threshold
-            done = int(checked.get("rows_checked", 0)) if same else 0
-            if done < rows:
-                moved = self._unite_near_duplicates(near_duplicate_threshold, done)
-            checked = {"threshold": near_duplicate_threshold, "rows_checked": rows}
-        self._update_index(rows, index or self.manifest.get("index_choice", "auto"), force=False,
-                           extra={"near_duplicates": checked} if checked else {})
-        return moved
-
-    def reindex(self, index: str | None = None) -> IndexSettings:
-        """Builds the index anew (kind `index`, or the store's choice), re-trained and re-tuned; gives its settings."""
-        rows = self._scalar("SELECT COALESCE(MAX(first_id + count), 0) FROM shards")
-        self._update_index(rows, index or self.manifest.get("index_choice", "auto"), force=True)
-        return self.index_settings
-
-    def remove(self, ids: list[int], reason: str, by: str) -> list[int]:
-        """Removes images for good: gone from search, metadata, scoring and training, their vector rows
-        zeroed, their content hashes kept as tombstones (with `by`, the time and `reason`) so that a
-        later embed does not add them again. Gives the ids removed; raises KeyError for an unknown id."""
-        ids = sorted({int(i) for i in ids})
-        items = self.items(ids)
-        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        hashes = [(it.sha256,) for it in items]
-        with self._lock, self._conn:
-            self._conn.executemany("INSERT INTO removed (id, sha256, removed_at, removed_by, reason, applied) "
-                                   "VALUES (?, ?, ?, ?, ?, 0)", [(it.id, it.sha256, when, by, reason) for it in items])
-            self._conn.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
-            # other paths with the same content were recorded as its duplicates: no trace of them either
-            self._conn.executemany("DELETE FROM skipped WHERE sha256 = ?", hashes)
-        self._live -= len(ids)
-        fault_point("after_remove_commit")
-        self._apply_removals()
-        return ids
-
     def relabel(self, entries: list[Relabel]) -> dict:
         """Sets the labels (and splits, where given) of the images `entries` name by path or SHA-256, in one
         transaction, nothing re-embedded; gives {"changed", "unchanged", "unknown"} entry counts. Raises
@@ -430,124 +359,11 @@ class Store:
 
     # ---- private: the index ----------------------------------------------------------------
 
-    def _update_index(self, rows: int, choice: str, force: bool, extra: dict | None = None) -> None:
-        self._live = self._scalar("SELECT COUNT(*) FROM images")
-        target = ann.factory_for(choice, self._live, self.dim)
-        settings, index = self._current_index_for_update()
-        # auto keeps an approximate index's list count until it must be re-trained anyway
-        keep = settings is not None and choice == "auto" and settings.approximate and not ann.is_flat(target)
-        factory = settings.factory if keep else target
-        why = "reindex" if force else building.needs_full_build(settings, index, factory, rows)
-        if why is not None:
-            factory = target
-        if why is None and settings.indexed_rows == rows:
-            pass  # nothing new: the index stays as it is
-        elif why is None:
-            settings = building.add_new_rows(index, settings, rows, self._live_blocks(settings.indexed_rows))
-        else:
-            log.info("building a %s index over %d images (%s)", factory, self._live, why)
-            index, settings = building.build(factory, self.dim, rows, self._live_ids(), self._live_blocks,
-                                             self._shards().rows_of)
-            settings = settings.with_(removed_applied=self._scalar("SELECT COUNT(*) FROM removed"))
-        self._publish(index, settings, rows, {"index_choice": choice, **(extra or {})})
-
-    def _current_index_for_update(self) -> tuple[IndexSettings | None, faiss.Index | None]:
-        settings = self.index_settings if self.rows or self.manifest.get("index") else None
-        if settings is None or not (self.root / settings.file).exists():
-            return None, None
-        try:  # in memory (not mapped): it is about to change
-            return settings, faiss.read_index(str(self.root / settings.file))
-        except RuntimeError:
-            log.warning("%s is unreadable; building the index anew", self.root / settings.file)
-            return None, None
-
-    def _publish(self, index: faiss.Index, settings: IndexSettings, rows: int, extra: dict) -> None:
-        old = self.index_settings.file if self.manifest.get("index") or self.rows else None
-        name = _next_index_name(old)
-        with atomic_path(self.root / name) as tmp:
-            faiss.write_index(index, str(tmp))
-            fault_point("during_index_write")
-        fault_point("before_manifest")
-        self.manifest = {**self.manifest, **extra, "count": int(rows), "package_version": __version__,
-                         "index": settings.with_(file=name).to_json()}
-        atomic_write_text(self.root / "manifest.json", json.dumps(self.manifest, indent=2) + "\n")
-        self._live = self._scalar("SELECT COUNT(*) FROM images")
-        self._pending = set()
-        self._index = None  # read again, as readers do, on the next search
-        self._drop_unused_index_files()
-
-    def _apply_removals(self) -> None:
-        """Zeroes the vector rows of committed removals and takes them out of the index (idempotent)."""
-        pending = self._removed_ids(applied=0)
-        if not pending:
-            return
-        reader = self._shards()
-        for shard in reader.shards:
-            mine = [i for i in pending if shard.first_id <= i < shard.first_id + shard.count]
-            if mine:
-                overwrite_rows(self.root / "vectors" / shard.name, shard.first_id, mine)
-        self._reader = None
-        settings, index = self._current_index_for_update()
-        rows = self.rows
-        if index is not None and isinstance(index, faiss.IndexFlatIP) and not isinstance(index, faiss.IndexIDMap2):
-            self._update_index(rows, self.manifest.get("index_choice", "auto"), force=True)  # ids were positions
-        elif index is not None:
-            index.remove_ids(np.asarray(pending, np.int64))
-            fault_point("during_remove")
-            self._publish(index, settings.with_(removed_applied=settings.removed_applied + len(pending)), rows, {})
-        with self._lock, self._conn:
-            self._conn.executemany("UPDATE removed SET applied = 1 WHERE id = ?", [(i,) for i in pending])
-
-    def _load_index(self) -> None:
-        settings = self.index_settings
-        path = self.root / settings.file
-        if not path.exists():
-            raise StoreError(f"{path} is missing; run `cli.py reindex --store {self.root}` to rebuild it")
-        try:
-            index = ann.read(str(path), settings, for_serving=True)
-        except RuntimeError as exc:
-            raise StoreError(f"{path} is truncated or corrupt; run `cli.py reindex --store {self.root}` "
-                             f"to rebuild it ({str(exc).splitlines()[0]})") from exc
-        expected = self._live + len(self._pending)
-        if index.ntotal != expected or index.d != self.dim:
-            raise StoreError(f"{path} holds {index.ntotal} vectors of dim {index.d}, but the store has "
-                             f"{expected} of dim {self.dim}; run `cli.py reindex --store {self.root}` to rebuild it")
-        self._index = index if settings.approximate else to_gpu_if_available(index)
-
-    def _live_ids(self) -> np.ndarray:
-        rows = self._query("SELECT id FROM images ORDER BY id")
-        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
-
-    def _live_blocks(self, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for block in self.blocks():
-            if block.ids[-1] >= first:
-                keep = block.ids >= first
-                yield block.ids[keep], block.vectors[keep]
-
     def _shards(self) -> ShardReader:
         if self._reader is None:
             shards = [Shard(*row) for row in self._query("SELECT name, first_id, count FROM shards ORDER BY first_id")]
-            self._reader = ShardReader(self.root / "vectors", shards, self.dim, StoreError)
+            self._reader = ShardReader(self._folder / "vectors", shards, self.dim, StoreError)
         return self._reader
-
-    def _unite_near_duplicates(self, threshold: float, first_new: int) -> tuple[int, int]:
-        vectors = self.vectors()  # near-duplicate grouping still needs every vector in memory (see README)
-        exact = build_index(vectors) if len(vectors) <= EXACT_UP_TO else None
-        groups = near_duplicate_groups(exact, vectors, threshold, first_new=first_new)
-        members = [int(i) for group in groups for i in group]
-        rows = []
-        for start in range(0, len(members), 10_000):  # SQLite caps the number of bound parameters
-            part = members[start:start + 10_000]
-            rows += self._query(f"SELECT id, split, split_fixed FROM images WHERE id IN ({','.join('?' * len(part))})",
-                                part)
-        present = {r[0] for r in rows}  # removed rows (zero vectors) join no group; this is a safeguard
-        groups = [g for g in (np.array([i for i in group if i in present]) for group in groups) if len(g) > 1]
-        moves, moved_groups = split_moves(groups, {r[0]: r[1] for r in rows}, {r[0]: bool(r[2]) for r in rows})
-        with self._lock, self._conn:
-            self._conn.executemany("UPDATE images SET split = ? WHERE id = ?", [(s, i) for i, s in moves.items()])
-        if moves:
-            log.info("moved %d near-duplicate images (%d groups) into their group's split", len(moves), moved_groups)
-        return moved_groups, len(moves)
 
     # ---- private: files and queries -----------------------------------------------------------
 
@@ -558,14 +374,6 @@ class Store:
             path.unlink(missing_ok=True)
         self._drop_unused_index_files()
 
-    def _drop_unused_index_files(self) -> None:
-        # Readers that opened an older index keep it mapped: on POSIX the data lives until they close it.
-        current = self.index_settings.file if (self.manifest.get("index") or self.rows) else None
-        for path in [*self.root.glob("index-*.faiss"), self.root / "index.faiss"]:
-            if path.exists() and path.name != current:
-                log.info("removing %s, an index no longer in use", path)
-                path.unlink(missing_ok=True)
-
     def _drop_orphan_shards(self) -> None:
         folder = self.root / "vectors"
         known = {r[0] for r in self._query("SELECT name FROM shards")}
@@ -573,12 +381,6 @@ class Store:
             if path.name not in known:
                 log.info("removing %s, left by an interrupted job", path)
                 path.unlink()
-
-    def _removed_ids(self, applied: int | None) -> list[int]:
-        if not self._has_table("removed"):
-            return []
-        where = "" if applied is None else f" WHERE applied = {int(applied)}"
-        return [r[0] for r in self._query("SELECT id FROM removed" + where + " ORDER BY id")]
 
     def _has_table(self, name: str) -> bool:
         return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
@@ -593,12 +395,6 @@ class Store:
     def _scalar(self, sql: str) -> int:
         return int(self._query(sql)[0][0])
 
-
-def _next_index_name(current: str | None) -> str:
-    generation = 0
-    if current and current.startswith("index-") and current.endswith(".faiss"):
-        generation = int(current[len("index-"):-len(".faiss")])
-    return f"index-{generation + 1:06d}.faiss"
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
