@@ -388,14 +388,23 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
 @click.option("--index", "index_kind", default=None, metavar="auto|flat|ivf|FACTORY",
               help="Index kind (see embed --index). Default: the store's choice.")
 @click.option("--wait", is_flag=True, help="If another job is writing the store, wait for it instead of failing.")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="local: this process; ray: vectors added by Ray tasks, merged here (pip install \"emoreact[ray]\").")
+@click.option("--ray-address", default=None, help="ray: the cluster to join (auto: the one `ray start` began); "
+                                                   "default: a local Ray. Every node must see the store's path.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="ray: tasks, each adding a run of shards (default: one per CPU of the cluster).")
 @_friendly
-def reindex(store_path, index_kind, wait) -> None:
+def reindex(store_path, index_kind, wait, engine, ray_address, workers) -> None:
     """Build the store's index anew: re-train its quantizer, re-tune nprobe for recall@10 >= 0.95, publish atomically."""
+    from emoreact.embed import RayConfig, RayIndexBuilder
     from emoreact.index import Store
 
+    # before the store lock: without the extra this fails at once
+    builder = RayIndexBuilder(RayConfig(address=ray_address, workers=workers)) if engine == "ray" else None
     store = Store.open_for_writing(store_path, wait=wait)
     try:
-        settings = store.reindex(_index_choice(index_kind))
+        settings = store.reindex(_index_choice(index_kind), builder=builder)
         click.echo(json.dumps({"store": str(store_path), "images": len(store), **settings.to_json()}))
     finally:
         store.close()
@@ -460,7 +469,8 @@ def removed(store_path) -> None:
 @click.option("--index", "index_kind", default="auto", show_default=True, metavar="auto|flat|ivf|FACTORY",
               help="index: the index kind to build (auto: what the store would choose for --size).")
 @click.option("--keep", default=None, type=click.Path(file_okay=False),
-              help="index: write the synthetic store here and keep it (default: a temporary folder, deleted).")
+              help="index: write the synthetic store here and keep it (default: a temporary folder, deleted); "
+                   "if it already holds a store, measure that one again (no generation, build or growth).")
 @_friendly
 def bench(what, device, model, size, rounds, engine, index_kind, keep) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""

@@ -1,5 +1,6 @@
 """The embed job on Ray: the store a local run gives, on one node and on two; a killed driver resumes; a killed
-worker is retried by Ray; without the extra, `--engine ray` fails at once naming it.
+worker is retried by Ray; without the extra, `--engine ray` fails at once naming it. The index built on Ray
+(`reindex --engine ray`): the recall of the single-process build, exactly the live ids, tasks on both nodes.
 
 Ray starts slowly, so the tests share one local Ray (2 CPUs) per module; the two-node cluster test has its
 own. Kills are named fault points (index/faults.py), never timing.
@@ -20,8 +21,9 @@ from click.testing import CliRunner
 
 from conftest import ROOT, TINY, TINY_MODEL
 from emoreact import embed_source
+from emoreact.bench.synthetic_store import Mixture, held_out_queries, write_store
 from emoreact.embed import EmbedConfig, RayConfig
-from emoreact.index import Store
+from emoreact.index import Store, ann, brute_force_search
 from synthetic import draw
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -30,6 +32,9 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 CONFIG = EmbedConfig(batch_size=8, workers=0, shard_size=16, progress=False, near_duplicate_threshold=None)
 UNIQUE = 44
 FP16_STEP = 2.0 ** -11  # fp16 spacing just below 1: the local and Ray workers may round a value apart
+MIX = Mixture(dim=64, clusters=48, seed=3)
+IVF = "IVF32_HNSW32,PQ8"  # a small approximate index of the production kind (as in test_store_scale.py)
+REMOVED = [0, 17, 1999, 2000, 5999]  # shard edges among them
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,49 @@ def two_nodes(ray_session):
     yield cluster
     ray_session.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vector_store(tmp_path_factory) -> Path:
+    """A synthetic store of 6,000 vectors in three shards, a flat index, a few images removed."""
+    from emoreact.bench import synthetic_store
+
+    path = tmp_path_factory.mktemp("vectors") / "store"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synthetic_store, "BLOCK", 2000)  # a shard per block: shards for two tasks
+        store = write_store(path, 6000, MIX, index="flat")  # the flat build writes the manifest
+    store.remove(REMOVED, "test", "t")
+    store.close()
+    return path
+
+
+def reindex_copy(vector_store: Path, to: Path, builder=None):
+    """Gives the store (open) and its index settings after a reindex of a copy of `vector_store`."""
+    shutil.copytree(vector_store, to)
+    store = Store.open_for_writing(to)
+    settings = store.reindex(IVF, builder=builder)
+    store.close()
+    return Store.open(to), settings
+
+
+def indexed_ids(path: Path) -> np.ndarray:
+    """Gives the sorted ids held by the inverted lists of the store's IVF index file."""
+    import faiss
+
+    store = Store.open(path)
+    whole = faiss.read_index(str(path / store.index_settings.file))
+    index = faiss.extract_index_ivf(whole)  # a view: `whole` must stay alive while it is read
+    store.close()
+    lists = index.invlists
+    ids = [faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n)).copy() for n in range(index.nlist)]
+    return np.sort(np.concatenate(ids))
+
+
+def recall(store: Store, queries: np.ndarray) -> float:
+    """Gives the recall@10 of the store's search against brute force over its live vectors."""
+    _, truth = brute_force_search(store.vectors(), queries, 10)  # removed rows are zero: never in a top 10
+    _, ids = store.search(queries, 10)
+    return float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(ids.tolist(), truth.tolist())]))
 
 
 def snapshot(path: Path) -> dict:
@@ -176,12 +224,65 @@ def test_workers_the_cluster_cannot_hold_are_refused_at_once(source, tmp_path, l
 
 @needs_ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_the_index_built_on_ray_has_the_local_builds_recall_and_exactly_the_live_ids(vector_store, tmp_path):
+    from emoreact.embed import RayIndexBuilder
+
+    local, local_settings = reindex_copy(vector_store, tmp_path / "local")
+    builder = RayIndexBuilder(RayConfig(workers=2))
+    on_ray, ray_settings = reindex_copy(vector_store, tmp_path / "ray", builder)
+    assert ray_settings.factory == IVF and ray_settings.nprobe > 0 and ray_settings.candidates > 0
+    assert sum(builder.added_per_node_.values()) == 6000 - len(REMOVED)
+    live = on_ray.live_ids()
+    assert len(live) == 6000 - len(REMOVED) and not set(REMOVED) & set(live.tolist())
+    assert np.array_equal(indexed_ids(tmp_path / "ray"), live), "the index must hold exactly the live ids"
+    queries = held_out_queries(300, MIX)
+    got, want = recall(on_ray, queries), recall(local, queries)
+    assert got >= ann.RECALL_TARGET and want >= ann.RECALL_TARGET, (got, want)
+    # Tuning keeps the fastest setting that reaches the target, by timing: compare the indexes at one setting.
+    same = {"nprobe": local_settings.nprobe, "candidates": local_settings.candidates}
+    local.close()
+    on_ray.close()
+    local, on_ray = Store.open(tmp_path / "local", **same), Store.open(tmp_path / "ray", **same)
+    got, want = recall(on_ray, queries), recall(local, queries)
+    assert abs(got - want) <= 0.01, (got, want, same)
+    local.close()
+    on_ray.close()
+
+
+@needs_ray
+@pytest.mark.slow
 def test_two_nodes_both_embed_and_give_the_same_store(two_nodes, source, local, tmp_path, label_config):
     # Two workers of half a CPU on two 1-CPU nodes: Ray Data spreads them, one per node.
     report = ray_embed(source, tmp_path / "store", label_config, RayConfig(workers=2, cpus_per_worker=0.5))
     assert report.nodes == 2 and len(report.images_per_node) == 2, report.images_per_node
     assert all(count > 0 for count in report.images_per_node.values()), report.images_per_node
     assert_same_store(snapshot(tmp_path / "store"), local)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_two_nodes_both_add_vectors_to_the_index(two_nodes, vector_store, tmp_path):
+    from emoreact.embed import RayIndexBuilder
+
+    builder = RayIndexBuilder(RayConfig(workers=2))
+    store, _ = reindex_copy(vector_store, tmp_path / "store", builder)
+    assert len(builder.added_per_node_) == 2, builder.added_per_node_
+    assert all(count > 0 for count in builder.added_per_node_.values()), builder.added_per_node_
+    assert np.array_equal(indexed_ids(tmp_path / "store"), store.live_ids())
+    store.close()
+
+
+def test_without_the_extra_reindex_engine_ray_fails_at_once_naming_it(vector_store, tmp_path, monkeypatch):
+    from emoreact.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    before = json.loads((vector_store / "manifest.json").read_text())
+    result = CliRunner().invoke(main, ["reindex", "--store", str(vector_store), "--engine", "ray"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert 'pip install "emoreact[ray]"' in result.output
+    assert json.loads((vector_store / "manifest.json").read_text()) == before, "the store must be untouched"
 
 
 def test_without_the_extra_engine_ray_fails_at_once_naming_it(source, tmp_path, monkeypatch):
