@@ -106,10 +106,8 @@ class IndexMaintenance:
 
     def live_blocks(self, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Gives (ids (n,) int64, vectors (n, D) float32) blocks of the live images with id >= `first`."""
-        for block in self.blocks():
-            if block.ids[-1] >= first:
-                keep = block.ids >= first
-                yield block.ids[keep], block.vectors[keep]
+        for block in self.blocks(first=first):
+            yield block.ids, block.vectors
 
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """Gives the (len(ids), D) float32 stored vectors of `ids` (any order), read where they lie."""

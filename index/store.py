@@ -222,13 +222,15 @@ class Store(IndexMaintenance, Removal):
             return np.zeros((0, self.dim), np.float32)
         return np.concatenate([np.asarray(reader.block(s), dtype=np.float32) for s in reader.shards])
 
-    def blocks(self, block_rows: int = BLOCK_ROWS, split: str | None = None) -> Iterator[Block]:
-        """Gives the live images (of `split`, or all) in id order, a block of at most `block_rows` at a time,
-        each block's vectors read from one memory-mapped shard."""
+    def blocks(self, block_rows: int = BLOCK_ROWS, split: str | None = None, first: int = 0) -> Iterator[Block]:
+        """Gives the live images (of `split`, or all; with id >= `first`) in id order, a block of at most
+        `block_rows` at a time, each block's vectors read from one memory-mapped shard."""
         reader = self._shards()
         for shard in reader.shards:
+            if shard.first_id + shard.count <= first:
+                continue  # e.g. an incremental index update reads only the shards it has not indexed
             mapped = reader.scan(shard)  # dropped at the next shard: a pass keeps one shard mapped, not the store
-            for start in range(shard.first_id, shard.first_id + shard.count, block_rows):
+            for start in range(max(shard.first_id, first), shard.first_id + shard.count, block_rows):
                 stop = min(start + block_rows, shard.first_id + shard.count)
                 sql = "SELECT id, path, labels, split FROM images WHERE id >= ? AND id < ?"
                 params: list = [start, stop]
