@@ -240,7 +240,10 @@ class Store(IndexMaintenance, Removal):
                 if not rows:
                     continue
                 ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-                vectors = np.asarray(mapped[ids - shard.first_id], dtype=np.float32)
+                lo = int(ids[0]) - shard.first_id
+                rows_read = (mapped[lo:lo + len(ids)] if int(ids[-1]) - int(ids[0]) + 1 == len(ids)  # no gaps: a slice
+                             else mapped[ids - shard.first_id])
+                vectors = np.asarray(rows_read, dtype=np.float32)
                 yield Block(ids, vectors, [tuple(r[2].split("|")) if r[2] else None for r in rows],
                             [r[3] for r in rows], [r[1] for r in rows])
 
