@@ -74,10 +74,10 @@ def run(size: int = 1_000_000, dim: int = 512, index: str = "auto", keep: str | 
             "p50_ms": served["p50_ms"], "p95_ms": served["p95_ms"],
             "exact_p50_ms": exact and exact["p50_ms"], "exact_p95_ms": exact and exact["p95_ms"],
             "exact_baseline": exact and exact["kind"],
-            "speedup_p95": round(exact["p95_ms"] / served["p95_ms"], 2) if exact else None,
+            "speedup_p95": round(exact["p95_ms"] / served["p95_ms"], 2) if exact and served["p95_ms"] > 0 else None,
             "server_rss_mib": served["peak_rss_mib"], "server_open_seconds": served["open_seconds"],
             "disk_mib": round(disk / 2**20), "index_mib": round(index_size / 2**20),
-            "add_1pct_seconds": add_s and round(add_s, 2), "add_1pct_vs_build": add_s and round(add_s / build_s, 4),
+            "add_1pct_seconds": None if add_s is None else round(add_s, 3), "add_1pct_vs_build": None if add_s is None else round(add_s / build_s, 4),
             "index_after_add": grown}
         return result
     finally:
@@ -107,7 +107,7 @@ def _exact_latency(store: Store, queries: np.ndarray) -> dict:
         flat.search(query[None, :], 10)
         times.append(1000 * (time.perf_counter() - start))
     del flat
-    return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2),
+    return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p95_ms": round(float(np.percentile(times, 95)), 3),
             "kind": "Flat (fp16 codes)" if fp16 else "Flat"}
 
 

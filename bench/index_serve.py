@@ -30,8 +30,8 @@ def main(store_path: str, queries_path: str) -> None:
         times.append(1000 * (time.perf_counter() - start))
         found.append([int(i) for i in ids[0]])
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
-    print(json.dumps({"p50_ms": round(float(np.percentile(times, 50)), 2),
-                      "p95_ms": round(float(np.percentile(times, 95)), 2),
+    print(json.dumps({"p50_ms": round(float(np.percentile(times, 50)), 3),
+                      "p95_ms": round(float(np.percentile(times, 95)), 3),
                       "open_seconds": round(open_s, 2), "peak_rss_mib": round(peak_kib / 1024),
                       "open_rss_mib": open_rss, "end_rss_mib": _rss_mib(),
                       "ids": found}))
