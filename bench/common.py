@@ -23,6 +23,18 @@ def environment(device: torch.device) -> dict:
             "commit": commit}
 
 
+def peak_rss_mib() -> int | None:
+    """Gives this process's peak resident memory in MiB since it started (`VmHWM`; None off Linux).
+
+    Not `getrusage(...).ru_maxrss`: in a process started by another, that also counts the memory the
+    parent held when it forked, so it can report the benchmark's own size instead of the program's."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def write_photos(folder: Path, count: int, size=(640, 480), seed: int = 0) -> list[Path]:
     """Writes `count` photo-like JPEGs (smooth gradients, shapes and noise); gives their paths."""
     from PIL import Image, ImageDraw

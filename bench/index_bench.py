@@ -38,14 +38,13 @@ def run(size: int = 1_000_000, dim: int = 512, index: str = "auto", keep: str | 
     import torch
 
     folder = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="emoreact-bench-index-"))
-    mixture = Mixture(dim=dim, clusters=max(64, min(65_536, size // 250)))
+    mixture = Mixture.for_rows(size, dim)
     try:
         reuse = keep is not None and (folder / "manifest.json").exists()
         if reuse:  # measure again on a store an earlier run kept: no generation, no build, no growth
             store = Store.open(folder, with_index=False)
             settings, generate_s, build_s = store.index_settings, None, store.index_settings.build_seconds
-            size, dim = len(store), store.dim
-            mixture = Mixture(dim=dim, clusters=max(64, min(65_536, size // 250)))
+            size, dim, mixture = len(store), store.dim, Mixture.of_store(store)
         else:
             start = time.perf_counter()
             store = write_store(folder, size, mixture, index=None)

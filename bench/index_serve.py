@@ -7,13 +7,14 @@ time to open and the process's peak resident memory.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 
 import numpy as np
 
 from emoreact.index import Store
+
+from .common import peak_rss_mib
 
 
 def main(store_path: str, queries_path: str) -> None:
@@ -29,10 +30,9 @@ def main(store_path: str, queries_path: str) -> None:
         store.items([int(i) for i in ids[0] if i >= 0])
         times.append(1000 * (time.perf_counter() - start))
         found.append([int(i) for i in ids[0]])
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     print(json.dumps({"p50_ms": round(float(np.percentile(times, 50)), 3),
                       "p95_ms": round(float(np.percentile(times, 95)), 3),
-                      "open_seconds": round(open_s, 2), "peak_rss_mib": round(peak_kib / 1024),
+                      "open_seconds": round(open_s, 2), "peak_rss_mib": peak_rss_mib(),
                       "open_rss_mib": open_rss, "end_rss_mib": _rss_mib(),
                       "ids": found}))
 

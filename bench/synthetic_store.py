@@ -28,7 +28,7 @@ labels from the cluster, a split from the hash): the size of a real store's meta
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,21 @@ class Mixture:
     dim: int = 512
     clusters: int = 4_096
     seed: int = 0
+
+    @classmethod
+    def for_rows(cls, rows: int, dim: int = 512) -> "Mixture":
+        """Gives the mixture the benchmarks use for a store of `rows`: one cluster per 250 images."""
+        return cls(dim=dim, clusters=max(64, min(65_536, rows // 250)))
+
+    @classmethod
+    def of_store(cls, store: Store) -> "Mixture":
+        """Gives the mixture a synthetic store was written from, as its manifest records it; for a store
+        written before it was recorded, the benchmarks' mixture for the rows its index was trained on."""
+        recorded = store.manifest.get("preprocess", {}).get("mixture")
+        if recorded:
+            return cls(**recorded)
+        trained = store.index_settings.trained_rows
+        return cls.for_rows(trained or len(store), store.dim)
 
     def parameters(self) -> tuple[np.ndarray, ...]:
         """Gives (common (D,), centres (C, D), scales (C,), spreads (C,), weights (C,), noise basis (D, D))."""
@@ -88,7 +103,8 @@ def write_store(root: str | Path, count: int, mixture: Mixture = Mixture(), firs
     """Writes (or grows, drawing from RNG streams `first_stream`, ...) a store of `count` synthetic images
     at `root`, through the store's normal writer; `index=None` leaves the index unbuilt (call `reindex`).
     Gives the store, still open for writing: close it."""
-    store = Store.create_or_resume(root, MODEL_ID, mixture.dim, {"synthetic": True}, list(OUR_LABELS))
+    preprocess = {"synthetic": True, "mixture": asdict(mixture)}  # so a kept store can draw queries again
+    store = Store.create_or_resume(root, MODEL_ID, mixture.dim, preprocess, list(OUR_LABELS))
     start_id = store.rows
     for stream, offset in enumerate(range(0, count, BLOCK), start=first_stream):
         n = min(BLOCK, count - offset)

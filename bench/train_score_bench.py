@@ -3,8 +3,7 @@
 `python -m emoreact.bench.train_score_bench --store DIR [--size N]` writes a synthetic store of N x 512
 into DIR if it holds none (bench/synthetic_store.py; every image labelled, 80/10/10 split), then runs
 each command as its own process, as a user would (`python -m emoreact train|score ...`), and reads
-that process's peak resident memory from the kernel (`wait4`'s ru_maxrss, what `/usr/bin/time -v`
-prints as "Maximum resident set size"):
+that process's peak resident memory (its own `VmHWM`, see bench/measured.py):
 - `train` (linear head) at each `--caps` value of `--max-train-rows`; 0 lifts the cap, the baseline:
   every labelled training image held in memory, as before the store was streamed;
 - `score` of every image to Parquet; its baseline, in the same run, is the predictor's image-by-image
@@ -71,23 +70,29 @@ def _generate(store: Path, size: int) -> float:
     start = time.perf_counter()
     # Flat: no training or tuning (train and score never load the index); it holds N x D float32 while
     # it is built, so for 10M reuse a store `bench index --keep` wrote.
-    write_store(store, size, Mixture(clusters=max(64, min(65_536, size // 250))), index="flat").close()
+    write_store(store, size, Mixture.for_rows(size), index="flat").close()
     return round(time.perf_counter() - start, 1)
 
 
 def _child(args: list[str]) -> tuple[float, float, str]:
-    """Runs `python -m emoreact ARGS`; gives (wall seconds, peak RSS in MiB, its standard output) and
-    records its CPU seconds (user + system) in `_child.cpu_seconds`: on a shared machine the wall time
-    depends on the other processes, the CPU time much less."""
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "emoreact", *args], stdout=subprocess.PIPE, text=True)
-    out = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"`emoreact {' '.join(args)}` exited {process.returncode}")
+    """Runs `python -m emoreact ARGS` (through bench/measured.py, which reads its peak memory); gives
+    (wall seconds, peak RSS in MiB, its standard output) and records its CPU seconds (user + system) in
+    `_child.cpu_seconds`: on a shared machine the wall time depends on the other processes, the CPU time
+    much less."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak.json"
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "emoreact.bench.measured", str(peak_file), *args],
+                                   stdout=subprocess.PIPE, text=True)
+        out = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = round(time.perf_counter() - start, 1)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            raise RuntimeError(f"`emoreact {' '.join(args)}` exited {process.returncode}")
+        peak = json.loads(peak_file.read_text())["peak_rss_mib"]
     _child.cpu_seconds = round(usage.ru_utime + usage.ru_stime, 1)
-    return round(time.perf_counter() - start, 1), round(usage.ru_maxrss / 1024), out.strip()
+    return seconds, peak, out.strip()
 
 
 def _per_image_rate(store: Path, head: Path, rows: int = 65_536) -> dict:

@@ -36,6 +36,12 @@ def test_index_bench_reports_recall_latency_and_memory_beside_exact_search(tmp_p
     assert 0.0 < result["recall_at_10"] <= 1.0 and result["p95_ms"] >= result["p50_ms"] >= 0
     assert result["exact_p95_ms"] >= 0 and "speedup_p95" in result and result["server_rss_mib"] > 0
     assert result["add_1pct_seconds"] >= 0 and result["index_after_add"] == "IVF16_HNSW32,PQ8"  # ms on 3,000 rows
+    from emoreact.bench.synthetic_store import Mixture
+    from emoreact.index import Store
+
+    kept = Store.open(tmp_path / "store", with_index=False)  # a rerun on the kept store draws queries from
+    assert Mixture.of_store(kept) == Mixture.for_rows(3000, 64)  # the mixture it was written from
+    kept.close()
     flat = index_bench.run(size=500, dim=64, index="flat")
     assert flat["index"] == "Flat" and flat["recall_at_10"] == 1.0  # exact search agrees with brute force
 
@@ -54,3 +60,21 @@ def test_dedup_bench_reports_both_searches_and_the_groups_found():
     result = dedup_bench.run(count=2000, dim=32, clusters=20)
     assert result["exact_groups"] == 100 and result["group_recall"] == 1.0
     assert result["baseline_exact_seconds"] > 0 and result["ours_ivf_seconds"] > 0
+
+
+def test_measured_child_peak_memory_is_its_own_not_its_parents(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def child_peak() -> int:
+        out = tmp_path / "peak.json"
+        subprocess.run([sys.executable, "-m", "emoreact.bench.measured", str(out), "--help"], check=True,
+                       capture_output=True)
+        return json.loads(out.read_text())["peak_rss_mib"]
+
+    alone = child_peak()
+    ballast = bytearray(b"x" * 2**30)  # the parent now holds 1 GiB of written pages when it forks
+    beside = child_peak()
+    del ballast
+    assert alone > 0 and abs(beside - alone) < 256, (alone, beside)  # wait4's ru_maxrss would add the GiB
