@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from emoreact.labels import ConfigError, LabelConfig
+from emoreact.manifests import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -160,20 +161,10 @@ def _read_affectnet(root: Path, config: LabelConfig) -> Iterator[Record]:
 
 def _read_manifest(path: Path, config: LabelConfig) -> Iterator[Record]:
     """CSV (header: path,labels[,split]) or JSONL ({"path", "labels", "split"}); paths relative to it."""
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise SourceError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
-    else:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(enumerate(csv.DictReader(handle), 2))
+    rows = read_rows(path, SourceError, columns=("path",))
     for number, row in rows:
         where = f"{path}, line {number}"
-        if not isinstance(row, dict) or not row.get("path"):
+        if not row.get("path"):
             raise SourceError(f"{where}: no `path`; a manifest row needs path and optionally labels, split")
         labels = _manifest_labels(row.get("labels"), config, where)
         split = (row.get("split") or "").strip() or None

@@ -7,12 +7,12 @@ are updated. A split given here counts as fixed: near-duplicate grouping no long
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+
+from emoreact.manifests import read_rows
 
 SPLITS = ("train", "val", "test")
 KEYS = ("path", "sha256")
@@ -113,15 +113,10 @@ def read_relabel_manifest(path: str | Path) -> list[Relabel]:
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"{path} is not a .csv or .jsonl manifest; write one row per image with path or "
                          "sha256, labels and optionally split")
-    try:
-        rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _csv_rows(path)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}; check the path") from exc
+    rows = read_rows(path, ValueError, columns=("path", "sha256"))
     entries = []
     for number, row in rows:
         where = f"{path}, line {number}"
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object with path or sha256, labels and split")
         sha, file = str(row.get("sha256") or "").strip(), str(row.get("path") or "").strip()
         if not sha and not file:
             raise ValueError(f"{where}: no `path` or `sha256`; each row names its image by one of them")
@@ -142,23 +137,3 @@ def _labels(raw: object, where: str) -> tuple[str, ...]:
     if not all(isinstance(item, str) for item in items):
         raise ValueError(f"{where}: labels must be names (a list of strings, or one string with |), got {raw!r}")
     return tuple(item.strip() for item in items if item.strip())
-
-
-def _csv_rows(path: Path) -> list[tuple[int, dict]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"path", "sha256"} & set(reader.fieldnames):
-            raise ValueError(f"{path}, line 1: the header names neither path nor sha256 "
-                             f"(it has {reader.fieldnames}); write e.g. path,labels,split")
-        return list(enumerate(reader, 2))
-
-
-def _jsonl_rows(path: Path) -> list[tuple[int, object]]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
-    return rows

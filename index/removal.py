@@ -6,15 +6,16 @@ and the index (rewritten without it) by the same call or, if that is killed, by 
 """
 from __future__ import annotations
 
-import csv
 import datetime
-import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
+
+from emoreact.manifests import read_rows
 
 from .faults import fault_point
 from .shards import overwrite_rows
@@ -110,21 +111,25 @@ def resolve_targets(store: "Store", ids=(), hashes=(), manifest: str | Path | No
 
 
 def _read_entries(path: Path) -> tuple[list[int], list[str], list[str]]:
+    """Gives (ids, hashes, paths) a removal manifest names: CSV or JSONL rows with an id, sha256 or path
+    column (relative paths taken from the manifest's folder, as `embed` reads them), or any other file
+    as plain text, one id, hash or path per line."""
     ids, hashes, paths = [], [], []
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+    if path.suffix.lower() in (".csv", ".jsonl"):
+        rows = read_rows(path, ValueError, columns=("id", "sha256", "path"))
     else:
-        rows = [{"value": line.strip()} for line in text.splitlines() if line.strip()]
-    for number, row in enumerate(rows, start=1):
-        if "id" in row and str(row["id"]).strip():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path} as UTF-8 text ({exc}); check the path") from exc
+        rows = [(number, {"value": line.strip()}) for number, line in enumerate(lines, 1) if line.strip()]
+    for number, row in rows:
+        if str(row.get("id") or "").strip():
             ids.append(_int(row["id"], path, number))
         elif row.get("sha256"):
-            hashes.append(str(row["sha256"]).lower())
+            hashes.append(str(row["sha256"]).strip().lower())
         elif row.get("path"):
-            paths.append(str(row["path"]))
+            paths.append(_absolute(str(row["path"]).strip(), path))
         elif "value" in row:
             value = row["value"]
             if value.isdigit():
@@ -132,14 +137,19 @@ def _read_entries(path: Path) -> tuple[list[int], list[str], list[str]]:
             elif _SHA256.match(value.lower()):
                 hashes.append(value.lower())
             else:
-                paths.append(value)
+                paths.append(_absolute(value, path))
         else:
-            raise ValueError(f"{path}, entry {number}: needs an id, sha256 or path column")
+            raise ValueError(f"{path}, line {number}: needs an id, sha256 or path; write one of them per row")
     return ids, hashes, paths
+
+
+def _absolute(file: str, manifest: Path) -> str:
+    # normpath, not resolve(): `..` is folded as embed's absolute paths have none, links are kept as it keeps them
+    return os.path.normpath(manifest.absolute().parent / file)
 
 
 def _int(value, path: Path, number: int) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{path}, entry {number}: id {value!r} is not a whole number") from None
+        raise ValueError(f"{path}, line {number}: id {value!r} is not a whole number") from None

@@ -90,7 +90,7 @@ def test_a_bad_manifest_is_a_clear_error(store_copy, tmp_path):
     manifest = tmp_path / "fixes.csv"
     manifest.write_text("file,labels\na.jpg,happy\n")
     result = CliRunner().invoke(main, ["label", "--store", str(store_copy), str(manifest)])
-    assert result.exit_code == 1 and "names neither path nor sha256" in result.output
+    assert result.exit_code == 1 and "the header names none of path, sha256" in result.output
 
 
 def test_relabel_waits_for_no_one_unless_asked(store_copy, tmp_path):

@@ -107,3 +107,46 @@ def test_naming_nothing_or_an_unknown_image_is_a_clear_error(removed_store):
     result = runner.invoke(cli.main, ["remove", "--store", str(root / "store"), "--id", str(victim.id),
                                       "--reason", "again"])
     assert result.exit_code == 1 and f"id:{victim.id}" in result.output and "Traceback" not in result.output
+
+
+def test_a_manifest_names_images_by_id_hash_or_path_in_csv_jsonl_or_text(tmp_path):
+    import hashlib
+
+    from emoreact.bench.synthetic_store import Mixture, write_store
+    from emoreact.index.removal import _read_entries
+
+    write_store(tmp_path / "store", 300, Mixture(dim=32, clusters=8, seed=1), index="flat").close()
+    sha = lambda image_id: hashlib.sha256(f"synthetic-{image_id}".encode()).hexdigest()  # noqa: E731
+    (tmp_path / "a.csv").write_text("id,note\n3,dup\n5,\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"sha256": sha(7).upper()}) + "\n\n")
+    (tmp_path / "c.txt").write_text(f"9\n{sha(11)}\n")
+    runner = CliRunner()
+    for name in ("a.csv", "b.jsonl", "c.txt"):
+        result = runner.invoke(cli.main, ["remove", "--store", str(tmp_path / "store"), "--manifest",
+                                          str(tmp_path / name), "--reason", "takedown"])
+        assert result.exit_code == 0, result.output
+    store = Store.open(tmp_path / "store", with_index=False)
+    assert len(store) == 295 and {3, 5, 7, 9, 11}.isdisjoint(store.live_ids())
+    store.close()
+    (tmp_path / "m.txt").write_text("photos/a.jpg\n/elsewhere/b.jpg\n")  # relative to the manifest, as embed reads them
+    assert _read_entries(tmp_path / "m.txt")[2] == [str(tmp_path / "photos" / "a.jpg"), "/elsewhere/b.jpg"]
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.jsonl", '{"id": 1}\n{"id": 2\n', "bad.jsonl, line 2: not valid JSON"),
+    ("list.jsonl", '[1, 2]\n', "list.jsonl, line 1: expected a JSON object"),
+    ("cols.csv", "image,why\n1,x\n", "cols.csv, line 1: the header names none of id, sha256, path"),
+    ("word.csv", "id\n1\nseven\n", "word.csv, line 3: id 'seven' is not a whole number"),
+    ("blank.csv", "id,sha256\n,\n", "blank.csv, line 2: needs an id, sha256 or path"),
+])
+def test_an_unreadable_removal_manifest_names_file_and_line_and_removes_nothing(tmp_path, name, text, message):
+    from emoreact.bench.synthetic_store import Mixture, write_store
+
+    write_store(tmp_path / "store", 50, Mixture(dim=32, clusters=4, seed=2), index="flat").close()
+    (tmp_path / name).write_text(text)
+    result = CliRunner().invoke(cli.main, ["remove", "--store", str(tmp_path / "store"), "--manifest",
+                                           str(tmp_path / name), "--reason", "takedown"])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    store = Store.open(tmp_path / "store", with_index=False)
+    assert len(store) == 50
+    store.close()
