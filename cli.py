@@ -351,10 +351,16 @@ def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
               help="Corrections one key may send a minute (and in a burst); more answer 429.")
 @click.option("--unsure-above", default=0.99, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Novelty at which a result is flagged unsure: 0.99 flags about 1% of images like the indexed ones.")
+@click.option("--nprobe", default=None, type=click.IntRange(1),
+              help="Lists an approximate index probes per query: higher finds more true neighbours, slower. "
+                   "Default: the value tuned to the recall target when the index was built (in the store manifest).")
+@click.option("--candidates", default=None, type=click.IntRange(1),
+              help="Proposals of an approximate index re-ranked exactly per query. Default: as tuned at build time.")
 @_labels_option
 @_friendly
 def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, k_default, device, micro_batch,
-          pretrained, api_keys, require_key_for_read, feedback_per_minute, unsure_above, labels_path) -> None:
+          pretrained, api_keys, require_key_for_read, feedback_per_minute, unsure_above, nprobe, candidates,
+          labels_path) -> None:
     """Serve the upload page and the JSON API with waitress; the model is loaded once, at start.
 
     SIGHUP (kill -HUP PID) reloads the store and head from the same paths: requests already running
@@ -370,7 +376,7 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, k_default=k_default,
                        micro_batch=micro_batch, api_keys=Path(api_keys) if api_keys else None,
                        require_key_for_read=require_key_for_read, feedback_per_minute=feedback_per_minute,
-                       unsure_above=unsure_above)
+                       unsure_above=unsure_above, nprobe=nprobe, candidates=candidates)
     # Access log lines (one per request, with its id) are written whatever the -v level.
     logging.getLogger("emoreact.access").setLevel(logging.INFO)
     app = create_app(config)

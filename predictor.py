@@ -35,19 +35,21 @@ ImageInput = Union[str, os.PathLike, bytes, Image.Image]  # what `predict` takes
 def load(store: str | Path | None = None, head: str | Path | None = None, *, device: str = "auto",
          labels: str | Path | LabelConfig | None = None, pretrained: str | None = None, model: str | None = None,
          max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None,
-         unsure_above: float = DEFAULT_UNSURE_ABOVE) -> "Predictor":
+         unsure_above: float = DEFAULT_UNSURE_ABOVE, nprobe: int | None = None,
+         candidates: int | None = None) -> "Predictor":
     """Gives a predictor for a trained head, with neighbours and novelty from `store` when one is given.
 
     `labels` swaps in another emoji policy (same label names). Without a store the backbone is the
     one the head was trained on (its manifest names it); `model`/`pretrained` re-point it, e.g. at a
     local weights file when the head was trained elsewhere. A result is `unsure` when its novelty
-    (see `emoreact.novelty`) is at least `unsure_above`.
+    (see `emoreact.novelty`) is at least `unsure_above`. `nprobe`/`candidates` override the search
+    settings an approximate index was tuned to (see `Store.open`).
     """
     if head is None:
         raise ValueError("load needs a trained head: emoreact.load(head=\"runs/fi-head\"), "
                          "and a store for neighbours (store=\"runs/fi\")")
     if store is not None:
-        opened, trained, backbone = _open_store(store, device, pretrained, head)
+        opened, trained, backbone = _open_store(store, device, pretrained, head, nprobe, candidates)
     else:
         opened, trained = None, EmotionHead.load(head)
         backbone = _backbone_for_head(trained, device, model, pretrained)
@@ -63,11 +65,11 @@ def load_for_neighbours(store: str | Path, *, device: str = "auto", pretrained: 
     return Predictor(backbone, opened, None, max_pixels, micro_batch=False, owns_store=True)
 
 
-def _open_store(store: str | Path, device: str, pretrained: str | None,
-                head: str | Path | None = None) -> tuple[Store, EmotionHead | None, Backbone]:
+def _open_store(store: str | Path, device: str, pretrained: str | None, head: str | Path | None = None,
+                nprobe: int | None = None, candidates: int | None = None) -> tuple[Store, EmotionHead | None, Backbone]:
     """Gives (store, head checked against it or None, the store's backbone); the store is closed again
     when the head or the backbone fails to load."""
-    opened = Store.open(store)
+    opened = Store.open(store, nprobe=nprobe, candidates=candidates)
     try:
         trained = EmotionHead.load(head, opened.model_id, opened.dim) if head is not None else None
         return opened, trained, backbone_for_store(opened, device, pretrained)

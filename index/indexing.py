@@ -31,6 +31,11 @@ class IndexMaintenance:
     """The index half of `Store`: its settings, search, and updates by `finish()` and `reindex()`."""
 
     @property
+    def search_overrides(self) -> dict:
+        """Gives the search settings given to `Store.open` (nprobe, candidates), to open it again alike."""
+        return dict(self._overrides)
+
+    @property
     def index_settings(self) -> IndexSettings:
         """Gives the index kind, file and search settings the manifest records (with open's overrides)."""
         data = self.manifest.get("index")

@@ -303,3 +303,23 @@ def test_a_replaced_store_is_closed_only_after_its_last_request(served, slow_fir
         release.set()
         assert in_flight.result(timeout=30).status_code == 200
     assert loaded[0].store.closed and not loaded[1].store.closed
+
+
+def test_search_settings_given_to_serve_survive_a_reload_and_a_store_refresh(store_path, trained):
+    from emoreact.web import WebConfig, create_app
+
+    app = create_app(WebConfig(store=store_path, head=trained[0], device="cpu", nprobe=7, candidates=90))
+    resources = app.extensions["emoreact"]
+    opened = Store.open(store_path)
+    tuned = opened.index_settings
+    opened.close()
+    for step in ("start", "reload", "refresh"):
+        if step == "reload":
+            assert resources.reload().ok
+        elif step == "refresh":
+            resources.refresh_store()
+        settings = resources.predictor.store.index_settings
+        assert (settings.nprobe, settings.candidates) == (7, 90), step
+        assert settings.factory == tuned.factory and settings.file == tuned.file
+    client = app.test_client()
+    assert client.get("/api/neighbours?id=0&k=2").status_code == 200

@@ -29,7 +29,7 @@ def load_predictor(config: "WebConfig") -> "Predictor":
         raise ValueError("the web app needs both a store and a head; pass --store STORE --head HEAD")
     return predictor.load(config.store, config.head, device=config.device, labels=config.labels,
                           pretrained=config.pretrained, max_pixels=config.max_pixels, micro_batch=config.micro_batch,
-                          unsure_above=config.unsure_above)
+                          unsure_above=config.unsure_above, nprobe=config.nprobe, candidates=config.candidates)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ class WebConfig:
     require_key_for_read: bool = False  # predict, neighbours, labels, thumbnails and /metrics need a key too
     feedback_per_minute: float = 30.0  # corrections one key may send a minute (and at once); more answers 429
     unsure_above: float = 0.99  # novelty at which a result is flagged unsure (see predictor.NoveltyCalibration)
+    nprobe: int | None = None  # lists an approximate index probes per query; None: as tuned at build time
+    candidates: int | None = None  # proposals re-ranked exactly per query; None: as tuned at build time
     loader: Callable[["WebConfig"], "Predictor"] = load_predictor  # tests swap in their own
 
     def __post_init__(self) -> None:

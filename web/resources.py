@@ -111,7 +111,7 @@ class Resources:
         and head: no model is loaded again, and requests running finish on the old store."""
         with self._reloading:
             served = self._predictor
-            self._swap(served.with_store(Store.open(served.store.root)))
+            self._swap(served.with_store(Store.open(served.store.root, **served.store.search_overrides)))
 
     def _swap(self, predictor: "Predictor") -> None:
         # One reference swap: requests already running hold the old predictor and finish on it;
