@@ -101,8 +101,9 @@ class Mixture:
 def write_store(root: str | Path, count: int, mixture: Mixture = Mixture(), first_stream: int = 0,
                 index: str | None = "auto") -> Store:
     """Writes (or grows, drawing from RNG streams `first_stream`, ...) a store of `count` synthetic images
-    at `root`, through the store's normal writer; `index=None` leaves the index unbuilt (call `reindex`).
-    Gives the store, still open for writing: close it."""
+    at `root`, through the store's normal writer; `index=None` leaves the index unbuilt: call `reindex()`
+    or `finish()` on the store given before closing it, as an embed job that did not finish, the folder
+    is no store until then (no manifest). Gives the store, still open for writing: close it."""
     preprocess = {"synthetic": True, "mixture": asdict(mixture)}  # so a kept store can draw queries again
     store = Store.create_or_resume(root, MODEL_ID, mixture.dim, preprocess, list(OUR_LABELS))
     start_id = store.rows
