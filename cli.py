@@ -20,13 +20,21 @@ if not __package__:  # `python cli.py` in a checkout: the checkout itself is the
 import click  # noqa: E402
 
 import emoreact  # noqa: E402
-from emoreact import ConfigError, HeadError, ImageError, ModelLoadError, SourceError, StoreError  # noqa: E402
-from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED, EngineError  # noqa: E402
+from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402
 from emoreact.index import NEAR_DUPLICATE_THRESHOLD  # noqa: E402
 from emoreact.labels import load_label_config  # noqa: E402
 
-_USER_ERRORS = (ModelLoadError, StoreError, HeadError, ConfigError, SourceError, ImageError, EngineError,
-                ValueError, KeyError, FileNotFoundError)
+# Each command imports what it needs (torch, faiss, open_clip ...) when it runs, so that `--help` and
+# a mistyped option answer at once.
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The library's expected errors: each message names the problem and the fix."""
+    from emoreact import ConfigError, HeadError, ImageError, ModelLoadError, SourceError, StoreError
+    from emoreact.embed import EngineError
+
+    return (ModelLoadError, StoreError, HeadError, ConfigError, SourceError, ImageError, EngineError,
+            ValueError, KeyError, FileNotFoundError)
 
 
 def _friendly(command):
@@ -35,7 +43,9 @@ def _friendly(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except _USER_ERRORS as exc:
+        except Exception as exc:
+            if not isinstance(exc, _user_errors()):
+                raise
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise click.ClickException(str(message)) from exc
     return wrapper

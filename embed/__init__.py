@@ -1,15 +1,49 @@
 """Turning images into unit-norm CLIP embeddings: model loading, safe decoding, readers, the job."""
-from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, decode_image, decode_pil
-from .job import EmbedConfig, EmbedReport, run_embed_job, split_for
-from .identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelLoadError, ModelSpec, same_model
-from .models import Backbone, available_models, default_pretrained, load_backbone, resolve_device
-from .parallel import run_sharded_embed_job
-from .ray_engine import EngineError, RayConfig, RayIndexBuilder, require_ray, run_ray_embed_job
-from .readers import READERS, Record, SourceError, detect_format, read_source, source_root
+from typing import TYPE_CHECKING
 
-__all__ = ["ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "ImageError", "decode_image", "decode_pil", "EmbedConfig",
-           "EmbedReport", "run_embed_job", "run_sharded_embed_job", "EngineError", "RayConfig",
-           "RayIndexBuilder", "require_ray", "run_ray_embed_job", "split_for", "DEFAULT_MODEL",
-           "DEFAULT_PRETRAINED", "Backbone", "ModelLoadError", "ModelSpec", "available_models", "default_pretrained",
-           "load_backbone", "resolve_device", "same_model", "READERS", "Record", "SourceError", "detect_format",
-           "read_source", "source_root"]
+from emoreact.lazy import lazy_exports
+
+_EXPORTS = {  # public name -> the module that defines it (imported on first use; see emoreact/lazy.py)
+    "ALLOWED_FORMATS": "images",
+    "DEFAULT_MAX_PIXELS": "images",
+    "ImageError": "images",
+    "decode_image": "images",
+    "decode_pil": "images",
+    "EmbedConfig": "job",
+    "EmbedReport": "job",
+    "run_embed_job": "job",
+    "split_for": "job",
+    "DEFAULT_MODEL": "identity",
+    "DEFAULT_PRETRAINED": "identity",
+    "ModelLoadError": "identity",
+    "ModelSpec": "identity",
+    "same_model": "identity",
+    "Backbone": "models",
+    "available_models": "models",
+    "default_pretrained": "models",
+    "load_backbone": "models",
+    "resolve_device": "models",
+    "run_sharded_embed_job": "parallel",
+    "EngineError": "ray_engine",
+    "RayConfig": "ray_engine",
+    "RayIndexBuilder": "ray_engine",
+    "require_ray": "ray_engine",
+    "run_ray_embed_job": "ray_engine",
+    "READERS": "readers",
+    "Record": "readers",
+    "SourceError": "readers",
+    "detect_format": "readers",
+    "read_source": "readers",
+    "source_root": "readers",
+}
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, decode_image, decode_pil
+    from .job import EmbedConfig, EmbedReport, run_embed_job, split_for
+    from .identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelLoadError, ModelSpec, same_model
+    from .models import Backbone, available_models, default_pretrained, load_backbone, resolve_device
+    from .parallel import run_sharded_embed_job
+    from .ray_engine import EngineError, RayConfig, RayIndexBuilder, require_ray, run_ray_embed_job
+    from .readers import READERS, Record, SourceError, detect_format, read_source, source_root

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import FAST_EMBED, TINY
 from emoreact.embed import Record, run_embed_job
-from emoreact.index import Store, StoreError, brute_force_search, build_index, search
+from emoreact.index import Store, StoreError, brute_force_search, build_index
+from emoreact.index.search import search
 from synthetic import draw
 
 
