@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +29,14 @@ class TorchFlatIndex:
     cannot run on the card. Offers the part of faiss.Index the store uses."""
 
     def __init__(self, vectors: np.ndarray, device: str) -> None:
+        import torch
+
         self.xb = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(device)
         self.ntotal, self.d = self.xb.shape
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.xb.device)
         scores, ids = torch.topk(_full_precision_products(q, self.xb), k, dim=1)
         return scores.cpu().numpy(), ids.cpu().numpy().astype(np.int64)
@@ -43,6 +50,8 @@ def _full_precision_products(q: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
     faiss-cpu's. When the process allows TF32 or bf16 for fp32 products (a setting made for someone
     else's model), this call works in float64 block by block: the process-wide flag is only read,
     never flipped, because other threads run under it."""
+    import torch
+
     if not (torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"):
         return q @ xb.T
     out = torch.empty((q.shape[0], xb.shape[0]), dtype=torch.float32, device=xb.device)
@@ -80,6 +89,8 @@ def to_gpu_if_available(index: faiss.Index) -> "faiss.Index | SerialisedIndex":
     """Gives the index on GPU 0 when one is visible: faiss-gpu if this build runs on the card
     (checked by a test search), else exact torch search, either answering one call at a time;
     without a GPU, the index itself (faiss-cpu searches are thread-safe)."""
+    import torch  # here, not at the top: the store's own commands (remove, label, removed) do not need it
+
     if not torch.cuda.is_available() or index.ntotal == 0:
         return index
     probe = index.reconstruct_n(0, min(index.ntotal, 8))

@@ -47,6 +47,20 @@ def test_importing_emoreact_is_cheap_and_gives_the_version():
     assert out == [emoreact.__version__, "False"]
 
 
+def test_the_cli_answers_help_and_its_packages_give_names_without_importing_torch():
+    code = ("import sys, emoreact.cli\n"
+            "from emoreact.embed import DEFAULT_MODEL, ImageError\n"
+            "from emoreact.index import StoreError\n"
+            "from emoreact.heads import MIKELS_LABELS_PATH, ConfigError\n"
+            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["False", "False"]
+    from emoreact.heads import HeadError, fit_head  # the names load on first use
+    from emoreact.heads.model import HeadError as defined
+
+    assert HeadError is defined and callable(fit_head)
+
+
 def test_predict_gives_the_same_result_for_a_path_bytes_and_a_pil_image(clf, tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(_photo())
