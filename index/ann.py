@@ -2,17 +2,10 @@
 
 - Up to `FLAT_MAX_ROWS` images: `Flat`, exact inner product (wrapped in an IndexIDMap2 so that ids
   are store ids and removal works).
-- Beyond: `IVF{K}_HNSW32,PQ{m}x4fs`: an inverted file whose K lists are found through an HNSW graph
-  over the centroids, holding product-quantisation codes of m = D/4 sub-quantizers of 4 bits each
-  (D/8 bytes: 64 at D = 512, against 1,024 for the fp16 vector), scanned with FAISS's SIMD
-  "fast-scan" kernels. The index only proposes candidates; they are re-ranked exactly against the
-  stored fp16 vectors, so the similarity an answer reports is the true cosine.
-
-Why 4-bit fast-scan codes rather than 8-bit PQ of the same size (`PQ{D/8}`): scanning the lists is
-most of a query's time, and fast-scan scans them 3-4x faster for the same recall once proposals are
-re-ranked (measured on 1M of the synthetic 10M store, nprobe 64 of 1,024 lists, 1,280 candidates:
-recall@10 0.916 against 0.923, 1.8 ms against 5.8 ms per query). OPQ was measured too and left out:
-recall +0.003, training 9x longer.
+- Beyond: `IVF{K}_HNSW32,PQ{m}`: an inverted file whose K lists are found through an HNSW graph over
+  the centroids, holding 8-bit product-quantisation codes of m bytes per vector (m = D/8: 64 bytes at
+  D = 512, against 1,024 for the fp16 vector). The index only proposes candidates; they are re-ranked
+  exactly against the stored fp16 vectors, so the similarity an answer reports is the true cosine.
 
 Why not autofaiss: it tunes to a query-time budget, not to a recall target, knows nothing of the
 exact re-rank (which lets coarse codes reach high recall), and pulls in its own reader stack; the
@@ -20,8 +13,8 @@ choice below is FAISS's own guideline ("Guidelines to choose an index") in a few
 
 Why K ≈ 1.3·√N (a power of two; 2,048 lists at 2M, 4,096 at 10M, 16,384 at 100M), fewer than
 the guideline's 4–16·√N: training k-means costs N_train·K·D per iteration and dominates the build on
-a CPU, while scanning fast-scan codes is cheap (~30 ns a code on this project's 2-core CPU), so fewer,
-longer lists give the same latency for a much shorter build.
+a CPU, while scanning PQ codes is cheap (a probe of a 2,500-vector list is ~0.1 ms), so fewer, longer
+lists give the same latency for a much shorter build.
 
 Search settings (`nprobe`, and `candidates`, how many proposals are re-ranked) are tuned at build
 time: for each pool size the smallest nprobe reaching the recall target on held-out stored vectors
@@ -49,7 +42,7 @@ TUNING_QUERIES = 1_000
 TRAIN_POINTS_PER_LIST = 64  # k-means sample: 64 per list (FAISS warns below 39; 256 is its cap)
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 CANDIDATES = (40, 80, 160, 320, 640, 1280)
-RERANK_COST = 150           # fast-scan codes scanned for the price of one exact re-rank (see tune)
+RERANK_COST = 30            # PQ codes scanned for the price of one exact re-rank (see tune)
 
 
 @dataclass(frozen=True)
@@ -91,7 +84,7 @@ def choose_factory(rows: int, dim: int) -> str:
     if rows <= FLAT_MAX_ROWS:
         return "Flat"
     lists = 2 ** round(math.log2(1.3 * math.sqrt(rows)))
-    return f"IVF{min(max(lists, 256), 65_536)}_HNSW32,PQ{pq_subquantizers(dim)}x4fs"
+    return f"IVF{min(max(lists, 256), 65_536)}_HNSW32,PQ{pq_bytes(dim)}"
 
 
 def factory_for(choice: str, rows: int, dim: int) -> str:
@@ -111,13 +104,12 @@ def factory_for(choice: str, rows: int, dim: int) -> str:
     return choice
 
 
-def pq_subquantizers(dim: int) -> int:
-    """Gives the number of 4-bit PQ sub-quantizers: D/4 (4 dimensions each, D/8 bytes a vector), the
-    nearest even divisor of D below (fast-scan packs codes in pairs)."""
-    m = max(2, dim // 4)
-    while dim % m or m % 2:
+def pq_bytes(dim: int) -> int:
+    """Gives the PQ code size: D/8 bytes (8 dimensions per sub-quantizer), a divisor of D."""
+    m = max(1, dim // 8)
+    while dim % m:
         m -= 1
-    return max(m, 2)
+    return m
 
 
 def new_index(factory: str, dim: int) -> faiss.Index:
@@ -216,8 +208,8 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
         return settings.with_(nprobe=nprobe, candidates=pool, recall_at_10=round(got, 4))
     per_list = index.ntotal / max(lists, 1)
     # The cheapest by a cost model, not by timing it here: tests and rebuilds then choose the same setting
-    # on any machine. One re-ranked candidate (a 1 KiB read and a D-dim dot product, ~5 us here) costs
-    # roughly what scanning RERANK_COST fast-scan codes does (~30 ns each, measured on the 10M store).
+    # on any machine. One re-ranked candidate (a 1 KiB read and a D-dim dot product) costs roughly what
+    # scanning RERANK_COST PQ codes does.
     timed = {pool: nprobe * per_list + RERANK_COST * pool for pool, (nprobe, _) in reaching.items()}
     pool = min(timed, key=timed.get)
     nprobe, got = reaching[pool]

@@ -15,7 +15,7 @@ from emoreact.bench.synthetic_store import Mixture, held_out_queries, write_stor
 from emoreact.index import Store, StoreError, ann, brute_force_search
 
 MIX = Mixture(dim=64, clusters=48, seed=3)
-IVF = "IVF32_HNSW32,PQ16x4fs"  # a small approximate index of the production kind (D = 64: D/4 sub-quantizers)
+IVF = "IVF32_HNSW32,PQ8"  # a small approximate index of the production kind (D = 64: PQ8 is D/8)
 
 
 def make(path, count=6000, index="flat"):
@@ -50,8 +50,8 @@ def test_each_index_kind_reaches_the_recall_target_against_brute_force(tmp_path,
 
 def test_auto_chooses_flat_while_small_and_ivf_beyond(monkeypatch):
     assert ann.choose_factory(ann.FLAT_MAX_ROWS, 512) == "Flat"
-    assert ann.choose_factory(2_000_000, 512) == "IVF2048_HNSW32,PQ128x4fs"
-    assert ann.choose_factory(10_000_000, 512) == "IVF4096_HNSW32,PQ128x4fs"
+    assert ann.choose_factory(2_000_000, 512) == "IVF2048_HNSW32,PQ64"
+    assert ann.choose_factory(10_000_000, 512) == "IVF4096_HNSW32,PQ64"
     with pytest.raises(ValueError, match="neither auto, flat, ivf nor a FAISS factory string"):
         ann.factory_for("IVF-nonsense", 1000, 512)
 
