@@ -18,8 +18,9 @@ The names load lazily, so `import emoreact` stays fast and does not import torch
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 __version__ = "0.2.0"  # the one place the version lives; pyproject.toml and every manifest read it
 
@@ -46,7 +47,8 @@ _PUBLIC = {
     "ConfigError": "emoreact.labels",
 }
 
-__all__ = ["__version__", *_PUBLIC]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())
+__all__ = ["__version__", *__all__]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
     from .embed import EmbedConfig, EmbedReport, ImageError, ModelLoadError, SourceError
@@ -56,15 +58,3 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from .pipeline import embed_source, evaluate, relabel, train
     from .scoring import score
     from .predictor import Predictor, load
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'emoreact' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))

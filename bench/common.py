@@ -6,13 +6,18 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def environment(device: torch.device) -> dict:
     """Gives what a figure depends on: device, CPU threads, versions, commit."""
+    import torch  # here, not at the top: bench/measured.py starts commands that may not need it
+
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=5).stdout.strip()
@@ -28,9 +33,18 @@ def peak_rss_mib() -> int | None:
 
     Not `getrusage(...).ru_maxrss`: in a process started by another, that also counts the memory the
     parent held when it forked, so it can report the benchmark's own size instead of the program's."""
+    return _status_mib("VmHWM")
+
+
+def rss_mib() -> int | None:
+    """Gives this process's resident memory now, in MiB (`VmRSS`; None off Linux)."""
+    return _status_mib("VmRSS")
+
+
+def _status_mib(field: str) -> int | None:
     try:
         with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM:"))
+            return next(int(line.split()[1]) // 1024 for line in status if line.startswith(f"{field}:"))
     except (OSError, StopIteration):
         return None
 
@@ -61,6 +75,8 @@ def write_photos(folder: Path, count: int, size=(640, 480), seed: int = 0) -> li
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
     """Gives (best seconds over `repeat` runs, last result)."""
+    import torch
+
     best, result = float("inf"), None
     for _ in range(repeat):
         start = time.perf_counter()

@@ -11,10 +11,11 @@ import sys
 import time
 
 import numpy as np
+import torch  # noqa: F401  a server holds torch (its model) beside the store: its memory counts here too
 
 from emoreact.index import Store
 
-from .common import peak_rss_mib
+from .common import peak_rss_mib, rss_mib
 
 
 def main(store_path: str, queries_path: str) -> None:
@@ -22,7 +23,7 @@ def main(store_path: str, queries_path: str) -> None:
     start = time.perf_counter()
     store = Store.open(store_path)
     open_s = time.perf_counter() - start
-    open_rss = _rss_mib()
+    open_rss = rss_mib()
     times, found = [], []
     for query in queries:
         start = time.perf_counter()
@@ -33,16 +34,8 @@ def main(store_path: str, queries_path: str) -> None:
     print(json.dumps({"p50_ms": round(float(np.percentile(times, 50)), 3),
                       "p95_ms": round(float(np.percentile(times, 95)), 3),
                       "open_seconds": round(open_s, 2), "peak_rss_mib": peak_rss_mib(),
-                      "open_rss_mib": open_rss, "end_rss_mib": _rss_mib(),
+                      "open_rss_mib": open_rss, "end_rss_mib": rss_mib(),
                       "ids": found}))
-
-
-def _rss_mib() -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return None
 
 
 if __name__ == "__main__":
