@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .lazy import lazy_exports
+from emoreact.lazy import lazy_exports  # absolute: pytest may import this file outside the package
 
 __version__ = "0.2.0"  # the one place the version lives; pyproject.toml and every manifest read it
 
