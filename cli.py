@@ -484,20 +484,27 @@ def removed(store_path) -> None:
               help="embed: ray compares the Ray engine's job with the local engine's on the same images.")
 @click.option("--index", "index_kind", default="auto", show_default=True, metavar="auto|flat|ivf|FACTORY",
               help="index: the index kind to build (auto: what the store would choose for --size).")
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help="embed: images per model call (default 64 on the CPU, 512 on a GPU).")
+@click.option("--workers", default=None, type=click.IntRange(0),
+              help="embed: DataLoader processes reading files, ours and the baseline's (default 2 on the CPU, "
+                   "up to 16 on a GPU).")
 @click.option("--keep", default=None, type=click.Path(file_okay=False),
               help="index: write the synthetic store here and keep it (default: a temporary folder, deleted); "
                    "if it already holds a store, measure that one again (no generation, build or growth).")
 @_friendly
-def bench(what, device, model, size, rounds, engine, index_kind, keep) -> None:
+def bench(what, device, model, size, rounds, engine, index_kind, batch_size, workers, keep) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
     from emoreact.bench import api_bench, dedup_bench, embed_bench, head_bench, index_bench
 
     if what == "embed":
-        result = embed_bench.run(model, images=size or 256, device=device, rounds=rounds, engine=engine)
+        result = embed_bench.run(model, images=size or 256, batch_size=batch_size, workers=workers, device=device,
+                                 rounds=rounds, engine=engine)
     elif what == "head":
         result = head_bench.run(size or 100_000, device=device)
     elif what == "index":
-        result = index_bench.run(size or 1_000_000, index=index_kind, keep=keep)
+        result = index_bench.run(size or 1_000_000, index=index_kind, keep=keep,
+                                 device="cuda" if device.startswith("cuda") else "cpu")
     elif what == "dedup":
         result = dedup_bench.run(size or 50_000)
     else:

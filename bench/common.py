@@ -50,27 +50,43 @@ def _status_mib(field: str) -> int | None:
 
 
 def write_photos(folder: Path, count: int, size=(640, 480), seed: int = 0) -> list[Path]:
-    """Writes `count` photo-like JPEGs (smooth gradients, shapes and noise); gives their paths."""
-    from PIL import Image, ImageDraw
+    """Writes `count` photo-like JPEGs (smooth gradients, shapes and noise); gives their paths.
+
+    Each image has its own seed, so the files are the same however many processes draw them; past a few
+    hundred they are drawn on every core (a GPU benchmark wants tens of thousands)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for n in range(count):
-        x = np.linspace(0, 1, size[0])[None, :, None]
-        y = np.linspace(0, 1, size[1])[:, None, None]
-        base = rng.uniform(0, 255, 3) * x + rng.uniform(0, 255, 3) * y
-        noise = rng.normal(0, 12, (size[1], size[0], 3))
-        image = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
-        pen = ImageDraw.Draw(image)
-        for _ in range(5):
-            box = sorted(rng.integers(0, size[0], 2)), sorted(rng.integers(0, size[1], 2))
-            pen.ellipse((box[0][0], box[1][0], box[0][1], box[1][1]), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=88)
-        paths.append(folder / f"{n:06d}.jpg")
-        paths[-1].write_bytes(buffer.getvalue())
+    paths = [folder / f"{n:06d}.jpg" for n in range(count)]
+    jobs = [(path, size, (seed, n)) for n, path in enumerate(paths)]
+    processes = min(os.cpu_count() or 1, count // 256)
+    if processes > 1:
+        with ProcessPoolExecutor(processes) as pool:
+            list(pool.map(_write_photo, jobs, chunksize=64))
+    else:
+        for job in jobs:
+            _write_photo(job)
     return paths
+
+
+def _write_photo(job: tuple[Path, tuple[int, int], tuple[int, int]]) -> None:
+    from PIL import Image, ImageDraw
+
+    path, size, seed = job
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, size[0])[None, :, None]
+    y = np.linspace(0, 1, size[1])[:, None, None]
+    base = rng.uniform(0, 255, 3) * x + rng.uniform(0, 255, 3) * y
+    noise = rng.normal(0, 12, (size[1], size[0], 3))
+    image = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+    pen = ImageDraw.Draw(image)
+    for _ in range(5):
+        box = sorted(rng.integers(0, size[0], 2)), sorted(rng.integers(0, size[1], 2))
+        pen.ellipse((box[0][0], box[1][0], box[0][1], box[1][1]), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=88)
+    path.write_bytes(buffer.getvalue())
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:

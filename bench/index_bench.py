@@ -33,8 +33,9 @@ EXACT_QUERIES = 100
 
 
 def run(size: int = 1_000_000, dim: int = 512, index: str = "auto", keep: str | Path | None = None,
-        exact_baseline: bool = True) -> dict:
-    """Gives the figures above as a dict (see the module docstring)."""
+        exact_baseline: bool = True, device: str = "cpu") -> dict:
+    """Gives the figures above as a dict (see the module docstring). With a CUDA `device`, also exact search
+    on the GPU (torch, as a GPU server does where faiss-gpu cannot run), single queries, same data."""
     import torch
 
     folder = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="emoreact-bench-index-"))
@@ -60,6 +61,7 @@ def run(size: int = 1_000_000, dim: int = 512, index: str = "auto", keep: str | 
         served = _serve_queries(folder, queries)
         recall = float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(served["ids"], truth.tolist())]))
         exact = _exact_latency(reader, queries[:EXACT_QUERIES]) if exact_baseline else None
+        gpu = _gpu_exact_latency(reader, queries, device) if device.startswith("cuda") else None
         reader.close()
 
         disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -78,6 +80,8 @@ def run(size: int = 1_000_000, dim: int = 512, index: str = "auto", keep: str | 
             "disk_mib": round(disk / 2**20), "index_mib": round(index_size / 2**20),
             "add_1pct_seconds": None if add_s is None else round(add_s, 3), "add_1pct_vs_build": None if add_s is None else round(add_s / build_s, 4),
             "index_after_add": grown}
+        if gpu:
+            result["gpu_exact"] = gpu
         return result
     finally:
         if not keep:
@@ -108,6 +112,28 @@ def _exact_latency(store: Store, queries: np.ndarray) -> dict:
     del flat
     return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p95_ms": round(float(np.percentile(times, 95)), 3),
             "kind": "Flat (fp16 codes)" if fp16 else "Flat"}
+
+
+def _gpu_exact_latency(store: Store, queries: np.ndarray, device: str) -> dict:
+    """Single-query latency of exact search on the GPU (fp32 products, top 10), with the copy of the answer back."""
+    import torch
+
+    from emoreact.index.search import TorchFlatIndex
+
+    flat = TorchFlatIndex(np.concatenate([block.vectors for block in store.blocks()]), device)
+    ids = np.concatenate([block.ids for block in store.blocks()])
+    for query in queries[:20]:
+        flat.search(query[None, :], 10)  # warm-up
+    times, found = [], []
+    for query in queries:
+        start = time.perf_counter()
+        _, rows = flat.search(query[None, :], 10)
+        times.append(1000 * (time.perf_counter() - start))
+        found.append(ids[rows[0]])
+    del flat
+    torch.cuda.empty_cache()
+    return {"device": torch.cuda.get_device_name(device), "p50_ms": round(float(np.percentile(times, 50)), 3),
+            "p95_ms": round(float(np.percentile(times, 95)), 3), "queries": len(queries)}
 
 
 def _add_one_percent(folder: Path, size: int, mixture: Mixture) -> tuple[float, str]:

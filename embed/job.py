@@ -5,11 +5,14 @@ are committed shard by shard, so a killed job loses at most one shard of work.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import queue
+import threading
 import time
 from collections import Counter
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +49,8 @@ class EmbedConfig:
     wait: bool = False  # another job is writing the store: wait for it to finish instead of failing at once
     allow_readd: bool = False  # embed files whose content was removed from the store (`cli.py remove`) again
     index: str | None = None  # index kind: auto, flat, ivf or a FAISS factory string; None keeps the store's choice
+    decode_ahead: int = 2  # fast path on a GPU: batches decoded and preprocessed ahead, on their own CUDA stream,
+    # while the model runs the current one; 0 decodes each batch in turn
 
 
 @dataclass
@@ -133,9 +138,8 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
     writer = ShardWriter(store, records, report, config.shard_size)
     bar = tqdm(total=len(records), unit="img", desc="embed", disable=not config.progress, smoothing=0.1)
-    for batch in loader:
-        if fast:
-            _decode_fast(batch, backbone, dataset)
+    batches = _decoded_batches(loader, backbone, dataset, config.decode_ahead if fast else None)
+    for batch in batches:
         good = writer.sort(batch)
         if good:
             vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device) for _, item in good]))
@@ -150,21 +154,84 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
     return report
 
 
+def _decoded_batches(loader, backbone: Backbone, dataset: _ImageFiles, ahead: int | None) -> Iterator[list[dict]]:
+    """Gives the loader's batches, in order, with their JPEGs decoded (`ahead` None: no fast path).
+
+    With `ahead` > 0 a thread decodes and preprocesses up to `ahead` batches ahead while the model runs
+    the current one; on a GPU it works on a CUDA stream of its own, so nvJPEG and the resize kernels
+    overlap the model's kernels instead of taking turns with them."""
+    if ahead is None:
+        yield from loader
+        return
+    if not ahead:
+        for batch in loader:
+            _decode_fast(batch, backbone, dataset)
+            yield batch
+        return
+    cuda = backbone.device.type == "cuda"
+    side = torch.cuda.Stream(backbone.device) if cuda else None
+    ready: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def hand_over(entry: tuple) -> bool:
+        while not stop.is_set():  # the consumer may have stopped: never block on a full queue for good
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode_ahead() -> None:
+        try:
+            with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
+                for batch in loader:
+                    _decode_fast(batch, backbone, dataset)
+                    if not hand_over((batch, side.record_event() if cuda else None)):
+                        return
+            hand_over((None, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            hand_over((exc, None))
+
+    thread = threading.Thread(target=decode_ahead, name="emoreact-decode-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, done = ready.get()
+            if batch is None:
+                return
+            if isinstance(batch, BaseException):
+                raise batch
+            if cuda:
+                main = torch.cuda.current_stream(backbone.device)
+                main.wait_event(done)
+                for item in batch:
+                    if "tensor" in item and item["tensor"].is_cuda:
+                        item["tensor"].record_stream(main)  # made on the side stream, read on this one
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _decode_fast(batch: list[dict], backbone: Backbone, dataset: _ImageFiles) -> None:
     """Decodes the batch's JPEGs together on the model's device; failures take the PIL path."""
     jpegs = [item for item in batch if "jpeg" in item]
     if not jpegs:
         return
     decoded = decode_jpegs([item["jpeg"] for item in jpegs], backbone.device)
-    for item, image in zip(jpegs, decoded):
+    good = [(item, image) for item, image in zip(jpegs, decoded) if image is not None]
+    tensors = preprocess_tensors([image for _, image in good], backbone.preprocess) if good else []
+    for (item, image), tensor in zip(good, tensors):
+        del item["jpeg"]
+        item.update(tensor=tensor, size=(image.shape[2], image.shape[1]))
+    for item in jpegs:
+        if "jpeg" not in item:
+            continue
         data = item.pop("jpeg")
-        if image is None:
-            try:
-                pil, size = decode_image_with_size(data, dataset.max_pixels, dataset.min_side)
-            except ImageError as exc:
-                item["error"] = str(exc)
-                continue
-            item.update(tensor=dataset.transform(pil), size=size)
-        else:
-            item.update(tensor=preprocess_tensors([image], backbone.preprocess)[0],
-                        size=(image.shape[2], image.shape[1]))
+        try:
+            pil, size = decode_image_with_size(data, dataset.max_pixels, dataset.min_side)
+        except ImageError as exc:
+            item["error"] = str(exc)
+            continue
+        item.update(tensor=dataset.transform(pil), size=size)

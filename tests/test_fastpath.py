@@ -1,6 +1,7 @@
 """The tensor input path agrees with the PIL path (on the CPU here; on the GPU where there is one)."""
 import io
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -73,3 +74,64 @@ def test_gpu_decode_matches_cpu_path(backbone):
     cpu = torch.stack([backbone.transform(Image.open(io.BytesIO(d)).convert("RGB")) for d in datas])
     cosine = (backbone.encode_images(gpu) * backbone.encode_images(cpu)).sum(1)
     assert float(cosine.mean()) >= 0.99
+
+
+def _embed(tmp_path, name, backbone, records, **config):
+    store = Store.create_or_resume(tmp_path / name, backbone.spec.model_id, backbone.dim, {}, [])
+    report = run_embed_job(records, store, backbone, EmbedConfig(**{**FAST_EMBED.__dict__, **config}))
+    try:
+        return report, store.vectors(), [item.path for item in store.items()]
+    finally:
+        store.close()
+
+
+def _photo_records(tmp_path, count=40):
+    source = tmp_path / "src"
+    source.mkdir()
+    for n, data in enumerate(photos(count)):
+        (source / f"{n:03d}.jpg").write_bytes(data)
+    (source / "broken.jpg").write_bytes(photos(1)[0][:300])
+    return [Record(p, None) for p in sorted(source.iterdir())]
+
+
+def _decoding_ahead_matches_decoding_in_turn(tmp_path, backbone):
+    records = _photo_records(tmp_path)
+    in_turn = _embed(tmp_path, "in_turn", backbone, records, fast_jpeg=True, batch_size=8, decode_ahead=0)
+    ahead = _embed(tmp_path, "ahead", backbone, records, fast_jpeg=True, batch_size=8, decode_ahead=2)
+    assert ahead[0].added == in_turn[0].added == 40 and ahead[0].skipped == in_turn[0].skipped
+    assert ahead[2] == in_turn[2]  # the same rows in the same order
+    assert np.allclose(ahead[1], in_turn[1], atol=1e-5)
+
+
+def test_decoding_ahead_gives_the_same_store_as_decoding_in_turn(tmp_path, backbone):
+    _decoding_ahead_matches_decoding_in_turn(tmp_path, backbone)
+
+
+def test_a_failure_while_decoding_ahead_reaches_the_job_and_stops_the_thread(tmp_path, backbone, monkeypatch):
+    import threading
+
+    from emoreact.embed import job
+
+    real, calls = job._decode_fast, []
+
+    def fail_on_the_third_batch(batch, *args):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise RuntimeError("decoder fault planted by the test")
+        real(batch, *args)
+
+    monkeypatch.setattr(job, "_decode_fast", fail_on_the_third_batch)
+    with pytest.raises(RuntimeError, match="planted by the test"):
+        _embed(tmp_path, "store", backbone, _photo_records(tmp_path), fast_jpeg=True, batch_size=8, decode_ahead=2)
+    assert not [t for t in threading.enumerate() if t.name == "emoreact-decode-ahead"]
+    assert len(calls) == 3  # it stopped at the fault, not after reading everything
+
+
+@pytest.mark.gpu
+def test_gpu_decoding_ahead_on_its_own_stream_matches_decoding_in_turn(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from conftest import TINY
+    from emoreact.embed import load_backbone
+
+    _decoding_ahead_matches_decoding_in_turn(tmp_path, load_backbone(TINY, "cuda"))
