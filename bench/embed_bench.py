@@ -100,22 +100,41 @@ def run(model: str = "ViT-B-32", images: int = 256, batch_size: int | None = Non
     return result
 
 
+def _decode_in_threads(batches: list, device, threads: int) -> None:
+    """Decodes the batches on `threads` threads, each on a CUDA stream of its own: does nvJPEG scale?"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emoreact.embed.fastpath import decode_jpegs
+
+    streams = [torch.cuda.Stream(device) for _ in range(threads)]
+
+    def decode(n: int) -> None:
+        with torch.cuda.stream(streams[n % threads]):
+            decode_jpegs(batches[n], device)
+            torch.cuda.current_stream(device).synchronize()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(decode, range(len(batches))))
+
+
 def _fast_path_stages(paths: list[Path], backbone, batch_size: int, workers: int) -> dict:
     """Gives images/s of each stage of the GPU fast path alone, on the same files: read and hash (DataLoader
     workers), nvJPEG decode, preprocessing (batched, and image by image as before) and the model."""
     from emoreact.embed.fastpath import decode_jpegs, preprocess_tensors
-    from emoreact.embed.job import _collate, _ImageFiles
+    from emoreact.embed.job import _collate, _ImageFiles, _uncollate
 
     dataset = _ImageFiles([Record(p, None) for p in paths], backbone.transform, set(), 10**9, fast_jpeg=True)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    read_s, batches = timed(lambda: [[item["jpeg"] for item in batch] for batch in loader])
+    read_s, batches = timed(lambda: [[item["jpeg"] for item in _uncollate(batch)] for batch in loader])
     decode_s, decoded = timed(lambda: [decode_jpegs(datas, backbone.device) for datas in batches])
+    threads_s = {threads: timed(lambda: _decode_in_threads(batches, backbone.device, threads))[0] for threads in (2, 4)}
     batched_s, tensors = timed(lambda: [preprocess_tensors(images, backbone.preprocess) for images in decoded])
     one_by_one_s, _ = timed(lambda: [[preprocess_tensors([i], backbone.preprocess) for i in images]
                                      for images in decoded])
     model_s, _ = timed(lambda: [backbone.encode_images(t).cpu() for t in tensors])
     count = len(paths)
     return {"read_and_hash": round(count / read_s, 1), "nvjpeg_decode": round(count / decode_s, 1),
+            **{f"nvjpeg_decode_{n}_threads": round(count / t, 1) for n, t in threads_s.items()},
             "preprocess_batched": round(count / batched_s, 1),
             "preprocess_image_by_image": round(count / one_by_one_s, 1),
             "model": round(count / model_s, 1)}

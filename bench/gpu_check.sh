@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run of every GPU check, for a GPU machine lent for minutes (issue: GPU fast path).
 #
-#   bench/gpu_check.sh OUT [cuda|cpu] [small]
+#   bench/gpu_check.sh OUT [cuda|cpu] [small]      (ONLY="embed_vit_b_32 index ..." runs those checks alone)
 #
 # Installs the wheels in .whl/ (what the machine's Python lacks: open_clip_torch, faiss-cpu, flask, ...;
 # see "GPU checks" in bench/RESULTS.md for how to fetch them), makes this checkout importable as
@@ -30,6 +30,7 @@ export PYTHONPATH="$site/pkg:$site/lib${PYTHONPATH:+:$PYTHONPATH}"
 check() {  # check NAME SECONDS COMMAND...: runs COMMAND, stdout to OUT/NAME.json, stderr to OUT/NAME.log
     local name=$1 seconds=$2 start rc
     shift 2
+    [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || return 0
     start=$(date +%s)
     timeout -k 10 "$seconds" "$@" >"$out/$name.json" 2>"$out/$name.log"
     rc=$?
@@ -44,13 +45,15 @@ if [ -n "$small" ]; then
     b32=(--size 96 --rounds 1 --batch-size 32) l14=(--size 32 --rounds 1 --batch-size 16 --model ViT-B-32)
     head=(--size 2000) api=(--size 1) index=(--size 20000)
 else
-    b32=(--size 8192 --rounds 2) l14=(--size 2048 --rounds 1 --batch-size 256 --model ViT-L-14)
-    head=(--size 100000) api=(--size 5) index=(--size 300000)
+    b32=(--size 16384 --rounds 2) l14=(--size 4096 --rounds 2 --batch-size 256 --model ViT-L-14)
+    head=(--size 100000) api=(--size 5) index=(--size 200000)
 fi
-check pytest_gpu 150 "$py" -m pytest -q -p no:cacheprovider -m gpu tests
-check embed_vit_b_32 150 "$py" cli.py bench embed --device "$device" --model ViT-B-32 "${b32[@]}"
-check embed_vit_l_14 120 "$py" cli.py bench embed --device "$device" "${l14[@]}"
+check pytest_gpu 60 "$py" -m pytest -q -p no:cacheprovider -m gpu tests
+check embed_vit_b_32 130 "$py" cli.py bench embed --device "$device" --model ViT-B-32 "${b32[@]}"
+check embed_vit_l_14 100 "$py" cli.py bench embed --device "$device" "${l14[@]}"
 check api 90 "$py" cli.py bench api --device "$device" "${api[@]}"
-check index 150 "$py" cli.py bench index --device "$device" "${index[@]}"
+check index 60 "$py" cli.py bench index --device "$device" "${index[@]}"
 check head 150 "$py" cli.py bench head --device "$device" "${head[@]}"
 rm -rf "$site"
+# The device tool brings back few files: everything travels as one archive beside the summary.
+tar -czf "$site.tar.gz" -C "$out" --exclude summary.txt . && mv "$site.tar.gz" "$out/gpu_check.tar.gz"

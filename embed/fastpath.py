@@ -36,9 +36,10 @@ def fast_path_eligible(data: bytes, max_pixels: int) -> bool:
         return False
 
 
-def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
-    """Gives uint8 (3, H, W) tensors on `device` per JPEG; None where decoding failed."""
-    inputs = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+def decode_jpegs(datas: list[bytes | torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Gives uint8 (3, H, W) tensors on `device` per JPEG (bytes, or a 1-D uint8 CPU tensor of them);
+    None where decoding failed."""
+    inputs = [d if isinstance(d, torch.Tensor) else torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     try:
         return list(decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:

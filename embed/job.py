@@ -119,8 +119,32 @@ def read_item(i: int, path: Path, known: Container[str], transform, max_pixels: 
     return {"i": i, "sha": sha, "tensor": transform(image), "size": size, "bytes": len(data)}
 
 
-def _collate(items: list[dict]) -> list[dict]:
-    return items  # tensors are stacked after bad files are set aside
+def _collate(items: list[dict]) -> tuple[list[dict], torch.Tensor | None]:
+    """Gives (items, JPEG bytes of the batch as one uint8 tensor), the bytes cut out of the items.
+
+    From a DataLoader worker a tensor travels as one shared-memory block, while bytes are pickled
+    through a pipe: at thousands of photos a second that pipe, drained by one process, was the job's
+    limit. Tensors of the PIL path are stacked only after bad files are set aside."""
+    jpegs = [item for item in items if "jpeg" in item]
+    if not jpegs:
+        return items, None
+    blob = torch.frombuffer(bytearray(b"".join(item["jpeg"] for item in jpegs)), dtype=torch.uint8)
+    start = 0
+    for item in jpegs:
+        end = start + len(item.pop("jpeg"))
+        item["jpeg_span"] = (start, end)
+        start = end
+    return items, blob
+
+
+def _uncollate(batch: tuple[list[dict], torch.Tensor | None]) -> list[dict]:
+    """Gives the items of a collated batch, each JPEG as a uint8 tensor viewing the batch's block."""
+    items, blob = batch
+    for item in items:
+        if "jpeg_span" in item:
+            start, end = item.pop("jpeg_span")
+            item["jpeg"] = blob[start:end]
+    return items
 
 
 def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
@@ -160,11 +184,12 @@ def _decoded_batches(loader, backbone: Backbone, dataset: _ImageFiles, ahead: in
     With `ahead` > 0 a thread decodes and preprocesses up to `ahead` batches ahead while the model runs
     the current one; on a GPU it works on a CUDA stream of its own, so nvJPEG and the resize kernels
     overlap the model's kernels instead of taking turns with them."""
+    batches = (_uncollate(batch) for batch in loader)
     if ahead is None:
-        yield from loader
+        yield from batches
         return
     if not ahead:
-        for batch in loader:
+        for batch in batches:
             _decode_fast(batch, backbone, dataset)
             yield batch
         return
@@ -185,7 +210,7 @@ def _decoded_batches(loader, backbone: Backbone, dataset: _ImageFiles, ahead: in
     def decode_ahead() -> None:
         try:
             with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
-                for batch in loader:
+                for batch in batches:
                     _decode_fast(batch, backbone, dataset)
                     if not hand_over((batch, side.record_event() if cuda else None)):
                         return
@@ -228,7 +253,7 @@ def _decode_fast(batch: list[dict], backbone: Backbone, dataset: _ImageFiles) ->
     for item in jpegs:
         if "jpeg" not in item:
             continue
-        data = item.pop("jpeg")
+        data = item.pop("jpeg").numpy().tobytes()
         try:
             pil, size = decode_image_with_size(data, dataset.max_pixels, dataset.min_side)
         except ImageError as exc:
