@@ -49,18 +49,18 @@ def _status_mib(field: str) -> int | None:
         return None
 
 
-def write_photos(folder: Path, count: int, size=(640, 480), seed: int = 0) -> list[Path]:
+def write_photos(folder: Path, count: int, size=(640, 480), seed: int = 0, processes: int | None = None) -> list[Path]:
     """Writes `count` photo-like JPEGs (smooth gradients, shapes and noise); gives their paths.
 
-    Each image has its own seed, so the files are the same however many processes draw them; past a few
-    hundred they are drawn on every core (a GPU benchmark wants tens of thousands)."""
+    Each image has its own seed, so the files are the same however many processes draw them. By default
+    one process per 256 images, up to one per core (a GPU benchmark wants tens of thousands)."""
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{n:06d}.jpg" for n in range(count)]
     jobs = [(path, size, (seed, n)) for n, path in enumerate(paths)]
-    processes = min(os.cpu_count() or 1, count // 256)
+    processes = processes or min(os.cpu_count() or 1, count // 256)
     if processes > 1:
         with ProcessPoolExecutor(processes) as pool:
             list(pool.map(_write_photo, jobs, chunksize=64))

@@ -78,3 +78,45 @@ def test_measured_child_peak_memory_is_its_own_not_its_parents(tmp_path):
     beside = child_peak()
     del ballast
     assert alone > 0 and abs(beside - alone) < 256, (alone, beside)  # wait4's ru_maxrss would add the GiB
+
+
+def test_photos_are_the_same_whether_drawn_in_one_process_or_several(tmp_path):
+    from emoreact.bench.common import write_photos
+
+    one = write_photos(tmp_path / "one", 6, size=(64, 48), processes=1)
+    several = write_photos(tmp_path / "several", 6, size=(64, 48), processes=2)
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in several]
+    assert len({p.read_bytes() for p in one}) == 6  # and each photo is its own
+
+
+def test_bench_embed_takes_batch_size_and_workers_from_the_command_line():
+    import json
+
+    from click.testing import CliRunner
+
+    from emoreact.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "embed", "--device", "cpu", "--model", TINY_MODEL, "--size", "8",
+                                       "--rounds", "1", "--batch-size", "4", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output[result.output.index("{"):])
+    assert (figures["batch_size"], figures["workers"], figures["images"]) == (4, 0, 8)
+    assert "stages_images_per_s" not in figures  # the stage breakdown is the GPU fast path's
+
+
+def test_gpu_check_script_installs_nothing_it_has_and_archives_what_it_ran(tmp_path):
+    """The script's scaffolding, with no check selected: the GPU checks themselves need a GPU machine."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+    env = {**os.environ, "ONLY": "none", "PYTHON": sys.executable}
+    subprocess.run(["bash", str(script), str(tmp_path / "out"), "cpu", "small"], check=True, env=env,
+                   capture_output=True, timeout=120)
+    assert not (tmp_path / "out" / "install.log").exists()  # this Python has the packages: no wheels installed
+    with tarfile.open(tmp_path / "out" / "gpu_check.tar.gz") as archive:
+        assert "./machine.txt" in archive.getnames()
+    assert sys.version.split()[0] in (tmp_path / "out" / "machine.txt").read_text()
