@@ -163,12 +163,13 @@ def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
     writer = ShardWriter(store, records, report, config.shard_size)
     bar = tqdm(total=len(records), unit="img", desc="embed", disable=not config.progress, smoothing=0.1)
     batches = _decoded_batches(loader, backbone, dataset, config.decode_ahead if fast else None)
-    for batch in batches:
-        good = writer.sort(batch)
-        if good:
-            vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device) for _, item in good]))
-            writer.add(good, vectors.cpu().numpy())
-        bar.update(len(batch))
+    with contextlib.closing(batches):  # a failure here stops the decoding thread at once, not at collection
+        for batch in batches:
+            good = writer.sort(batch)
+            if good:
+                vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device) for _, item in good]))
+                writer.add(good, vectors.cpu().numpy())
+            bar.update(len(batch))
     bar.close()
     writer.flush()
     report.near_duplicate_groups_moved, report.near_duplicate_images_moved = \

@@ -127,6 +127,25 @@ def test_a_failure_while_decoding_ahead_reaches_the_job_and_stops_the_thread(tmp
     assert len(calls) == 3  # it stopped at the fault, not after reading everything
 
 
+def test_a_failure_of_the_job_stops_the_thread_decoding_ahead(tmp_path, backbone, monkeypatch):
+    import threading
+
+    from emoreact.embed.writer import ShardWriter
+
+    def fail(*args):
+        raise OSError("disk full, planted by the test")
+
+    monkeypatch.setattr(ShardWriter, "add", fail)
+    try:
+        _embed(tmp_path, "store", backbone, _photo_records(tmp_path), fast_jpeg=True, batch_size=8, decode_ahead=2)
+    except OSError as exc:
+        # Checked while the caller still holds the error, whose traceback keeps the job's frame alive.
+        assert "planted by the test" in str(exc)
+        assert not [t for t in threading.enumerate() if t.name == "emoreact-decode-ahead"]
+    else:
+        pytest.fail("the job did not raise the writer's error")
+
+
 @pytest.mark.gpu
 def test_gpu_decoding_ahead_on_its_own_stream_matches_decoding_in_turn(tmp_path):
     if not torch.cuda.is_available():
