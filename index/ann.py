@@ -11,13 +11,10 @@ Why not autofaiss: it tunes to a query-time budget, not to a recall target, know
 exact re-rank (which lets coarse codes reach high recall), and pulls in its own reader stack; the
 choice below is FAISS's own guideline ("Guidelines to choose an index") in a few lines.
 
-Why K = the smallest power of two ≥ 4·√N (2,048 lists at 200k, 8,192 at 2M, 16,384 at 10M, 65,536
-from 67M), the low end of FAISS's guideline of 4–16·√N: more, shorter lists mean fewer PQ codes scanned
-for the same recall. At 2M, 8,192 lists scan 32k codes per query for recall@10 0.972 where 2,048 lists
-scanned 128k for 0.969 (p95 7.5 against 16.6 ms). Plain k-means over K centroids would make such K
-slow to train on a CPU (its cost is N_train·K·D per iteration), so from `TWO_LEVEL_FROM_LISTS` lists the
-coarse quantizer is trained by two-level k-means (index/coarse.py: √K clusters, then each split in proportion to its size), about √K
-times cheaper: 8,192 lists train in about a minute at 2M.
+Why K ≈ 1.3·√N (a power of two; 2,048 lists at 2M, 4,096 at 10M, 16,384 at 100M), fewer than
+the guideline's 4–16·√N: training k-means costs N_train·K·D per iteration and dominates the build on
+a CPU, while scanning PQ codes is cheap (a probe of a 2,500-vector list is ~0.1 ms), so fewer, longer
+lists give the same latency for a much shorter build.
 
 Search settings (`nprobe`, and `candidates`, how many proposals are re-ranked) are tuned at build
 time: for each pool size the smallest nprobe reaching the recall target on held-out stored vectors
@@ -35,8 +32,6 @@ from typing import Callable, Iterable, Iterator
 import faiss
 import numpy as np
 
-from .coarse import two_level_centroids
-
 log = logging.getLogger(__name__)
 
 FLAT_MAX_ROWS = 200_000     # exact search stays under ~50 ms per query up to here on a 2-core CPU
@@ -47,8 +42,6 @@ TUNING_QUERIES = 1_000
 TRAIN_POINTS_PER_LIST = 64  # k-means sample: 64 per list (FAISS warns below 39; 256 is its cap)
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 CANDIDATES = (40, 80, 160, 320, 640, 1280)
-TWO_LEVEL_FROM_LISTS = 1024  # from here the coarse quantizer is trained by two-level k-means; below, plain
-# k-means costs little and places a few lists a little better (every list count `auto` chooses is above)
 RERANK_COST = 30            # PQ codes scanned for the price of one exact re-rank (see tune)
 
 
@@ -90,7 +83,7 @@ def choose_factory(rows: int, dim: int) -> str:
     """Gives the factory string the store uses for `rows` vectors of `dim` (see the module docstring)."""
     if rows <= FLAT_MAX_ROWS:
         return "Flat"
-    lists = 2 ** math.ceil(math.log2(4 * math.sqrt(rows)))
+    lists = 2 ** round(math.log2(1.3 * math.sqrt(rows)))
     return f"IVF{min(max(lists, 256), 65_536)}_HNSW32,PQ{pq_bytes(dim)}"
 
 
@@ -127,20 +120,9 @@ def new_index(factory: str, dim: int) -> faiss.Index:
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     if hasattr(ivf, "do_polysemous_training"):
         ivf.do_polysemous_training = False  # on by default for IVF-PQ; 10x the training time, unused here
-    ivf.cp.niter = 10  # plain k-means (fewer than TWO_LEVEL_FROM_LISTS lists): past ~10 the lists barely move
+    ivf.cp.niter = 10  # k-means iterations: past ~10 the lists barely move, and each costs minutes at 10M
     ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
     return index
-
-
-def train(index: faiss.Index, sample: np.ndarray) -> None:
-    """Trains an empty index on (n, D) float32 `sample`: an IVF's coarse quantizer of many lists by two-level
-    k-means (index/coarse.py), then the rest (a few lists, PQ codebooks on the residuals) by FAISS itself."""
-    sample = np.ascontiguousarray(sample, dtype=np.float32)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and ivf.nlist >= TWO_LEVEL_FROM_LISTS and ivf.quantizer.ntotal == 0:
-        ivf.quantizer.add(two_level_centroids(sample, ivf.nlist))  # a quantizer holding nlist centroids
-        # is not trained again by index.train
-    index.train(sample)
 
 
 def training_size(factory: str, rows: int) -> int:

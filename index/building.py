@@ -38,7 +38,7 @@ def train_empty(factory: str, dim: int, live_ids: np.ndarray, rows_of: Callable[
     if not ann.is_flat(factory):
         sample = _sample(live_ids, ann.training_size(factory, len(live_ids)), seed)
         log.info("training %s on %d vectors", factory, len(sample))
-        ann.train(index, rows_of(sample))
+        index.train(rows_of(sample))
     return index
 
 
