@@ -21,7 +21,8 @@ from emoreact.heads.policy import Reactions, reactions
 from emoreact.index import Store
 from emoreact.labels import LabelConfig, load_label_config
 from emoreact.outputs import ResultWriter, output_format
-from emoreact.trainset import BLOCK_ROWS, SPLITS, batches, prefetched
+from emoreact.prefetch import prefetched
+from emoreact.trainset import BLOCK_ROWS, SPLITS, batches
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,6 @@ the rows, in id order, that an in-memory read would.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -21,6 +19,7 @@ import torch
 from emoreact.heads import EmotionHead
 from emoreact.heads.sampling import Moments, RowSample
 from emoreact.index import Store, StoreError
+from emoreact.prefetch import prefetched
 
 SPLITS = ("train", "val", "test")
 BLOCK_ROWS = 65_536  # rows per block read: 128 MiB as float32 at D = 512
@@ -141,49 +140,6 @@ def batches(store: Store, rows: int = BLOCK_ROWS, split: str | None = None) -> I
             pending, held = ([rest] if len(rest.ids) else []), len(rest.ids)
     if held:
         yield _join(pending)
-
-
-def prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Gives the items of `iterator`, read ahead by a background thread (at most `depth` waiting).
-
-    Reading a block (SQLite, the float16 -> float32 conversion) and using it (torch, pyarrow) each
-    release the GIL for most of their time, so on two cores they overlap. An error in the reader is
-    raised here; stopping early (break, an error here) stops the reader."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def offer(entry: tuple) -> bool:
-        while not stop.is_set():  # never blocks for good: the consumer may have stopped
-            try:
-                items.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read() -> None:
-        try:
-            for item in iterator:
-                if not offer((item, None)):
-                    return
-            offer((done, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            offer((done, exc))
-
-    reader = threading.Thread(target=read, name="block-reader", daemon=True)
-    reader.start()
-    try:
-        while True:
-            item, error = items.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        reader.join()
 
 
 def _join(blocks: list):

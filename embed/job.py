@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import queue
-import threading
 import time
 from collections import Counter
 from collections.abc import Container, Iterator
@@ -21,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from emoreact.index import NEAR_DUPLICATE_THRESHOLD, Store
+from emoreact.prefetch import prefetched
 
 from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
 from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image_with_size
@@ -196,38 +195,16 @@ def _decoded_batches(loader, backbone: Backbone, dataset: _ImageFiles, ahead: in
         return
     cuda = backbone.device.type == "cuda"
     side = torch.cuda.Stream(backbone.device) if cuda else None
-    ready: queue.Queue = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
 
-    def hand_over(entry: tuple) -> bool:
-        while not stop.is_set():  # the consumer may have stopped: never block on a full queue for good
-            try:
-                ready.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def decode_ahead() -> None:
-        try:
+    def decode() -> Iterator[tuple[list[dict], torch.cuda.Event | None]]:  # runs on prefetched's thread
+        for batch in batches:
             with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
-                for batch in batches:
-                    _decode_fast(batch, backbone, dataset)
-                    if not hand_over((batch, side.record_event() if cuda else None)):
-                        return
-            hand_over((None, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            hand_over((exc, None))
+                _decode_fast(batch, backbone, dataset)
+                done = side.record_event() if cuda else None
+            yield batch, done
 
-    thread = threading.Thread(target=decode_ahead, name="emoreact-decode-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            batch, done = ready.get()
-            if batch is None:
-                return
-            if isinstance(batch, BaseException):
-                raise batch
+    with contextlib.closing(prefetched(decode(), depth=ahead, name="emoreact-decode-ahead")) as decoded:
+        for batch, done in decoded:
             if cuda:
                 main = torch.cuda.current_stream(backbone.device)
                 main.wait_event(done)
@@ -235,9 +212,6 @@ def _decoded_batches(loader, backbone: Backbone, dataset: _ImageFiles, ahead: in
                     if "tensor" in item and item["tensor"].is_cuda:
                         item["tensor"].record_stream(main)  # made on the side stream, read on this one
             yield batch
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _decode_fast(batch: list[dict], backbone: Backbone, dataset: _ImageFiles) -> None:

@@ -151,7 +151,8 @@ def test_a_bad_row_cap_names_the_value():
 
 
 def test_batches_regroup_small_shards_and_prefetching_keeps_order_and_errors(store_path):
-    from emoreact.trainset import batches, prefetched
+    from emoreact.prefetch import prefetched
+    from emoreact.trainset import batches
 
     store = Store.open(store_path, with_index=False)
     sizes = [len(b.ids) for b in prefetched(batches(store, 100))]  # the session store has shards of 64
