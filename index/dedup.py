@@ -8,9 +8,13 @@ A job only searches from the rows it added, and from the groups they join: group
 were settled by earlier jobs. Beyond `EXACT_UP_TO` rows the search runs on an IVF index over the
 same rows instead of the exact one: an exact all-pairs search of a first job over a million images
 would take hours on a CPU, while a near-duplicate (cosine >= 0.95, L2 distance <= 0.32) almost
-always lies in one of the few cells nearest its twin (`python cli.py bench dedup` measures both).
+always lies in one of the few cells nearest its twin. A store with an approximate index (millions
+of rows) searches through that index instead (`store_index_neighbours`), reading only the rows it
+proposes (`python cli.py bench dedup` measures all three).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -18,6 +22,7 @@ import numpy as np
 DEFAULT_THRESHOLD = 0.95  # resized or re-encoded copies of one picture score above this with CLIP
 EXACT_UP_TO = 100_000  # rows; beyond, the range search goes through an IVF index (see the module doc)
 IVF_NPROBE = 16  # cells searched per query: a near-duplicate pair is found even when it straddles a border
+ANN_PROPOSALS = 32  # a store index's proposals re-ranked per row (doubled for a row whose all qualify)
 
 
 def range_search_index(index, vectors: np.ndarray, exact_up_to: int = EXACT_UP_TO):
@@ -39,6 +44,9 @@ def range_search_index(index, vectors: np.ndarray, exact_up_to: int = EXACT_UP_T
     return ivf
 
 
+Neighbours = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # rows -> (lims, ids) as range_search gives
+
+
 def near_duplicate_groups(index, vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
                           block: int = 4096, first_new: int = 0, exact_up_to: int = EXACT_UP_TO) -> list[np.ndarray]:
     """Gives the groups (ascending int64 ids, two or more each) of rows joined by cosine >= `threshold`
@@ -49,20 +57,63 @@ def near_duplicate_groups(index, vectors: np.ndarray, threshold: float = DEFAULT
     Queries go `block` rows at a time, so memory holds the pairs found, never an N x N matrix.
     """
     index = range_search_index(index, vectors, exact_up_to)
-    # FAISS keeps inner products strictly above the radius; one float32 step below makes it ">=".
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
-    reached = np.zeros(len(vectors), bool)
-    frontier = np.arange(first_new, len(vectors))
+    radius = _strictly_above(threshold)
+
+    def neighbours(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lims, _, ids = index.range_search(np.ascontiguousarray(vectors[rows], dtype=np.float32), radius)
+        return lims, ids
+
+    return groups_from(neighbours, len(vectors), first_new, block)
+
+
+def store_index_neighbours(index, rows_of: Callable[[np.ndarray], np.ndarray], threshold: float = DEFAULT_THRESHOLD,
+                           proposals: int = ANN_PROPOSALS, nprobe: int = IVF_NPROBE) -> Neighbours:
+    """Gives `neighbours(rows)` for `groups_from` that searches a store's own approximate index (an IVF
+    whose ids are store ids, holding every live row) instead of a copy of the vectors: what lets a job
+    on a store of millions group its new images without reading the store into memory.
+
+    Each row's `proposals` nearest by the index's codes (over `nprobe` lists) are re-ranked exactly on
+    `rows_of(ids) -> (n, D) float32` and kept when their true cosine reaches `threshold`; a row whose
+    proposals all reach it (a large group) asks again for twice as many, until some fall short."""
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = min(nprobe, ivf.nlist)  # the served copy is not touched: this index is the job's own
+
+    def neighbours(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        queries = rows_of(rows)
+        found: list[np.ndarray] = [np.zeros(0, np.int64)] * len(rows)
+        todo, k = np.arange(len(rows)), proposals
+        while len(todo):
+            k = min(k, index.ntotal)
+            _, ids = index.search(queries[todo], k)
+            again = []
+            for q, row in zip(todo.tolist(), ids):
+                row = row[row >= 0]
+                close = row[rows_of(row) @ queries[q] >= threshold] if len(row) else row
+                found[q] = close
+                if len(close) == k < index.ntotal:
+                    again.append(q)
+            todo, k = np.asarray(again, np.int64), 2 * k
+        lims = np.concatenate([[0], np.cumsum([len(f) for f in found])]).astype(np.int64)
+        return lims, np.concatenate(found).astype(np.int64)
+
+    return neighbours
+
+
+def groups_from(neighbours: Neighbours, rows: int, first_new: int = 0, block: int = 4096) -> list[np.ndarray]:
+    """Gives the groups of `near_duplicate_groups` among `rows` rows, each row's near-duplicates (itself
+    may be among them) given by `neighbours(rows (n,) int64) -> (lims (n+1,), ids)`, `block` rows a call."""
+    reached = np.zeros(rows, bool)
+    frontier = np.arange(first_new, rows)
     reached[frontier] = True
     left, right = [], []
     while len(frontier):  # new rows first, then any older row they reach, until no new row is reached
         found = []
         for start in range(0, len(frontier), block):
-            rows = frontier[start:start + block]
-            lims, _, ids = index.range_search(np.ascontiguousarray(vectors[rows], dtype=np.float32), radius)
-            rows = np.repeat(rows, np.diff(lims).astype(np.int64))
-            keep = ids != rows  # a row always matches itself
-            left.append(rows[keep])
+            part = frontier[start:start + block]
+            lims, ids = neighbours(part)
+            part = np.repeat(part, np.diff(lims).astype(np.int64))
+            keep = ids != part  # a row always matches itself
+            left.append(part[keep])
             right.append(ids[keep])
             found.append(ids[keep])
         frontier = np.unique(np.concatenate(found))
@@ -71,6 +122,11 @@ def near_duplicate_groups(index, vectors: np.ndarray, threshold: float = DEFAULT
     if not sum(len(part) for part in left):
         return []
     return _components(np.concatenate(left), np.concatenate(right))
+
+
+def _strictly_above(threshold: float) -> float:
+    """FAISS keeps inner products strictly above a range search's radius; one float32 step below makes it ">="."""
+    return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
 
 
 def _components(a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:

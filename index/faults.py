@@ -22,6 +22,7 @@ POINTS = (
     "after_shard_rows",  # a shard and its rows are committed, the next shard not started
     "during_index_write",  # finish(): the temporary index.faiss is written, not yet renamed
     "before_manifest",  # the new index file is in place, the manifest still names the old one
+    "before_near_duplicates_recorded",  # finish(): indexed and grouped, the manifest not yet saying so
     "after_remove_commit",  # remove(): the rows are gone from SQLite, the shard and index still hold them
     "during_remove",  # remove(): the vectors are zeroed, the new index is not yet written
 )

@@ -20,7 +20,7 @@ from emoreact import __version__
 from . import ann, building
 from .ann import IndexSettings
 from .atomic import atomic_path, atomic_write_text
-from .dedup import EXACT_UP_TO, near_duplicate_groups, split_moves
+from .dedup import EXACT_UP_TO, groups_from, near_duplicate_groups, split_moves, store_index_neighbours
 from .faults import fault_point
 from .search import build_index, search, to_gpu_if_available
 
@@ -78,22 +78,29 @@ class IndexMaintenance:
         return np.asarray(found, np.int64)
 
     def finish(self, near_duplicate_threshold: float | None = None, index: str | None = None) -> tuple[int, int]:
-        """Brings the index up to date and rewrites the manifest so that readers see the new rows; first puts
+        """Brings the index up to date and rewrites the manifest so that readers see the new rows; then puts
         each group of near-duplicates (cosine >= the threshold; None: skip) in one split. The index gets
         only the new rows, unless its kind changes (`index`: auto, flat, ivf or a FAISS factory string;
         None keeps the store's choice) or it has outgrown its training (see index/building.py). Gives the
-        number of (groups, images) moved."""
+        number of (groups, images) moved.
+
+        Grouping comes after the index because an approximate index is what finds the near-duplicates
+        of a large store; a kill in between leaves the rows unchecked in the manifest, and the next
+        `finish` groups them."""
         rows = self._scalar("SELECT COALESCE(MAX(first_id + count), 0) FROM shards")
-        moved, checked = (0, 0), self.manifest.get("near_duplicates")
-        if near_duplicate_threshold is not None:
-            # Rows up to rows_checked were grouped by an earlier job at this threshold: only newer rows search.
-            same = isinstance(checked, dict) and checked.get("threshold") == near_duplicate_threshold
-            done = int(checked.get("rows_checked", 0)) if same else 0
-            if done < rows:
-                moved = self._unite_near_duplicates(near_duplicate_threshold, done)
-            checked = {"threshold": near_duplicate_threshold, "rows_checked": rows}
-        self._update_index(rows, index or self.manifest.get("index_choice", "auto"), force=False,
-                           extra={"near_duplicates": checked} if checked else {})
+        self._update_index(rows, index or self.manifest.get("index_choice", "auto"), force=False)
+        checked = self.manifest.get("near_duplicates")
+        if near_duplicate_threshold is None:
+            return 0, 0
+        # Rows up to rows_checked were grouped by an earlier job at this threshold: only newer rows search.
+        same = isinstance(checked, dict) and checked.get("threshold") == near_duplicate_threshold
+        done = int(checked.get("rows_checked", 0)) if same else 0
+        if done >= rows:
+            return 0, 0
+        moved = self._unite_near_duplicates(near_duplicate_threshold, done, rows)
+        fault_point("before_near_duplicates_recorded")
+        self._write_manifest({**self.manifest,
+                              "near_duplicates": {"threshold": near_duplicate_threshold, "rows_checked": rows}})
         return moved
 
     def reindex(self, index: str | None = None, builder: "building.Builder | None" = None) -> IndexSettings:
@@ -118,7 +125,7 @@ class IndexMaintenance:
         """Gives the (len(ids), D) float32 stored vectors of `ids` (any order), read where they lie."""
         return self._shards().rows_of(ids)
 
-    def _update_index(self, rows: int, choice: str, force: bool, extra: dict | None = None,
+    def _update_index(self, rows: int, choice: str, force: bool,
                       builder: "building.Builder | None" = None) -> None:
         self._live = self._scalar("SELECT COUNT(*) FROM images")
         target = ann.factory_for(choice, self._live, self.dim)
@@ -137,7 +144,7 @@ class IndexMaintenance:
             log.info("building a %s index over %d images (%s)", factory, self._live, why)
             index, settings = (builder or building.build_for_store)(self, factory)
             settings = settings.with_(removed_applied=self._scalar("SELECT COUNT(*) FROM removed"))
-        self._publish(index, settings, rows, {"index_choice": choice, **(extra or {})})
+        self._publish(index, settings, rows, {"index_choice": choice})
 
     def _current_index_for_update(self) -> tuple[IndexSettings | None, faiss.Index | None]:
         settings = self.index_settings if self.rows or self.manifest.get("index") else None
@@ -156,13 +163,16 @@ class IndexMaintenance:
             faiss.write_index(index, str(tmp))
             fault_point("during_index_write")
         fault_point("before_manifest")
-        self.manifest = {**self.manifest, **extra, "count": int(rows), "package_version": __version__,
-                         "index": settings.with_(file=name).to_json()}
-        atomic_write_text(self.root / "manifest.json", json.dumps(self.manifest, indent=2) + "\n")
+        self._write_manifest({**self.manifest, **extra, "count": int(rows), "package_version": __version__,
+                              "index": settings.with_(file=name).to_json()})
         self._live = self._scalar("SELECT COUNT(*) FROM images")
         self._pending = set()
         self._index = None  # read again, as readers do, on the next search
         self._drop_unused_index_files()
+
+    def _write_manifest(self, manifest: dict) -> None:
+        self.manifest = manifest
+        atomic_write_text(self.root / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
     def _load_index(self) -> None:
         settings = self.index_settings
@@ -180,10 +190,17 @@ class IndexMaintenance:
                              f"{expected} of dim {self.dim}; run `cli.py reindex --store {self.root}` to rebuild it")
         self._index = index if settings.approximate else to_gpu_if_available(index)
 
-    def _unite_near_duplicates(self, threshold: float, first_new: int) -> tuple[int, int]:
-        vectors = self.vectors()  # near-duplicate grouping still needs every vector in memory (see README)
-        exact = build_index(vectors) if len(vectors) <= EXACT_UP_TO else None
-        groups = near_duplicate_groups(exact, vectors, threshold, first_new=first_new)
+    def _unite_near_duplicates(self, threshold: float, first_new: int, rows: int) -> tuple[int, int]:
+        settings = self.index_settings
+        if settings.approximate:
+            # The store's own index proposes, the shards verify: nothing reads the whole store. This is
+            # the job's own copy of the index (its nprobe changes), memory-mapped as a server maps it.
+            index = ann.read(str(self._folder / settings.file), settings, for_serving=True)
+            groups = groups_from(store_index_neighbours(index, self.vectors_of, threshold), rows, first_new)
+        else:  # a Flat index holds every vector in memory anyway (up to 200,000 unless asked for)
+            vectors = self.vectors()
+            exact = build_index(vectors) if len(vectors) <= EXACT_UP_TO else None
+            groups = near_duplicate_groups(exact, vectors, threshold, first_new=first_new)
         members = [int(i) for group in groups for i in group]
         rows = []
         for start in range(0, len(members), 10_000):  # SQLite caps the number of bound parameters

@@ -54,12 +54,13 @@ def test_embed_bench_runs_all_three_pipelines():
         assert result[key] > 0
 
 
-def test_dedup_bench_reports_both_searches_and_the_groups_found():
+def test_dedup_bench_reports_each_search_and_the_groups_found():
     from emoreact.bench import dedup_bench
 
     result = dedup_bench.run(count=2000, dim=32, clusters=20)
     assert result["exact_groups"] == 100 and result["group_recall"] == 1.0
-    assert result["baseline_exact_seconds"] > 0 and result["ours_ivf_seconds"] > 0
+    assert result["store_index"].startswith("IVF") and result["store_index_group_recall"] == 1.0
+    assert result["baseline_exact_seconds"] > 0 and result["ours_ivf_seconds"] > 0 and result["store_index_seconds"] > 0
 
 
 def test_measured_child_peak_memory_is_its_own_not_its_parents(tmp_path):

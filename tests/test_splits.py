@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from conftest import FAST_EMBED, LABELS, TINY
 from emoreact import cli, embed_source
-from emoreact.index import Store, build_index, near_duplicate_groups
-from emoreact.index.dedup import split_moves
+from emoreact.index import Store, ann, build_index, near_duplicate_groups
+from emoreact.index.dedup import groups_from, split_moves, store_index_neighbours
 from synthetic import make_manifest
 
 
@@ -76,6 +76,34 @@ def test_near_duplicate_groups_past_the_exact_size_go_through_ivf_and_still_matc
     assert len(expected) >= 350
     got = near_duplicate_groups(build_index(vectors), vectors, 0.95, exact_up_to=500)
     assert {tuple(int(i) for i in g) for g in got} == expected
+
+
+def test_a_store_index_finds_the_same_groups_as_brute_force_reading_only_the_rows_it_proposes():
+    """A large store groups through its own IVF-PQ index: proposals by code, verified on the stored rows.
+    A group larger than the proposals asked for (30 copies, 4 proposals) is followed by asking again."""
+    rng = np.random.default_rng(13)
+    centres = unit(rng.normal(size=(40, 48)))
+    base = unit(centres[rng.integers(0, 40, size=3000)] + 0.35 * rng.normal(size=(3000, 48)))
+    picked = rng.choice(3000, size=300, replace=False)
+    copies = unit(base[picked] + 0.025 * rng.normal(size=(300, 48)))
+    crowd = unit(base[:1] + 0.01 * rng.normal(size=(30, 48)))
+    vectors = np.concatenate([base, copies, crowd])[rng.permutation(3330)]
+    index = ann.new_index("IVF32,PQ8", 48)
+    index.train(vectors)
+    index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+    read = []
+
+    def rows_of(ids):
+        read.append(len(ids))
+        return vectors[ids]
+
+    expected = brute_force_groups(vectors, 0.95)
+    assert any(len(g) >= 30 for g in expected)
+    neighbours = store_index_neighbours(index, rows_of, 0.95, proposals=4)
+    for first_new in (0, 2000, 3300):
+        got = groups_from(neighbours, len(vectors), first_new, block=256)
+        assert {tuple(int(i) for i in g) for g in got} == {g for g in expected if max(g) >= first_new}
+    assert max(read) <= 4 * 64  # rows are read a query's proposals at a time, never the whole store
 
 
 def test_split_moves_follow_the_oldest_member_and_never_move_source_splits():

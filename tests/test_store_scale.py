@@ -2,6 +2,7 @@
 removal that leaves no trace, and kills during reindex and remove."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 from conftest import ROOT
 from emoreact.bench.synthetic_store import Mixture, held_out_queries, write_store
 from emoreact.index import Store, StoreError, ann, brute_force_search
+from emoreact.index.dedup import split_moves
+from test_splits import brute_force_groups
 
 MIX = Mixture(dim=64, clusters=48, seed=3)
 IVF = "IVF32_HNSW32,PQ8"  # a small approximate index of the production kind (D = 64: PQ8 is D/8)
@@ -218,3 +221,83 @@ def test_unknown_ids_to_remove_are_refused_naming_them(tmp_path):
     writer.close()
     with pytest.raises(StoreError):
         Store.open(tmp_path / "nothing")
+
+
+@pytest.fixture(scope="module")
+def ivf_store(tmp_path_factory):
+    """A 4,000-image store with an IVF index, built once: copy it before changing it."""
+    root = tmp_path_factory.mktemp("ivf") / "s"
+    make(root, count=4000, index=IVF).close()
+    return root
+
+
+def _with_twins(root, count: int, seed: int) -> None:
+    """Adds `count` near-duplicates (cosine ~0.99) of stored images to the store at `root`, their splits
+    set in turn and free to move, without finishing."""
+    stored = Store.open(root, with_index=False)
+    originals = np.sort(np.random.default_rng(seed).choice(stored.rows, count, replace=False))
+    vectors = stored.vectors_of(originals)
+    stored.close()
+    rng = np.random.default_rng(seed + 1)
+    twins = vectors + 0.012 * rng.normal(size=vectors.shape).astype(np.float32)
+    twins /= np.linalg.norm(twins, axis=1, keepdims=True)
+    rows = [{"path": f"twin/{i}.jpg", "sha256": f"{seed:08x}{i:056x}", "labels": None,
+             "split": ("train", "val", "test")[i % 3], "split_fixed": False, "width": 8, "height": 8, "bytes": 1}
+            for i in range(count)]
+    writer = Store.open_for_writing(root)
+    writer.add(rows, twins)
+    writer.close()
+
+
+def _expected_moves(store: Store) -> tuple[dict, dict, int]:
+    """Gives (split by id, the moves brute force calls for, groups moved) for the rows past 4,000, whose
+    splits are free (the synthetic store's are fixed)."""
+    split = {item.id: item.split for item in store.items()}
+    groups = [np.array(g) for g in brute_force_groups(store.vectors(), 0.95) if max(g) >= 4000]
+    moves, moved_groups = split_moves(groups, split, {i: i < 4000 for i in split})
+    return split, moves, moved_groups
+
+
+def test_a_large_store_groups_near_duplicates_through_its_index_without_loading_its_vectors(ivf_store, tmp_path, monkeypatch):
+    """The groups, and so the moves, are those of brute force over all vectors (this mixture is tight at
+    D = 64: its clusters hold near-duplicate groups of hundreds, whose fixed members pull the twins)."""
+    root = shutil.copytree(ivf_store, tmp_path / "s")
+    _with_twins(root, 60, seed=21)
+    writer = Store.open_for_writing(root)
+    split, moves, moved_groups = _expected_moves(writer)
+    assert moves and len(moves) < 60
+
+    def whole_store(self):
+        raise AssertionError("near-duplicate grouping read the whole store")
+
+    monkeypatch.setattr(Store, "vectors", whole_store)
+    assert writer.finish(0.95) == (moved_groups, len(moves))
+    writer.close()
+    monkeypatch.undo()
+    store = Store.open(root)
+    assert {item.id: item.split for item in store.items()} == {**split, **moves}
+    assert store.manifest["near_duplicates"] == {"threshold": 0.95, "rows_checked": 4060}
+    assert store.index_settings.indexed_rows == 4060
+    store.close()
+
+
+def test_a_kill_between_index_and_grouping_leaves_the_rows_to_group_next_time(ivf_store, tmp_path):
+    root = shutil.copytree(ivf_store, tmp_path / "s")
+    _with_twins(root, 30, seed=5)
+    writer = Store.open_for_writing(root)
+    split, moves, _ = _expected_moves(writer)
+    writer.close()
+    assert moves
+    script = "import sys; from emoreact.index import Store; Store.open_for_writing(sys.argv[1]).finish(0.95)"
+    result = subprocess.run([sys.executable, "-c", script, str(root)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "EMOREACT_FAULT": "before_near_duplicates_recorded"})
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["index"]["indexed_rows"] == 4030 and "near_duplicates" not in manifest  # indexed, not checked
+    writer = Store.open_for_writing(root)
+    assert writer.finish(0.95) == (0, 0)  # the killed job had moved them; this one finds them in place
+    writer.close()
+    store = Store.open(root)
+    assert {item.id: item.split for item in store.items()} == {**split, **moves}
+    assert store.manifest["near_duplicates"] == {"threshold": 0.95, "rows_checked": 4030}
+    store.close()
