@@ -63,19 +63,25 @@ class ShardReader:
 
         Rows are read with pread, not through a memory map: the exact re-rank of a search reads a few
         hundred scattered rows, and page faults on a map would read ahead around each one, pulling
-        gigabytes of a large store into the server's resident memory for nothing."""
+        gigabytes of a large store into the server's resident memory for nothing. Each row is read
+        straight into one shared buffer, converted to float32 once: the loop does a system call a row
+        and little else (~1.5 µs a row from the page cache)."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        out = np.empty((len(ids), self.dim), np.float32)
         row_bytes = 2 * self.dim
         where = np.searchsorted(self._starts, ids, side="right") - 1
-        for k, (image_id, shard_no) in enumerate(zip(ids.tolist(), where.tolist())):
-            shard = self.shards[shard_no]
-            fd, offset = self._file(shard)
-            data = os.pread(fd, row_bytes, offset + (image_id - shard.first_id) * row_bytes)
-            if len(data) != row_bytes:
-                raise self._error(f"{self.folder / shard.name} is truncated (row {image_id}); rebuild the store")
-            out[k] = np.frombuffer(data, dtype="<f2")
-        return out
+        fd_of = np.zeros(len(self.shards), np.int64)
+        row0_of = np.zeros(len(self.shards), np.int64)  # file offset where id 0 would lie, per shard
+        for n in np.unique(where).tolist():
+            fd_of[n], offset = self._file(self.shards[n])
+            row0_of[n] = offset - self.shards[n].first_id * row_bytes
+        fds, offsets = fd_of[where], row0_of[where] + ids * row_bytes
+        buffer = bytearray(len(ids) * row_bytes)
+        view = memoryview(buffer)
+        for k, (fd, offset) in enumerate(zip(fds.tolist(), offsets.tolist())):
+            if os.preadv(fd, [view[k * row_bytes:(k + 1) * row_bytes]], offset) != row_bytes:
+                shard = self.shards[where[k]]
+                raise self._error(f"{self.folder / shard.name} is truncated (row {ids[k]}); rebuild the store")
+        return np.frombuffer(buffer, dtype="<f2").reshape(len(ids), self.dim).astype(np.float32)
 
     def shard_of(self, image_id: int) -> Shard:
         """Gives the shard holding row `image_id`."""
