@@ -91,6 +91,17 @@ def test_new_rows_are_added_without_retraining_until_the_store_doubles(tmp_path)
     assert Store.open(root, with_index=False).index_settings.trained_rows == 13_600  # past x2: re-trained
 
 
+def test_an_index_is_saved_at_its_serving_breadth_and_adds_at_the_assigning_one(ivf_store):
+    settings = Store.open(ivf_store, with_index=False).index_settings
+    index = faiss.read_index(str(ivf_store / settings.file))
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    assert quantizer.hnsw.efSearch == max(64, 2 * settings.nprobe)  # not the last tuning trial's
+    quantizer.hnsw.efSearch = 1024
+    vectors = held_out_queries(5, MIX)
+    assert ann.add_blocks(index, [(np.arange(10**6, 10**6 + 5), vectors)]) == 5
+    assert quantizer.hnsw.efSearch == ann.ASSIGN_EF_SEARCH
+
+
 def test_streaming_blocks_give_the_live_rows_in_id_order(tmp_path):
     store = make(tmp_path / "s", count=1000)
     blocks = list(store.blocks(block_rows=300))
