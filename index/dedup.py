@@ -48,9 +48,11 @@ Neighbours = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # rows -> (l
 
 
 def near_duplicate_groups(index, vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-                          block: int = 4096, first_new: int = 0, exact_up_to: int = EXACT_UP_TO) -> list[np.ndarray]:
+                          block: int = 4096, first_new: int = 0, exact_up_to: int = EXACT_UP_TO,
+                          walk_older: bool = True) -> list[np.ndarray]:
     """Gives the groups (ascending int64 ids, two or more each) of rows joined by cosine >= `threshold`
-    that hold a row numbered `first_new` or above (every group when it is 0).
+    that hold a row numbered `first_new` or above (every group when it is 0); with `walk_older` False,
+    only links that touch a new row count (see `groups_from`).
 
     `vectors` (N, D) float32 unit-norm are the rows of `index`, an exact inner-product FAISS index
     (searched as it is up to `exact_up_to` rows, through an IVF over the same rows beyond).
@@ -63,7 +65,7 @@ def near_duplicate_groups(index, vectors: np.ndarray, threshold: float = DEFAULT
         lims, _, ids = index.range_search(np.ascontiguousarray(vectors[rows], dtype=np.float32), radius)
         return lims, ids
 
-    return groups_from(neighbours, len(vectors), first_new, block)
+    return groups_from(neighbours, len(vectors), first_new, block, walk_older)
 
 
 def store_index_neighbours(index, rows_of: Callable[[np.ndarray], np.ndarray], threshold: float = DEFAULT_THRESHOLD,
@@ -99,9 +101,15 @@ def store_index_neighbours(index, rows_of: Callable[[np.ndarray], np.ndarray], t
     return neighbours
 
 
-def groups_from(neighbours: Neighbours, rows: int, first_new: int = 0, block: int = 4096) -> list[np.ndarray]:
+def groups_from(neighbours: Neighbours, rows: int, first_new: int = 0, block: int = 4096,
+                walk_older: bool = True) -> list[np.ndarray]:
     """Gives the groups of `near_duplicate_groups` among `rows` rows, each row's near-duplicates (itself
-    may be among them) given by `neighbours(rows (n,) int64) -> (lims (n+1,), ids)`, `block` rows a call."""
+    may be among them) given by `neighbours(rows (n,) int64) -> (lims (n+1,), ids)`, `block` rows a call.
+
+    With `walk_older`, an older row a new one reaches is searched from in turn, and so on: its whole
+    older group joins. Without, only the new rows are searched: where near-duplicate links chain
+    through a dense cluster, that walk would cover the cluster, and the store only needs it when older
+    rows must move (indexing.py)."""
     reached = np.zeros(rows, bool)
     frontier = np.arange(first_new, rows)
     reached[frontier] = True
@@ -116,7 +124,7 @@ def groups_from(neighbours: Neighbours, rows: int, first_new: int = 0, block: in
             left.append(part[keep])
             right.append(ids[keep])
             found.append(ids[keep])
-        frontier = np.unique(np.concatenate(found))
+        frontier = np.unique(np.concatenate(found)) if walk_older else np.zeros(0, np.int64)
         frontier = frontier[~reached[frontier]]
         reached[frontier] = True
     if not sum(len(part) for part in left):

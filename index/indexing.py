@@ -191,16 +191,35 @@ class IndexMaintenance:
         self._index = index if settings.approximate else to_gpu_if_available(index)
 
     def _unite_near_duplicates(self, threshold: float, first_new: int, rows: int) -> tuple[int, int]:
+        find = self._near_duplicate_finder(threshold, rows, first_new)
+        # Older rows were grouped by earlier jobs, so an older group already sits in one split: first
+        # search from the new rows only. Only where that would move an older row (a new image joins
+        # older groups in different splits) must the older groups move whole: then walk them too.
+        moves, moved_groups = self._split_moves(find(False))
+        if any(i < first_new for i in moves):
+            moves, moved_groups = self._split_moves(find(True))
+        with self._lock, self._conn:
+            self._conn.executemany("UPDATE images SET split = ? WHERE id = ?", [(s, i) for i, s in moves.items()])
+        if moves:
+            log.info("moved %d near-duplicate images (%d groups) into their group's split", len(moves), moved_groups)
+        return moved_groups, len(moves)
+
+    def _near_duplicate_finder(self, threshold: float, rows: int, first_new: int):
+        """Gives find(walk_older) -> the near-duplicate groups holding a row >= first_new (see dedup.py)."""
         settings = self.index_settings
         if settings.approximate:
             # The store's own index proposes, the shards verify: nothing reads the whole store. This is
             # the job's own copy of the index (its nprobe changes), memory-mapped as a server maps it.
             index = ann.read(str(self._folder / settings.file), settings, for_serving=True)
-            groups = groups_from(store_index_neighbours(index, self.vectors_of, threshold), rows, first_new)
-        else:  # a Flat index holds every vector in memory anyway (up to 200,000 unless asked for)
-            vectors = self.vectors()
-            exact = build_index(vectors) if len(vectors) <= EXACT_UP_TO else None
-            groups = near_duplicate_groups(exact, vectors, threshold, first_new=first_new)
+            neighbours = store_index_neighbours(index, self.vectors_of, threshold)
+            return lambda walk_older: groups_from(neighbours, rows, first_new, walk_older=walk_older)
+        vectors = self.vectors()  # a Flat index holds every vector in memory anyway (up to 200,000 unless asked for)
+        exact = build_index(vectors) if len(vectors) <= EXACT_UP_TO else None
+        return lambda walk_older: near_duplicate_groups(exact, vectors, threshold, first_new=first_new,
+                                                        walk_older=walk_older)
+
+    def _split_moves(self, groups: list[np.ndarray]) -> tuple[dict[int, str], int]:
+        """Gives `split_moves` of `groups`, with the splits stored now (removed rows left out)."""
         members = [int(i) for group in groups for i in group]
         rows = []
         for start in range(0, len(members), 10_000):  # SQLite caps the number of bound parameters
@@ -209,12 +228,7 @@ class IndexMaintenance:
                                 part)
         present = {r[0] for r in rows}  # removed rows (zero vectors) join no group; this is a safeguard
         groups = [g for g in (np.array([i for i in group if i in present]) for group in groups) if len(g) > 1]
-        moves, moved_groups = split_moves(groups, {r[0]: r[1] for r in rows}, {r[0]: bool(r[2]) for r in rows})
-        with self._lock, self._conn:
-            self._conn.executemany("UPDATE images SET split = ? WHERE id = ?", [(s, i) for i, s in moves.items()])
-        if moves:
-            log.info("moved %d near-duplicate images (%d groups) into their group's split", len(moves), moved_groups)
-        return moved_groups, len(moves)
+        return split_moves(groups, {r[0]: r[1] for r in rows}, {r[0]: bool(r[2]) for r in rows})
 
     def _drop_unused_index_files(self) -> None:
         # Readers that opened an older index keep it mapped: on POSIX the data lives until they close it.

@@ -185,3 +185,28 @@ def test_metrics_on_val_for_want_of_a_test_split_say_so(no_test_split):
     assert json.loads(evaluated.output)["split"] == "val" and "split_note" in json.loads(evaluated.output)
     asked = runner.invoke(cli.main, ["evaluate", "--store", str(store), "--head", str(head), "--split", "val"])
     assert "split_note" not in json.loads(asked.output)  # asked for val: nothing to warn about
+
+
+def test_without_the_older_walk_only_links_of_new_rows_count():
+    vectors = chain(16, 0.97)  # a-b-c
+    index = build_index(vectors)
+    # rows 0 and 1 are older; row 2 (c) is new and links to b only; a joins through b only when walked
+    assert [g.tolist() for g in near_duplicate_groups(index, vectors, 0.95, first_new=2)] == [[0, 1, 2]]
+    assert [g.tolist() for g in near_duplicate_groups(index, vectors, 0.95, first_new=2, walk_older=False)] == [[1, 2]]
+
+
+def test_a_new_image_joining_two_older_groups_of_different_splits_moves_them_whole(tmp_path, backbone, label_config):
+    # Five points along a circle, each at cosine 0.97 to the next (0.88 to the one after): older groups
+    # {0, 1} (train) and {2, 3} (test), then a new image between 1 and 2.
+    angle = np.arccos(0.97)
+    points = np.zeros((5, backbone.dim), np.float32)
+    for k, step in enumerate([0, 1, 3, 4, 2]):
+        points[k, 0], points[k, 1] = np.cos(step * angle), np.sin(step * angle)
+    store = Store.create_or_resume(tmp_path / "s", backbone.spec.model_id, backbone.dim, {}, label_config.names)
+    rows = _rows(5, ["train", "train", "test", "test", "val"], [False] * 5)
+    store.add(rows[:4], points[:4])
+    assert store.finish(0.95) == (0, 0)  # each older group already sits in one split
+    store.add(rows[4:], points[4:])
+    assert store.finish(0.95) == (1, 3)  # the new image and all of {2, 3} join 0's split, not just 2
+    assert {item.id: item.split for item in store.items()} == {i: "train" for i in range(5)}
+    store.close()
