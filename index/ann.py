@@ -222,20 +222,18 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
         got, nprobe, pool = best_seen
         log.warning("index %s reaches recall@%d %.3f at best (target %.2f); using nprobe=%d, candidates=%d",
                     settings.factory, k, got, target, nprobe, pool)
-        chosen = settings.with_(nprobe=nprobe, candidates=pool, recall_at_10=round(got, 4))
-        configure(index, chosen)  # the index is saved as it will serve, not at the last trial's breadth
-        return chosen
-    # The cheapest by a cost model, not by timing it here: tests and rebuilds then choose the same setting
-    # on any machine. The codes scanned are counted on the lists these queries probe, not estimated from
-    # the mean list size: queries fall where the data is dense, in the longest lists (at 10M rows of the
-    # bench's store, 2.3x the mean). One re-ranked candidate (a 1 KiB read and a D-dim dot product)
-    # costs roughly what scanning RERANK_COST PQ codes does.
-    timed = {pool: scanned[nprobe] + RERANK_COST * pool for pool, (nprobe, _) in reaching.items()}
-    pool = min(timed, key=timed.get)
-    nprobe, got = reaching[pool]
-    log.info("index %s tuned: nprobe=%d, candidates=%d, recall@%d %.3f", settings.factory, nprobe, pool, k, got)
+    else:
+        # The cheapest by a cost model, not by timing it here: tests and rebuilds then choose the same setting
+        # on any machine. The codes scanned are counted on the lists these queries probe, not estimated from
+        # the mean list size: queries fall where the data is dense, in the longest lists (at 10M rows of the
+        # bench's store, 2.3x the mean). One re-ranked candidate (a 1 KiB read and a D-dim dot product)
+        # costs roughly what scanning RERANK_COST PQ codes does.
+        timed = {pool: scanned[nprobe] + RERANK_COST * pool for pool, (nprobe, _) in reaching.items()}
+        pool = min(timed, key=timed.get)
+        nprobe, got = reaching[pool]
+        log.info("index %s tuned: nprobe=%d, candidates=%d, recall@%d %.3f", settings.factory, nprobe, pool, k, got)
     chosen = settings.with_(nprobe=nprobe, candidates=pool, recall_at_10=round(got, 4))
-    configure(index, chosen)
+    configure(index, chosen)  # the index is saved as it will serve, not at the last trial's breadth
     return chosen
 
 

@@ -20,7 +20,8 @@ from emoreact import __version__
 from . import ann, building
 from .ann import IndexSettings
 from .atomic import atomic_path, atomic_write_text
-from .dedup import EXACT_UP_TO, groups_from, near_duplicate_groups, split_moves, store_index_neighbours
+from .dedup import (EXACT_UP_TO, groups_from, near_duplicate_groups, range_search_index, split_moves,
+                    store_index_neighbours)
 from .faults import fault_point
 from .search import build_index, search, to_gpu_if_available
 
@@ -214,9 +215,10 @@ class IndexMaintenance:
             neighbours = store_index_neighbours(index, self.vectors_of, threshold)
             return lambda walk_older: groups_from(neighbours, rows, first_new, walk_older=walk_older)
         vectors = self.vectors()  # a Flat index holds every vector in memory anyway (up to 200,000 unless asked for)
-        exact = build_index(vectors) if len(vectors) <= EXACT_UP_TO else None
-        return lambda walk_older: near_duplicate_groups(exact, vectors, threshold, first_new=first_new,
-                                                        walk_older=walk_older)
+        # built once, for both searches: exact up to EXACT_UP_TO rows, else an IVF over the same rows
+        searched = range_search_index(build_index(vectors) if len(vectors) <= EXACT_UP_TO else None, vectors)
+        return lambda walk_older: near_duplicate_groups(searched, vectors, threshold, first_new=first_new,
+                                                        exact_up_to=len(vectors), walk_older=walk_older)
 
     def _split_moves(self, groups: list[np.ndarray]) -> tuple[dict[int, str], int]:
         """Gives `split_moves` of `groups`, with the splits stored now (removed rows left out)."""
