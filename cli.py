@@ -120,7 +120,7 @@ def info() -> None:
               help="ray: GPUs each model worker holds; 0 for CPU workers (default: 1 on a cluster with GPUs).")
 @click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(1))
 @click.option("--index", "index_kind", default=None, metavar="auto|flat|ivf|FACTORY",
-              help="Index kind: auto (exact up to 200k images, then IVF-HNSW-PQ with exact re-ranking), flat, "
+              help="Index kind: auto (exact up to 200k images, then IVF-HNSW with RaBitQ codes and exact re-ranking), flat, "
                    "ivf, or a FAISS factory string. Default: the store's earlier choice, else auto.")
 @click.option("--allow-readd", is_flag=True, help="Embed files whose content was removed (`remove`) again.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")

@@ -2,10 +2,19 @@
 
 - Up to `FLAT_MAX_ROWS` images: `Flat`, exact inner product (wrapped in an IndexIDMap2 so that ids
   are store ids and removal works).
-- Beyond: `IVF{K}_HNSW32,PQ{m}`: an inverted file whose K lists are found through an HNSW graph over
-  the centroids, holding 8-bit product-quantisation codes of m bytes per vector (m = D/8: 64 bytes at
-  D = 512, against 1,024 for the fp16 vector). The index only proposes candidates; they are re-ranked
+- Beyond: `IVF{K}_HNSW32,RaBitQ`: an inverted file whose K lists are found through an HNSW graph over
+  the centroids, holding RaBitQ codes: one bit per dimension of each vector's residual from its list
+  centroid, plus two scalars (73 bytes at D = 512, against 1,024 for the fp16 vector). Queries are
+  quantised to `QUERY_BITS` bits for the scan. The index only proposes candidates; they are re-ranked
   exactly against the stored fp16 vectors, so the similarity an answer reports is the true cosine.
+
+Why RaBitQ rather than 8-bit PQ of D/8 bytes (the kind stores were built with before): measured on the bench's 10M store
+with the same 4,096 lists (bench/RESULTS.md), a RaBitQ code scans ~1.4x faster than a 64-byte PQ code
+and ranks better: 320 re-ranked candidates reached the recall that PQ needed 1,280 for, so a query
+took 13 ms instead of 22 at p50. Its codes need no training (PQ's codebooks took minutes at 10M). Stores
+built with PQ keep their index; `reindex` moves them over. 4-bit fast-scan codes (`PQ128x4fs`,
+`RaBitQfs`) live in block lists that FAISS reads whole into RAM instead of memory-mapping them, and
+fast-scan PQ ranked too coarsely.
 
 Why not autofaiss: it tunes to a query-time budget, not to a recall target, knows nothing of the
 exact re-rank (which lets coarse codes reach high recall), and pulls in its own reader stack; the
@@ -13,7 +22,7 @@ choice below is FAISS's own guideline ("Guidelines to choose an index") in a few
 
 Why K ≈ 1.3·√N (a power of two; 2,048 lists at 2M, 4,096 at 10M, 16,384 at 100M), fewer than
 the guideline's 4–16·√N: training k-means costs N_train·K·D per iteration and dominates the build on
-a CPU, while scanning PQ codes is cheap (a probe of a 2,500-vector list is ~0.1 ms), so fewer, longer
+a CPU, while scanning codes is cheap (a probe of a 2,500-vector list is ~0.1 ms), so fewer, longer
 lists give the same latency for a much shorter build.
 
 Search settings (`nprobe`, and `candidates`, how many proposals are re-ranked) are tuned at build
@@ -41,9 +50,13 @@ TUNING_MARGIN = 0.01        # tuned on stored vectors; held-out queries come out
 TUNING_QUERIES = 1_000
 TRAIN_POINTS_PER_LIST = 64  # k-means sample: 64 per list (FAISS warns below 39; 256 is its cap)
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-CANDIDATES = (40, 80, 160, 320, 640, 1280)
-RERANK_COST = 150           # PQ codes scanned for the price of one exact re-rank (see tune): measured at
-                            # 10M, ~26 ns a 64-byte code against ~3.9 µs a re-ranked row (a pread)
+CANDIDATES = (80, 160, 320, 640, 1280)  # re-ranked pools tried. Not 40: tuning's queries (stored rows) rank
+                            # their neighbours more easily than new images do at the smallest pool (a 6,000-row
+                            # RaBitQ store: 0.963 tuned, 0.945 on held-out queries), and 80 rows cost ~0.3 ms
+RERANK_COST = {"RaBitQ": 200, "PQ": 150}  # codes scanned for the price of one exact re-rank (see tune),
+                            # measured at 10M: ~3.9 µs a re-ranked row (a pread) against ~20 ns a RaBitQ
+                            # code or ~26 ns a 64-byte PQ code
+QUERY_BITS = 4              # RaBitQ query quantisation: FAISS's default; 8 gave the same recall, slower
 ASSIGN_EF_SEARCH = 16       # HNSW breadth when adding vectors: FAISS's default; at 4,096 lists it finds the
                             # nearest list for 92% of vectors, 30x faster than at 1,024 (99.9%)
 
@@ -52,7 +65,7 @@ ASSIGN_EF_SEARCH = 16       # HNSW breadth when adding vectors: FAISS's default;
 class IndexSettings:
     """What the store manifest records about its index ("index" key)."""
 
-    factory: str                 # FAISS factory string, e.g. "Flat" or "IVF2048_HNSW32,PQ64"
+    factory: str                 # FAISS factory string, e.g. "Flat" or "IVF2048_HNSW32,RaBitQ"
     file: str                    # the index file in the store folder
     indexed_rows: int            # rows < this were added (removed ones taken out again)
     trained_rows: int = 0        # store rows when the IVF quantizer was trained (0: flat)
@@ -87,7 +100,7 @@ def choose_factory(rows: int, dim: int) -> str:
     if rows <= FLAT_MAX_ROWS:
         return "Flat"
     lists = 2 ** round(math.log2(1.3 * math.sqrt(rows)))
-    return f"IVF{min(max(lists, 256), 65_536)}_HNSW32,PQ{pq_bytes(dim)}"
+    return f"IVF{min(max(lists, 256), 65_536)}_HNSW32,RaBitQ"
 
 
 def factory_for(choice: str, rows: int, dim: int) -> str:
@@ -107,14 +120,6 @@ def factory_for(choice: str, rows: int, dim: int) -> str:
     return choice
 
 
-def pq_bytes(dim: int) -> int:
-    """Gives the PQ code size: D/8 bytes (8 dimensions per sub-quantizer), a divisor of D."""
-    m = max(1, dim // 8)
-    while dim % m:
-        m -= 1
-    return m
-
-
 def new_index(factory: str, dim: int) -> faiss.Index:
     """Gives an empty inner-product index whose ids are store ids."""
     if is_flat(factory):
@@ -125,6 +130,7 @@ def new_index(factory: str, dim: int) -> faiss.Index:
         ivf.do_polysemous_training = False  # on by default for IVF-PQ; 10x the training time, unused here
     ivf.cp.niter = 10  # k-means iterations: past ~10 the lists barely move, and each costs minutes at 10M
     ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
+    _set_query_bits(ivf)
     return index
 
 
@@ -161,6 +167,14 @@ def configure(index: faiss.Index, settings: IndexSettings) -> None:
         params.set_index_parameter(index, "nprobe", int(settings.nprobe))
         if "HNSW" in settings.factory:
             params.set_index_parameter(index, "quantizer_efSearch", max(64, 2 * int(settings.nprobe)))
+        _set_query_bits(faiss.extract_index_ivf(index))
+
+
+def _set_query_bits(ivf: faiss.IndexIVF) -> None:
+    """Quantises queries of a RaBitQ index to QUERY_BITS (FAISS's scan with float queries, qb = 0, is ~100x slower)."""
+    ivf = faiss.downcast_index(ivf)
+    if hasattr(ivf, "qb"):
+        ivf.qb = QUERY_BITS
 
 
 def search(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, k: int,
@@ -200,7 +214,7 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
     lists = ivf.nlist
     sizes = np.array([ivf.invlists.list_size(i) for i in range(lists)], np.int64)
     reaching: dict[int, tuple[int, float]] = {}  # candidates -> (smallest nprobe, its recall)
-    scanned: dict[int, float] = {}  # nprobe -> PQ codes a query scans, on average over these queries
+    scanned: dict[int, float] = {}  # nprobe -> codes a query scans, on average over these queries
     best_seen = (0.0, NPROBES[0], CANDIDATES[-1])
     for nprobe in [p for p in NPROBES if p <= lists]:
         trial = settings.with_(nprobe=nprobe, candidates=CANDIDATES[-1])
@@ -227,14 +241,20 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
         # on any machine. The codes scanned are counted on the lists these queries probe, not estimated from
         # the mean list size: queries fall where the data is dense, in the longest lists (at 10M rows of the
         # bench's store, 2.3x the mean). One re-ranked candidate (a 1 KiB read and a D-dim dot product)
-        # costs roughly what scanning RERANK_COST PQ codes does.
-        timed = {pool: scanned[nprobe] + RERANK_COST * pool for pool, (nprobe, _) in reaching.items()}
+        # costs roughly what scanning rerank_cost(factory) codes does.
+        row_cost = rerank_cost(settings.factory)
+        timed = {pool: scanned[nprobe] + row_cost * pool for pool, (nprobe, _) in reaching.items()}
         pool = min(timed, key=timed.get)
         nprobe, got = reaching[pool]
         log.info("index %s tuned: nprobe=%d, candidates=%d, recall@%d %.3f", settings.factory, nprobe, pool, k, got)
     chosen = settings.with_(nprobe=nprobe, candidates=pool, recall_at_10=round(got, 4))
     configure(index, chosen)  # the index is saved as it will serve, not at the last trial's breadth
     return chosen
+
+
+def rerank_cost(factory: str) -> int:
+    """Gives how many of `factory`'s codes scan in the time of one exact re-rank (RERANK_COST)."""
+    return next((cost for kind, cost in RERANK_COST.items() if kind in factory), RERANK_COST["PQ"])
 
 
 def recall_excluding_self(ids: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int) -> float:

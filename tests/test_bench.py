@@ -31,11 +31,11 @@ def test_head_bench_sets_are_single_and_multi_label_with_middle_classes():
 def test_index_bench_reports_recall_latency_and_memory_beside_exact_search(tmp_path):
     from emoreact.bench import index_bench
 
-    result = index_bench.run(size=3000, dim=64, index="IVF16_HNSW32,PQ8", keep=tmp_path / "store")
-    assert result["index"] == "IVF16_HNSW32,PQ8" and result["vectors"] == 3000
+    result = index_bench.run(size=3000, dim=64, index="IVF16_HNSW32,RaBitQ", keep=tmp_path / "store")
+    assert result["index"] == "IVF16_HNSW32,RaBitQ" and result["vectors"] == 3000
     assert 0.0 < result["recall_at_10"] <= 1.0 and result["p95_ms"] >= result["p50_ms"] >= 0
     assert result["exact_p95_ms"] >= 0 and "speedup_p95" in result and result["server_rss_mib"] > 0
-    assert result["add_1pct_seconds"] >= 0 and result["index_after_add"] == "IVF16_HNSW32,PQ8"  # ms on 3,000 rows
+    assert result["add_1pct_seconds"] >= 0 and result["index_after_add"] == "IVF16_HNSW32,RaBitQ"  # ms on 3,000 rows
     from emoreact.bench.synthetic_store import Mixture
     from emoreact.index import Store
 

@@ -33,7 +33,7 @@ CONFIG = EmbedConfig(batch_size=8, workers=0, shard_size=16, progress=False, nea
 UNIQUE = 44
 FP16_STEP = 2.0 ** -11  # fp16 spacing just below 1: the local and Ray workers may round a value apart
 MIX = Mixture(dim=64, clusters=48, seed=3)
-IVF = "IVF32_HNSW32,PQ8"  # a small approximate index of the production kind (as in test_store_scale.py)
+IVF = "IVF32_HNSW32,RaBitQ"  # a small approximate index of the production kind (as in test_store_scale.py)
 REMOVED = [0, 17, 1999, 2000, 5999]  # shard edges among them
 
 

@@ -78,8 +78,9 @@ def test_near_duplicate_groups_past_the_exact_size_go_through_ivf_and_still_matc
     assert {tuple(int(i) for i in g) for g in got} == expected
 
 
-def test_a_store_index_finds_the_same_groups_as_brute_force_reading_only_the_rows_it_proposes():
-    """A large store groups through its own IVF-PQ index: proposals by code, verified on the stored rows.
+@pytest.mark.parametrize("factory", ["IVF32,RaBitQ", "IVF32,PQ8"])
+def test_a_store_index_finds_the_same_groups_as_brute_force_reading_only_the_rows_it_proposes(factory):
+    """A large store groups through its own IVF index: proposals by code, verified on the stored rows.
     A group larger than the proposals asked for (30 copies, 4 proposals) is followed by asking again."""
     rng = np.random.default_rng(13)
     centres = unit(rng.normal(size=(40, 48)))
@@ -88,7 +89,7 @@ def test_a_store_index_finds_the_same_groups_as_brute_force_reading_only_the_row
     copies = unit(base[picked] + 0.025 * rng.normal(size=(300, 48)))
     crowd = unit(base[:1] + 0.01 * rng.normal(size=(30, 48)))
     vectors = np.concatenate([base, copies, crowd])[rng.permutation(3330)]
-    index = ann.new_index("IVF32,PQ8", 48)
+    index = ann.new_index(factory, 48)
     index.train(vectors)
     index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
     read = []
