@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from emoreact.lazy import lazy_exports  # absolute: pytest may import this file outside the package
 
-__version__ = "0.2.0"  # the one place the version lives; pyproject.toml and every manifest read it
+__version__ = "0.3.0"  # the one place the version lives; pyproject.toml and every manifest read it
 
 # public name -> the module that defines it
 _PUBLIC = {

@@ -8,8 +8,8 @@
   quantised to `QUERY_BITS` bits for the scan. The index only proposes candidates; they are re-ranked
   exactly against the stored fp16 vectors, so the similarity an answer reports is the true cosine.
 
-Why RaBitQ rather than 8-bit PQ of D/8 bytes (the kind stores were built with before): measured on the bench's 10M store
-with the same 4,096 lists (bench/RESULTS.md), a RaBitQ code scans ~1.4x faster than a 64-byte PQ code
+Why RaBitQ rather than 8-bit PQ of D/8 bytes (the kind up to version 0.2.0): measured on the bench's
+10M store with the same 4,096 lists (bench/RESULTS.md), a RaBitQ code scans ~1.4x faster than a 64-byte PQ code
 and ranks better: 320 re-ranked candidates reached the recall that PQ needed 1,280 for, so a query
 took 13 ms instead of 22 at p50. Its codes need no training (PQ's codebooks took minutes at 10M). Stores
 built with PQ keep their index; `reindex` moves them over. 4-bit fast-scan codes (`PQ128x4fs`,
@@ -171,7 +171,7 @@ def configure(index: faiss.Index, settings: IndexSettings) -> None:
 
 
 def _set_query_bits(ivf: faiss.IndexIVF) -> None:
-    """Quantises queries of a RaBitQ index to QUERY_BITS (FAISS's scan with float queries, qb = 0, is ~100x slower)."""
+    """Quantises queries of a RaBitQ index to QUERY_BITS (FAISS's scan of float queries, qb = 0, was 200x slower at 1M)."""
     ivf = faiss.downcast_index(ivf)
     if hasattr(ivf, "qb"):
         ivf.qb = QUERY_BITS
