@@ -472,12 +472,12 @@ def removed(store_path) -> None:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["embed", "head", "index", "api", "dedup"]))
+@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup"]))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Backbone for embed/api (random weights).")
 @click.option("--size", default=None, type=click.IntRange(1),
-              help="Images (embed: 256), vectors (head: 100000, index: 1000000, dedup: 50000) or seconds per "
-                   "level (api: 10).")
+              help="Images (embed: 256), vectors (head: 100000, index and codes: 1000000, dedup: 50000) or "
+                   "seconds per level (api: 10).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
               help="embed: measure each pipeline this many times, in turn, and keep its best.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
@@ -491,11 +491,12 @@ def removed(store_path) -> None:
                    "up to 16 on a GPU).")
 @click.option("--keep", default=None, type=click.Path(file_okay=False),
               help="index: write the synthetic store here and keep it (default: a temporary folder, deleted); "
-                   "if it already holds a store, measure that one again (no generation, build or growth).")
+                   "if it already holds a store, measure that one again (no generation, build or growth). "
+                   "codes: measure the store here instead of generating one.")
 @_friendly
 def bench(what, device, model, size, rounds, engine, index_kind, batch_size, workers, keep) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
-    from emoreact.bench import api_bench, dedup_bench, embed_bench, head_bench, index_bench
+    from emoreact.bench import api_bench, codes_bench, dedup_bench, embed_bench, head_bench, index_bench
 
     if what == "embed":
         result = embed_bench.run(model, images=size or 256, batch_size=batch_size, workers=workers, device=device,
@@ -505,6 +506,8 @@ def bench(what, device, model, size, rounds, engine, index_kind, batch_size, wor
     elif what == "index":
         result = index_bench.run(size or 1_000_000, index=index_kind, keep=keep,
                                  device="cuda" if device.startswith("cuda") else "cpu")
+    elif what == "codes":
+        result = codes_bench.run(size or 1_000_000, keep=keep)
     elif what == "dedup":
         result = dedup_bench.run(size or 50_000)
     else:

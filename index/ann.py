@@ -4,7 +4,7 @@
   are store ids and removal works).
 - Beyond: `IVF{K}_HNSW32,RaBitQ`: an inverted file whose K lists are found through an HNSW graph over
   the centroids, holding RaBitQ codes: one bit per dimension of each vector's residual from its list
-  centroid, plus two scalars (73 bytes at D = 512, against 1,024 for the fp16 vector). Queries are
+  centroid, plus two scalars (72 bytes at D = 512, against 1,024 for the fp16 vector). Queries are
   quantised to `QUERY_BITS` bits for the scan. The index only proposes candidates; they are re-ranked
   exactly against the stored fp16 vectors, so the similarity an answer reports is the true cosine.
 

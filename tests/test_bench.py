@@ -46,6 +46,19 @@ def test_index_bench_reports_recall_latency_and_memory_beside_exact_search(tmp_p
     assert flat["index"] == "Flat" and flat["recall_at_10"] == 1.0  # exact search agrees with brute force
 
 
+def test_codes_bench_measures_rabitq_and_pq_on_the_same_lists(tmp_path):
+    from emoreact.bench import codes_bench
+
+    result = codes_bench.run(size=3000, dim=64, lists=16)
+    assert result["rabitq"]["index"] == "IVF16_HNSW32,RaBitQ" and result["pq"]["index"] == "IVF16_HNSW32,PQ8"
+    for kind in ("rabitq", "pq"):
+        figures = result[kind]
+        assert figures["recall_at_10"] >= 0.9 and figures["p95_ms"] >= figures["p50_ms"] > 0
+        assert figures["nprobe"] > 0 and figures["candidates"] > 0 and 0 < figures["codes_scanned"] <= 3000
+    assert result["vectors"] == 3000 and result["speedup_p95"] > 0
+    assert result["rabitq"]["bytes_per_vector"] == 8 + 8 + 8 and result["pq"]["bytes_per_vector"] == 8 + 8
+
+
 def test_embed_bench_runs_all_three_pipelines():
     from emoreact.bench import embed_bench
 
