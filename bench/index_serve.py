@@ -1,8 +1,12 @@
-"""The serving side of `bench index`, run as its own process: `python -m emoreact.bench.index_serve STORE QUERIES.npy`.
+"""The serving side of `bench index`, run as its own process:
+`python -m emoreact.bench.index_serve STORE QUERIES.npy [WARMUP.npy]`.
 
 Opens the store as the server does (memory-mapped index), answers each query alone (search, exact
 re-rank, metadata of the hits), and prints JSON: per-query latency percentiles, the ids found, the
-time to open and the process's peak resident memory.
+time to open and the process's peak resident memory. With WARMUP, it first answers those (other)
+queries, as a server has answered others before any given one, and reports their latency apart: the
+first queries of a fresh process also wait for index pages, metadata pages and shard rows that are
+not yet in memory or the page cache.
 """
 from __future__ import annotations
 
@@ -18,12 +22,26 @@ from emoreact.index import Store
 from .common import peak_rss_mib, rss_mib
 
 
-def main(store_path: str, queries_path: str) -> None:
+def main(store_path: str, queries_path: str, warmup_path: str | None = None) -> None:
     queries = np.load(queries_path)
     start = time.perf_counter()
     store = Store.open(store_path)
     open_s = time.perf_counter() - start
     open_rss = rss_mib()
+    warmup = {}
+    if warmup_path:
+        times, _ = _answer(store, np.load(warmup_path))
+        warmup = {"warmup_queries": len(times), "warmup_p50_ms": _percentile(times, 50),
+                  "warmup_p95_ms": _percentile(times, 95)}
+    times, found = _answer(store, queries)
+    print(json.dumps({"p50_ms": _percentile(times, 50), "p95_ms": _percentile(times, 95), **warmup,
+                      "open_seconds": round(open_s, 2), "peak_rss_mib": peak_rss_mib(),
+                      "open_rss_mib": open_rss, "end_rss_mib": rss_mib(),
+                      "ids": found}))
+
+
+def _answer(store: Store, queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
+    """Gives each query's latency in ms (search, re-rank, metadata of the hits) and the ids found."""
     times, found = [], []
     for query in queries:
         start = time.perf_counter()
@@ -31,12 +49,12 @@ def main(store_path: str, queries_path: str) -> None:
         store.items([int(i) for i in ids[0] if i >= 0])
         times.append(1000 * (time.perf_counter() - start))
         found.append([int(i) for i in ids[0]])
-    print(json.dumps({"p50_ms": round(float(np.percentile(times, 50)), 3),
-                      "p95_ms": round(float(np.percentile(times, 95)), 3),
-                      "open_seconds": round(open_s, 2), "peak_rss_mib": peak_rss_mib(),
-                      "open_rss_mib": open_rss, "end_rss_mib": rss_mib(),
-                      "ids": found}))
+    return times, found
+
+
+def _percentile(times: list[float], q: int) -> float:
+    return round(float(np.percentile(times, q)), 3)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

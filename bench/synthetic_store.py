@@ -116,9 +116,10 @@ def write_store(root: str | Path, count: int, mixture: Mixture = Mixture(), firs
     return store
 
 
-def held_out_queries(count: int, mixture: Mixture = Mixture()) -> np.ndarray:
-    """Gives (count, D) float32 unit-norm queries from the store's mixture, never stored."""
-    return mixture.draw(count, stream=1_000_000)[0]
+def held_out_queries(count: int, mixture: Mixture = Mixture(), stream: int = 1_000_000) -> np.ndarray:
+    """Gives (count, D) float32 unit-norm queries from the store's mixture, never stored (stores draw
+    from streams 0, 1, ... and growth from 10,000: another set of queries takes another stream here)."""
+    return mixture.draw(count, stream=stream)[0]
 
 
 def _row(image_id: int, cluster: int) -> dict:
