@@ -52,7 +52,7 @@ def store_index_factory(count: int, dim: int) -> str:
 
 
 def _store_index(vectors: np.ndarray):
-    """Builds the index a large store holds (IVF-HNSW, PQ codes), as a grown store's jobs group through it;
+    """Builds the index a large store holds (IVF-HNSW, RaBitQ codes), as a grown store's jobs group through it;
     gives (index, seconds). Its build is the store's, not grouping's: timed apart."""
     def build():
         index = ann.new_index(store_index_factory(*vectors.shape), vectors.shape[1])
