@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from emoreact.index import Store, ann
-from emoreact.index.building import tune_on_store, train_empty
+from emoreact.index.building import train_empty, tune_on_store
 
 from .common import environment
 from .synthetic_store import Mixture, held_out_queries, write_store
