@@ -73,7 +73,7 @@ def run(size: int = 1_000_000, dim: int = 512, keep: str | Path | None = None, l
                             "nprobe": settings.nprobe, "candidates": settings.candidates,
                             "bytes_per_vector": ivf.code_size + 8,  # its code and its id in the lists
                             "codes_mib": round(index.ntotal * (ivf.code_size + 8) / 2**20, 1),
-                            "codes_scanned": _codes_scanned(index, settings, queries)}
+                            "codes_scanned": int(ann.codes_scanned(ivf, ann.list_sizes(ivf), queries, settings.nprobe))}
         for name, figures in _take_turns(built, queries, truth, store).items():
             result[name].update(figures)
         store.close()
@@ -87,26 +87,16 @@ def run(size: int = 1_000_000, dim: int = 512, keep: str | Path | None = None, l
 
 def _take_turns(built: dict, queries: np.ndarray, truth: np.ndarray, store: Store) -> dict:
     """Gives each index's recall@10 and p50/p95 ms: every query is answered by each index in turn."""
-    rows_of = store._shards().rows_of
     times = {name: [] for name in built}
     hits = dict.fromkeys(built, 0)
     for query, want in zip(queries, truth):
         for name, (index, settings) in built.items():
             ann.configure(index, settings)
             start = time.perf_counter()
-            _, ids = ann.search(index, settings, query[None, :], 10, rows_of)
+            _, ids = ann.search(index, settings, query[None, :], 10, store.vectors_of)
             store.items([int(i) for i in ids[0] if i >= 0])
             times[name].append(1000 * (time.perf_counter() - start))
             hits[name] += len(set(ids[0].tolist()) & set(want.tolist()))
     return {name: {"recall_at_10": round(hits[name] / (10 * len(queries)), 4),
                    "p50_ms": round(float(np.percentile(times[name], 50)), 3),
                    "p95_ms": round(float(np.percentile(times[name], 95)), 3)} for name in built}
-
-
-def _codes_scanned(index: faiss.Index, settings: ann.IndexSettings, queries: np.ndarray) -> int:
-    """Gives the mean number of codes a query scans: the sizes of the lists it probes."""
-    ivf = faiss.extract_index_ivf(index)
-    ann.configure(index, settings)
-    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], np.int64)
-    _, probed = ivf.quantizer.search(queries, settings.nprobe)
-    return int(sizes[probed[probed >= 0]].sum() / len(queries))

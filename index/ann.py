@@ -212,15 +212,14 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
     none does, the most accurate setting tried, with a warning."""
     ivf = faiss.extract_index_ivf(index)
     lists = ivf.nlist
-    sizes = np.array([ivf.invlists.list_size(i) for i in range(lists)], np.int64)
+    sizes = list_sizes(ivf)
     reaching: dict[int, tuple[int, float]] = {}  # candidates -> (smallest nprobe, its recall)
     scanned: dict[int, float] = {}  # nprobe -> codes a query scans, on average over these queries
     best_seen = (0.0, NPROBES[0], CANDIDATES[-1])
     for nprobe in [p for p in NPROBES if p <= lists]:
         trial = settings.with_(nprobe=nprobe, candidates=CANDIDATES[-1])
         configure(index, trial)
-        _, probed = ivf.quantizer.search(queries, nprobe)
-        scanned[nprobe] = float(sizes[probed[probed >= 0]].sum() / len(queries))
+        scanned[nprobe] = codes_scanned(ivf, sizes, queries, nprobe)
         _, proposals = index.search(queries, CANDIDATES[-1] + 1)
         for pool in CANDIDATES:
             if pool in reaching:
@@ -250,6 +249,18 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
     chosen = settings.with_(nprobe=nprobe, candidates=pool, recall_at_10=round(got, 4))
     configure(index, chosen)  # the index is saved as it will serve, not at the last trial's breadth
     return chosen
+
+
+def list_sizes(ivf: faiss.IndexIVF) -> np.ndarray:
+    """Gives the number of codes in each of the index's lists, (nlist,) int64."""
+    return np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], np.int64)
+
+
+def codes_scanned(ivf: faiss.IndexIVF, sizes: np.ndarray, queries: np.ndarray, nprobe: int) -> float:
+    """Gives the mean number of codes a query scans at `nprobe`: the sizes (`list_sizes`) of the lists
+    each of `queries` probes."""
+    _, probed = ivf.quantizer.search(queries, nprobe)
+    return float(sizes[probed[probed >= 0]].sum() / len(queries))
 
 
 def rerank_cost(factory: str) -> int:
