@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .store import Store, StoreError
+from .errors import StoreError
+from .store import Store
 
 FEEDBACK_FILE = "feedback.sqlite"
 UPLOADS = Path("feedback") / "images"  # inside the store folder

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from conftest import FAST_EMBED, LABELS, TINY
 from emoreact import cli, embed_source
-from emoreact.index import Store, ann, build_index, near_duplicate_groups
+from emoreact.index import Grouping, Store, ann, build_index, near_duplicate_groups
 from emoreact.index.dedup import groups_from, split_moves, store_index_neighbours
 from synthetic import make_manifest
 
@@ -141,7 +141,9 @@ def test_near_duplicates_never_straddle_splits_after_finish(tmp_path, backbone, 
     store.add(_rows(10, [*splits, "test", "val"], [*fixed, False, False])[8:], late)
     assert store.finish(0.95) == (1, 2)
     assert {item.id: item.split for item in store.items([8, 9])} == {8: "train", 9: "train"}
-    assert store.manifest["near_duplicates"] == {"threshold": 0.95, "rows_checked": 10}
+    recorded = store.manifest["near_duplicates"]
+    assert (recorded["threshold"], recorded["rows_checked"]) == (0.95, 10)
+    assert store.grouping() == Grouping(1, 2, "train", 4, 10, 0.95)  # this job's groups: 0, 4, 8, 9 in train
     store.close()
 
 

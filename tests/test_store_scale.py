@@ -290,7 +290,7 @@ def test_a_large_store_groups_near_duplicates_through_its_index_without_loading_
     monkeypatch.undo()
     store = Store.open(root)
     assert {item.id: item.split for item in store.items()} == {**split, **moves}
-    assert store.manifest["near_duplicates"] == {"threshold": 0.95, "rows_checked": 4060}
+    assert {k: store.manifest["near_duplicates"][k] for k in ("threshold", "rows_checked")} == {"threshold": 0.95, "rows_checked": 4060}
     assert store.index_settings.indexed_rows == 4060
     store.close()
 
@@ -313,5 +313,5 @@ def test_a_kill_between_index_and_grouping_leaves_the_rows_to_group_next_time(iv
     writer.close()
     store = Store.open(root)
     assert {item.id: item.split for item in store.items()} == {**split, **moves}
-    assert store.manifest["near_duplicates"] == {"threshold": 0.95, "rows_checked": 4030}
+    assert {k: store.manifest["near_duplicates"][k] for k in ("threshold", "rows_checked")} == {"threshold": 0.95, "rows_checked": 4030}
     store.close()
