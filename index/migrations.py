@@ -13,13 +13,9 @@ is redone by the next writer, since the manifest records the version only after 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Callable
 
-from emoreact import __version__
-
-from .errors import StoreError
-from .manifest import ManifestFile, read_manifest
+from .manifest import ManifestFile
 from .metadata import Metadata
 from .schema import IMAGE
 
@@ -58,24 +54,3 @@ def migrate(metadata: Metadata, manifest: ManifestFile, written: bool) -> None:
             manifest.write(data)
         else:
             manifest.data = data
-
-
-def manifest_for_writing(path: Path, model_id: str, dim: int, preprocess: dict, labels: list[str]) -> ManifestFile:
-    """Gives the manifest of the store a writer opens (a new store's when there is none), checked against
-    the job's model and labels."""
-    expected = {"model_id": model_id, "dim": dim, "labels": list(labels)}
-    if not path.exists():
-        return ManifestFile(path, {"format": FORMAT, "format_version": VERSION, **expected,
-                                   "preprocess": preprocess, "count": 0, "package_version": __version__})
-    manifest = read_store_manifest(path)
-    for key, want in expected.items():
-        if manifest[key] != want:
-            raise StoreError(f"{path}: store holds {key}={manifest[key]!r} but this job uses "
-                             f"{want!r}; embed into a new --store folder")
-    return ManifestFile(path, manifest)
-
-
-def read_store_manifest(path: Path) -> dict:
-    """Gives the store manifest at `path`, of any version from OLDEST to VERSION; raises StoreError."""
-    return read_manifest(path, "store", FORMAT, VERSION, ("model_id", "dim", "count", "labels"), StoreError,
-                         "rebuild the store with `cli.py embed`", oldest=OLDEST)

@@ -26,7 +26,7 @@ from typing import Iterator
 import faiss
 import numpy as np
 
-from . import building, migrations
+from . import building, migrations, opening
 from .ann import IndexSettings
 from .errors import StoreError
 from .grouping import Grouping
@@ -42,8 +42,6 @@ from .writelock import lock_for_writing
 from .writing import Writer
 
 log = logging.getLogger(__name__)
-
-STORE_FORMAT, STORE_VERSION = migrations.FORMAT, migrations.VERSION
 
 
 class Store:
@@ -75,25 +73,17 @@ class Store:
         index agree. `with_index=False` (training, scoring) leaves the index unread; `nprobe`/`candidates`
         override the approximate index's tuned search settings. Reads older format versions as they are."""
         root = Path(root)
-        manifest_path = root / "manifest.json"
-        if not manifest_path.exists():
-            raise StoreError(f"{root} is not an EmoReact store (no manifest.json); build one with `cli.py embed`")
-        manifest = migrations.read_store_manifest(manifest_path)
-        if model_id is not None and manifest["model_id"] != model_id:
-            raise StoreError(f"{manifest_path}: store was built with model {manifest['model_id']!r}, "
-                             f"not {model_id!r}; use the same --model/--pretrained or another store")
-        if dim is not None and manifest["dim"] != dim:
-            raise StoreError(f"{manifest_path}: store vectors have dim {manifest['dim']}, expected {dim}")
+        manifest = opening.manifest_for_reading(root, model_id, dim)
         db = root / "metadata.sqlite"
         if not db.exists():
             raise StoreError(f"{db} is missing; rebuild the store with `cli.py embed`")
         overrides = {k: int(v) for k, v in (("nprobe", nprobe), ("candidates", candidates)) if v}
-        store = cls(root, ManifestFile(manifest_path, manifest), Metadata(db, readonly=True), overrides)
+        store = cls(root, manifest, Metadata(db, readonly=True), overrides)
         try:
             store._count()
             held = store._live + len(store._metadata.removed_ids())
-            if held != manifest["count"]:
-                raise StoreError(f"{manifest_path}: manifest counts {manifest['count']} images but {db} holds "
+            if held != store.rows:
+                raise StoreError(f"{manifest.path}: manifest counts {store.rows} images but {db} holds "
                                  f"{held}; an embed job did not finish: run it again to complete the store")
             if with_index:
                 store._load_index()
@@ -112,12 +102,12 @@ class Store:
         root.mkdir(parents=True, exist_ok=True)
         lock = lock_for_writing(root, wait, StoreError)
         try:
-            manifest = migrations.manifest_for_writing(root / "manifest.json", model_id, dim, preprocess, labels)
+            manifest = opening.manifest_for_writing(root / "manifest.json", model_id, dim, preprocess, labels)
             metadata = Metadata(root / "metadata.sqlite", readonly=False)
             migrations.migrate(metadata, manifest, written=manifest.path.exists())
             store = cls(root, manifest, metadata)
             store._writer = Writer(metadata, store._sets[IMAGE], store._index_file, manifest, lock,
-                                   store._build_with(None), store._blocks_from)
+                                   store._build_with(None), store.live_blocks)
             store._writer.resume()
             store._count()
             return store
@@ -129,7 +119,7 @@ class Store:
     def open_for_writing(cls, root: str | Path, wait: bool = False) -> "Store":
         """Gives an existing store opened for writing (removal, relabelling, reindexing), with its lock."""
         root = Path(root)
-        manifest = migrations.read_store_manifest(root / "manifest.json")
+        manifest = opening.read_store_manifest(root / "manifest.json")
         return cls.create_or_resume(root, manifest["model_id"], int(manifest["dim"]), manifest.get("preprocess", {}),
                                     list(manifest["labels"]), wait)
 
@@ -166,11 +156,6 @@ class Store:
     def rows(self) -> int:
         """Gives the number of vector rows (ids 0 .. rows-1), removed ones included."""
         return int(self.manifest["count"])
-
-    @property
-    def writable(self) -> bool:
-        """Tells whether this store was opened for writing (and holds the write lock)."""
-        return self._writer is not None
 
     def __len__(self) -> int:
         """Gives the number of images readers see (removed ones not counted), as counted at open or at the
@@ -295,9 +280,9 @@ class Store:
     # ---- writing (a store opened for writing) ------------------------------------------------
 
     def add(self, rows: list[dict], vectors: np.ndarray, skipped: list[tuple[str, str | None, str]] = ()) -> None:
-        """Appends images (dicts with path, sha256, labels, split, width, height, bytes, and split_fixed:
-        False when the split came from the hash) and their vectors; commits `skipped` entries (see
-        `add_skipped`) in the same transaction, which is how a duplicate is never recorded without its original."""
+        """Appends images (dicts with path, sha256, labels, split, width, height, bytes, and split_fixed: False
+        when the split came from the hash) and their vectors, with `skipped` entries in the same transaction
+        (how a duplicate is never recorded without its original)."""
         if not rows:
             self.add_skipped(list(skipped))
             return
@@ -308,12 +293,9 @@ class Store:
         self._writing().metadata.add_skipped(entries)
 
     def finish(self, near_duplicate_threshold: float | None = None, index: str | None = None) -> tuple[int, int]:
-        """Brings the index up to date and rewrites the manifest so that readers see the new rows; then puts
-        each group of near-duplicates (cosine >= the threshold; None: skip) in one split (grouping.py,
-        which warns when that puts most of the store in one split). The index gets only the new rows,
-        unless its kind changes (`index`: auto, flat, ivf or a FAISS factory string; None keeps the
-        store's choice) or it has outgrown its training (see index/building.py). Gives the number of
-        (groups, images) moved; `grouping()` tells the rest."""
+        """Publishes the index with the new rows (`index`: auto, flat, ivf or a FAISS factory string; None keeps
+        the store's choice) so that readers see them, then groups near-duplicates (cosine >= the threshold;
+        None: skip) into one split each (Writer.finish); gives (groups, images) moved; `grouping()` tells more."""
         report = self._writing().finish(near_duplicate_threshold, index)
         self._count()
         return report.groups_moved, report.images_moved
@@ -327,9 +309,9 @@ class Store:
         return self.index_settings
 
     def remove(self, ids: list[int], reason: str, by: str) -> list[int]:
-        """Removes images for good: gone from search, metadata, scoring and training, their vector rows
-        zeroed, their content hashes kept as tombstones (with `by`, the time and `reason`) so that a
-        later embed does not add them again. Gives the ids removed; raises KeyError for an unknown id."""
+        """Removes images for good: gone from search, metadata, scoring and training, vector rows zeroed,
+        content hashes kept as tombstones (with `by`, the time and `reason`) so that a later embed does not
+        add them again. Gives the ids removed; raises KeyError for an unknown id."""
         ids = sorted({int(i) for i in ids})
         items = self.items(ids)
         writer = self._writing()
@@ -339,9 +321,8 @@ class Store:
         return ids
 
     def relabel(self, entries: list[Relabel]) -> dict:
-        """Sets the labels (and splits, where given) of the images `entries` name by path or SHA-256, in one
-        transaction, nothing re-embedded; gives {"changed", "unchanged", "unknown"} entry counts. Raises
-        ValueError, changing nothing, for a label or split the store does not know (index/relabel.py)."""
+        """Sets labels (and splits) of the images `entries` name, in one transaction, nothing re-embedded; gives
+        {"changed", "unchanged", "unknown"} counts; ValueError, changing nothing, for an unknown label or split."""
         return self._writing().relabel(entries)
 
     @property
@@ -378,6 +359,3 @@ class Store:
 
     def _build_with(self, builder: "building.Builder | None"):
         return lambda factory: (builder or building.build_for_store)(self, factory)
-
-    def _blocks_from(self, first: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return self.live_blocks(first)
