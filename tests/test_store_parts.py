@@ -113,3 +113,21 @@ def test_grouping_reports_what_it_moved_and_a_lopsided_store(caplog):
     big = Grouping(1, 3, "val", 112, 120, 0.95)
     assert big.lopsided and "put 112 of 120 images into split 'val'" in big.cause()
     assert Grouping.from_json(big.to_json()) == big and not caplog.records
+
+
+def test_reading_and_writing_are_roles_and_with_closes_and_unlocks(tmp_path):
+    from emoreact.index import Store
+
+    shutil.copytree(FIXTURE, tmp_path / "s")
+    with Store.open(tmp_path / "s", with_index=False) as reader:
+        with pytest.raises(StoreError, match="open for reading; open it with Store.open_for_writing"):
+            reader.remove([1], "test", "me")
+        with pytest.raises(StoreError, match="open for reading"):
+            reader.add([_row(99)], np.zeros((1, 64), np.float32))
+    assert reader.closed
+    with Store.open_for_writing(tmp_path / "s") as writer:
+        with pytest.raises(StoreError, match="is being written by pid"):
+            Store.open_for_writing(tmp_path / "s")
+        assert writer.relabel([]) == {"changed": 0, "unchanged": 0, "unknown": 0}
+    with Store.open_for_writing(tmp_path / "s") as again:  # the lock went with the first writer's `with`
+        assert len(again) == 23
