@@ -18,7 +18,6 @@ memory-mapped shards (`blocks()`, `vector()`) and an index that, when approximat
 """
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -31,17 +30,15 @@ from .ann import IndexSettings
 from .errors import StoreError
 from .grouping import Grouping
 from .indexfile import IndexFile
+from .items import Block, Item, item
 from .manifest import ManifestFile
 from .metadata import Metadata
 from .relabel import Relabel
 from .schema import IMAGE
-from .items import Block, Item, item
 from .shards import Shard
 from .vectors import BLOCK_ROWS, VectorSet
 from .writelock import lock_for_writing
 from .writing import Writer
-
-log = logging.getLogger(__name__)
 
 
 class Store:
