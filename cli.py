@@ -418,12 +418,9 @@ def reindex(store_path, index_kind, wait, engine, ray_address, workers) -> None:
 
     # before the store lock: without the extra this fails at once
     builder = RayIndexBuilder(RayConfig(address=ray_address, workers=workers)) if engine == "ray" else None
-    store = Store.open_for_writing(store_path, wait=wait)
-    try:
+    with Store.open_for_writing(store_path, wait=wait) as store:
         settings = store.reindex(_index_choice(index_kind), builder=builder)
         click.echo(json.dumps({"store": str(store_path), "images": len(store), **settings.to_json()}))
-    finally:
-        store.close()
 
 
 @main.command()
@@ -446,14 +443,11 @@ def remove(store_path, ids, hashes, manifest, reason, by, wait) -> None:
 
     if not (ids or hashes or manifest):
         raise click.UsageError("name the images to remove: --id N, --sha256 HASH or --manifest FILE")
-    store = Store.open_for_writing(store_path, wait=wait)
-    try:
+    with Store.open_for_writing(store_path, wait=wait) as store:
         targets = resolve_targets(store, ids, hashes, manifest)
         removed = store.remove(targets, reason, by or getpass.getuser())
         click.echo(json.dumps({"store": str(store_path), "removed": len(removed), "ids": removed,
                                "images_left": len(store)}))
-    finally:
-        store.close()
 
 
 @main.command()
@@ -463,12 +457,9 @@ def removed(store_path) -> None:
     """List the removal log: id, content hash, when, by whom and why; one JSON object per line."""
     from emoreact.index import Store
 
-    store = Store.open(store_path, with_index=False)
-    try:
+    with Store.open(store_path, with_index=False) as store:
         for entry in store.removed():
             click.echo(json.dumps(entry))
-    finally:
-        store.close()
 
 
 @main.command()

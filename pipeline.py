@@ -19,7 +19,7 @@ from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embedd
                             zero_shot_head)
 from emoreact.index import Store, StoreError, atomic_write_text, read_relabel_manifest
 from emoreact.labels import LabelConfig, load_label_config
-from emoreact.trainset import SplitScores, read_training_data, score_splits
+from emoreact.trainset import SplitScores, read_training_data, require_training_images, score_splits
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,10 @@ def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec =
         return embed_records(records, store, load_backbone(spec, devices[0]), label_config, config,
                              source_root=source_root(source))
     # This backbone only names the model for the store; each device's process loads its own.
-    writable = _writable_store(store, load_backbone(spec, devices[0]), label_config, config.wait)
-    try:
+    with _writable_store(store, load_backbone(spec, devices[0]), label_config, config.wait) as writable:
         _remember_source(writable, source_root(source))
         report_ = run_sharded_embed_job(records, writable, spec, devices, config)
         _write_report(writable, report_)
-    finally:
-        writable.close()
     return report_
 
 
@@ -66,13 +63,10 @@ def _embed_on_ray(records: list, store: str | Path, spec: ModelSpec, labels: Lab
                   ray_config: RayConfig, device: str, root: Path) -> EmbedReport:
     """Embeds records into a store on a Ray cluster; writes STORE/report.json; gives the report."""
     backbone = load_backbone(spec, "cpu")  # names the model and gives the preprocessing; workers load their own
-    writable = _writable_store(store, backbone, labels, config.wait)
-    try:
+    with _writable_store(store, backbone, labels, config.wait) as writable:
         _remember_source(writable, root)
         report_ = run_ray_embed_job(records, writable, backbone, config, ray_config, device)
         _write_report(writable, report_)
-    finally:
-        writable.close()
     return report_
 
 
@@ -106,11 +100,8 @@ def relabel(store: str | Path, manifest: str | Path, *, wait: bool = False) -> d
     write lock (`wait`: wait for another writer instead of failing); a bad label changes nothing.
     """
     entries = read_relabel_manifest(manifest)
-    writable = Store.open_for_writing(store, wait)
-    try:
+    with Store.open_for_writing(store, wait) as writable:
         return writable.relabel(entries)
-    finally:
-        writable.close()
 
 
 def _with_options(config, options: dict):
@@ -130,13 +121,10 @@ def embed_records(records: list, store_path: str | Path, backbone: Backbone, lab
                   config: EmbedConfig = EmbedConfig(), *, source_root: Path | None = None) -> EmbedReport:
     """Embeds records into a store (created or resumed) on one device; writes STORE/report.json.
     `source_root` is the folder the records' paths are relative to, kept in the manifest."""
-    store = _writable_store(store_path, backbone, labels, config.wait)
-    try:
+    with _writable_store(store_path, backbone, labels, config.wait) as store:
         _remember_source(store, source_root)
         report_ = run_embed_job(records, store, backbone, config)
         _write_report(store, report_)
-    finally:
-        store.close()
     return report_
 
 
@@ -189,11 +177,8 @@ def train_from_store(store_path: str | Path, out: str | Path, config: HeadConfig
     The store is read in blocks, never whole, and its index is not loaded: see `emoreact.trainset`
     for the sample of at most `config.max_train_rows` training images that the head is fitted on.
     """
-    store = Store.open(store_path, with_index=False)
-    try:
+    with Store.open(store_path, with_index=False) as store:
         return _train_on(store, Path(out), config, labels, device, pretrained, overrides)
-    finally:
-        store.close()
 
 
 def _train_on(store: Store, out: Path, config: HeadConfig, labels: LabelConfig, device: str,
@@ -216,9 +201,7 @@ def _train_on(store: Store, out: Path, config: HeadConfig, labels: LabelConfig, 
     if config.kind == "zeroshot":
         head = zero_shot_head(labels, store.model_id, text, scale, x_val if len(x_val) else None, y_val)
     else:
-        if len(data.x_train) == 0:
-            raise StoreError(f"store {store.root} has no labelled training images; embed a labelled source "
-                             "(label sub-folders or a manifest with labels), or use --head zeroshot")
+        require_training_images(store, data)
         # copy=False: the training sample is standardised in place, not copied (it is not used again).
         head, history = fit_head(config, labels, store.model_id, data.x_train, data.y_train, x_val, y_val,
                                  text=text, logit_scale=scale, device=dev, moments=data.moments, copy=False)
@@ -239,12 +222,9 @@ def evaluate_head(store_path: str | Path, head_path: str | Path, split: str | No
     writes metrics JSON and plots into `out` (or the head). Reads the store block by block."""
     if split is not None and split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; choose train, val or test")
-    store = Store.open(store_path, with_index=False)
-    try:
+    with Store.open(store_path, with_index=False) as store:
         head = EmotionHead.load(head_path, store.model_id, store.dim)
         scores = score_splits(store, head, ("val", "test") if split is None else (split,))
-    finally:
-        store.close()
     note = None
     if split is None:
         split = "test" if len(scores["test"].targets) or not len(scores["val"].targets) else "val"

@@ -18,10 +18,9 @@ import torch
 
 from emoreact.heads import EmotionHead
 from emoreact.heads.sampling import Moments, RowSample
-from emoreact.index import Store, StoreError
+from emoreact.index import SPLITS, Store, StoreError
 from emoreact.prefetch import prefetched
 
-SPLITS = ("train", "val", "test")
 BLOCK_ROWS = 65_536  # rows per block read: 128 MiB as float32 at D = 512
 
 
@@ -100,6 +99,19 @@ def read_training_data(store: Store, label_names: list[str], *, max_train_rows: 
     _, x_train, y_train = samples["train"].result()
     _, x_val, y_val = samples["val"].result()
     return TrainingData(x_train, y_train, x_val, y_val, stats, labelled, multi, overridden)
+
+
+def require_training_images(store: Store, data: TrainingData) -> None:
+    """Raises StoreError when the store has no labelled training images, naming the cause: near-duplicate
+    grouping that put most of the store in another split (a model that finds every image alike), or a
+    source without labels."""
+    if len(data.x_train):
+        return
+    grouping = store.grouping()
+    if grouping is not None and grouping.lopsided and grouping.largest_split != "train":
+        raise StoreError(f"store {store.root} has no labelled training images: {grouping.cause()}")
+    raise StoreError(f"store {store.root} has no labelled training images; embed a labelled source "
+                     "(label sub-folders or a manifest with labels), or use --head zeroshot")
 
 
 def score_splits(store: Store, head: EmotionHead, splits: tuple[str, ...], *,

@@ -70,9 +70,9 @@ def run(model: str = "ViT-B-32", images: int = 256, batch_size: int | None = Non
             # N^2 pairs that real features never give, so the bench leaves splits alone.
             config = EmbedConfig(batch_size=batch_size, workers=workers, progress=False, decode_ahead=decode_ahead,
                                  near_duplicate_threshold=None)
-            store = Store.create_or_resume(Path(tempfile.mkdtemp(dir=tmp)), backbone.spec.model_id, backbone.dim, {}, [])
-            run_embed_job([Record(p, None) for p in paths], store, backbone, config)
-            store.close()
+            with Store.create_or_resume(Path(tempfile.mkdtemp(dir=tmp)), backbone.spec.model_id, backbone.dim, {},
+                                        []) as store:
+                run_embed_job([Record(p, None) for p in paths], store, backbone, config)
 
         runs = {"limit": limit, "baseline": baseline, "ours": lambda: job(EmbedConfig.decode_ahead)}
         if gpu:
@@ -172,15 +172,13 @@ def run_ray(model: str = "ViT-B-32", images: int = 256, batch_size: int = 64, wo
                                               {}, [])
 
             def local(count):
-                target = store()
-                run_embed_job(records[:count], target, load_backbone(backbone.spec, device), config)
-                target.close()
+                with store() as target:
+                    run_embed_job(records[:count], target, load_backbone(backbone.spec, device), config)
 
             def on_ray(count):
-                target = store()
-                reports.append(run_ray_embed_job(records[:count], target, load_backbone(backbone.spec, "cpu"), config,
-                                                 RayConfig(), worker_device))
-                target.close()
+                with store() as target:
+                    reports.append(run_ray_embed_job(records[:count], target, load_backbone(backbone.spec, "cpu"),
+                                                     config, RayConfig(), worker_device))
 
             best = {}
             for _ in range(rounds):

@@ -43,11 +43,10 @@ def run(size: int = 200_000, workers: int | None = None, index: str = "ivf") -> 
         try:
             builder = RayIndexBuilder(RayConfig(workers=workers))
             for name, build in (("local", None), ("ray", builder)):
-                store = Store.open_for_writing(folder / "store")
-                start = time.perf_counter()
-                settings = store.reindex(index, builder=build)
-                seconds = time.perf_counter() - start
-                store.close()
+                with Store.open_for_writing(folder / "store") as store:
+                    start = time.perf_counter()
+                    settings = store.reindex(index, builder=build)
+                    seconds = time.perf_counter() - start
                 out[name] = {"seconds": round(seconds, 1), "recall_at_10": _recall(folder / "store", queries),
                              **{k: settings.to_json()[k] for k in ("factory", "nprobe", "candidates")}}
             out["ray"]["added_per_node"] = builder.added_per_node_
@@ -60,10 +59,9 @@ def run(size: int = 200_000, workers: int | None = None, index: str = "ivf") -> 
 
 
 def _recall(path: Path, queries: np.ndarray) -> float:
-    store = Store.open(path)
-    _, truth = brute_force_search(store.vectors(), queries, 10)
-    _, ids = store.search(queries, 10)
-    store.close()
+    with Store.open(path) as store:
+        _, truth = brute_force_search(store.vectors(), queries, 10)
+        _, ids = store.search(queries, 10)
     return round(float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(ids.tolist(), truth.tolist())])), 4)
 
 

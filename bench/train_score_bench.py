@@ -35,9 +35,8 @@ def run(store: str | Path, size: int = 2_000_000, caps: tuple[int, ...] = (500_0
         result["generate_seconds"] = _generate(store, size)
     from emoreact.index import Store
 
-    opened = Store.open(store, with_index=False)
-    result["images"] = len(opened)
-    opened.close()
+    with Store.open(store, with_index=False) as opened:
+        result["images"] = len(opened)
     with tempfile.TemporaryDirectory(prefix="emoreact-bench-train-") as tmp:
         heads = {}
         for cap in caps:
@@ -101,9 +100,8 @@ def _per_image_rate(store: Path, head: Path, rows: int = 65_536) -> dict:
     from emoreact.index import Store
     from emoreact.predictor import Predictor
 
-    opened = Store.open(store, with_index=False)
-    block = next(opened.blocks(rows))
-    opened.close()
+    with Store.open(store, with_index=False) as opened:
+        block = next(opened.blocks(rows))
     predictor = Predictor(_NoBackbone(), None, EmotionHead.load(head))
     start = time.perf_counter()
     predictor.predict_vectors(block.vectors, block.paths, k=0)

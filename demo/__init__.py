@@ -89,9 +89,8 @@ def style_evaluation(store_path: Path, labels: LabelConfig, backbone, few_shot: 
 
     `head_config` is the head trained on two styles (its prior is switched on and off for the
     few-label comparison); `tools/demo_head_kinds.py` passes a linear one to compare."""
-    store = Store.open(store_path)
-    vectors, items = store.vectors(), store.items()
-    store.close()
+    with Store.open(store_path) as store:
+        vectors, items = store.vectors(), store.items()
     names = labels.names
     y = np.array([[name in (it.labels or ()) for name in names] for it in items], np.float32)
     style = np.array([Path(it.path).parent.name for it in items])

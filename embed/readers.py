@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from emoreact.index import SPLITS
 from emoreact.labels import ConfigError, LabelConfig
 from emoreact.manifests import read_rows
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
-SPLITS = ("train", "val", "test")
 EMOTION6_THRESHOLD = 0.3  # a vote share at or above this makes the emotion one of the image's labels
 _EMOTION6_COLUMNS = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral")
 

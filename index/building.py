@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import faiss
 import numpy as np
@@ -16,16 +16,26 @@ import numpy as np
 from . import ann
 from .ann import IndexSettings
 
-if TYPE_CHECKING:
-    from .store import Store
-
 log = logging.getLogger(__name__)
 
 Blocks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
-Builder = Callable[["Store", str], tuple[faiss.Index, IndexSettings]]  # (store, factory) -> (index, settings)
 
 
-def build_for_store(store: "Store", factory: str) -> tuple[faiss.Index, IndexSettings]:
+class LiveRows(Protocol):
+    """What building reads of a store (a `Store` is one): its live rows, by block or by id."""
+
+    dim: int
+
+    def rows_written(self) -> int: ...
+    def live_ids(self) -> np.ndarray: ...
+    def live_blocks(self, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+Builder = Callable[[LiveRows, str], tuple[faiss.Index, IndexSettings]]  # (store, factory) -> (index, settings)
+
+
+def build_for_store(store: LiveRows, factory: str) -> tuple[faiss.Index, IndexSettings]:
     """Gives a new index of kind `factory` over the store's live images, built in this process."""
     rows = store.rows_written()
     return build(factory, store.dim, rows, store.live_ids(), store.live_blocks, store.vectors_of)

@@ -2,7 +2,7 @@
 
 Splits come from the content hash, which changes with every re-encoding; the vectors do not. Images
 joined by cosine >= a threshold, directly or through each other, form a group, and the group goes
-to one split. Pure functions over arrays; the store applies the moves.
+to one split. Pure functions over arrays; grouping.py runs them on a store, whose writer applies the moves.
 
 A job only searches from the rows it added, and from the groups they join: groups among older rows
 were settled by earlier jobs. Beyond `EXACT_UP_TO` rows the search runs on an IVF index over the
@@ -109,7 +109,7 @@ def groups_from(neighbours: Neighbours, rows: int, first_new: int = 0, block: in
     With `walk_older`, an older row a new one reaches is searched from in turn, and so on: its whole
     older group joins. Without, only the new rows are searched: where near-duplicate links chain
     through a dense cluster, that walk would cover the cluster, and the store only needs it when older
-    rows must move (indexing.py)."""
+    rows must move (grouping.py)."""
     reached = np.zeros(rows, bool)
     frontier = np.arange(first_new, rows)
     reached[frontier] = True

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .store import Store, StoreError
+from .errors import StoreError
+from .store import Store
 
 FEEDBACK_FILE = "feedback.sqlite"
 UPLOADS = Path("feedback") / "images"  # inside the store folder
@@ -147,12 +148,8 @@ def add_upload(store_root: str | Path, data: bytes, sha256: str, vector: np.ndar
     store see the new image.
     """
     root = Path(store_root)
-    reader = Store.open(root)
-    manifest = reader.manifest
-    reader.close()
-    store = Store.create_or_resume(root, manifest["model_id"], int(manifest["dim"]), manifest.get("preprocess", {}),
-                                   list(manifest["labels"]))
-    try:
+    Store.open(root).close()  # checks the store is complete and readable before taking its lock
+    with Store.open_for_writing(root) as store:
         existing = store.find(sha256)
         if existing is not None:
             return existing
@@ -168,8 +165,6 @@ def add_upload(store_root: str | Path, data: bytes, sha256: str, vector: np.ndar
         store.add([row], np.asarray(vector, np.float32).reshape(1, -1))
         store.finish()
         return store.find(sha256)
-    finally:
-        store.close()
 
 
 def export_manifest(store_root: str | Path, fmt: str = "csv") -> tuple[str, int]:
@@ -178,14 +173,12 @@ def export_manifest(store_root: str | Path, fmt: str = "csv") -> tuple[str, int]
     if fmt not in ("csv", "jsonl"):
         raise ValueError(f"unknown manifest format {fmt!r}; choose csv or jsonl")
     corrections = latest_corrections(store_root)
-    store = Store.open(store_root)
-    try:
-        items = store.items([e["image_id"] for e in corrections]) if corrections else []
-    except KeyError as exc:
-        raise StoreError(f"{feedback_path(store_root)} corrects image id {exc.args[0]}, which {store_root} does "
-                         "not hold; was the store rebuilt? export from the store the corrections were made on") from exc
-    finally:
-        store.close()
+    with Store.open(store_root) as store:
+        try:
+            items = store.items([e["image_id"] for e in corrections]) if corrections else []
+        except KeyError as exc:
+            raise StoreError(f"{feedback_path(store_root)} corrects image id {exc.args[0]}, which {store_root} does "
+                             "not hold; was the store rebuilt? export from the store the corrections were made on") from exc
     for e, item in zip(corrections, items):
         if item.sha256 != e["sha256"]:
             raise StoreError(f"{feedback_path(store_root)}: image id {item.id} was corrected as content {e['sha256'][:12]}, "

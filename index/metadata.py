@@ -1,64 +1,244 @@
-"""The store's SQLite metadata: its schema and how writers and readers connect to it.
+"""The store's SQLite metadata: its schema, how writers and readers connect, and every query the store runs.
 
 Writers use WAL (concurrent readers while a job runs) and leave it at close, so that readers need
 no -wal/-shm files; readers open read-only, as immutable where those files cannot be created.
+`Metadata` holds the one connection a store shares between server threads, behind a lock.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import sqlite3
+import threading
 import urllib.parse
 from pathlib import Path
 
+from .errors import StoreError
+from .relabel import KEYS, Relabel, check, planned
+from .schema import IMAGE, SCHEMA
+from .shards import Shard
+
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,          -- row of the vector in the store and id in the FAISS index
-    path TEXT NOT NULL,
-    sha256 TEXT NOT NULL UNIQUE,     -- content hash: the resume key
-    labels TEXT,                     -- our labels joined by '|', NULL when unlabeled
-    split TEXT NOT NULL,
-    split_fixed INTEGER NOT NULL DEFAULT 1,  -- 1: the source gave the split; 0: the hash did, near-duplicates move it
-    width INTEGER, height INTEGER, bytes INTEGER,
-    shard TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS skipped (
-    path TEXT PRIMARY KEY,
-    sha256 TEXT,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, first_id INTEGER NOT NULL, count INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS removed (      -- removed images: the log, and tombstones by content hash
-    id INTEGER PRIMARY KEY,              -- the image's id (never reused)
-    sha256 TEXT NOT NULL,                -- stops a later embed from adding the same file again
-    removed_at TEXT NOT NULL,            -- UTC, ISO 8601
-    removed_by TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    applied INTEGER NOT NULL DEFAULT 0   -- 1 once the vector row is zeroed and the index no longer holds it
-);
-CREATE INDEX IF NOT EXISTS removed_sha256 ON removed (sha256);
-"""
+_CHUNK = 10_000  # values per IN (...) query: SQLite caps the number of bound parameters
+_ITEM = "id, path, sha256, labels, split, width, height"
+_REMOVED = ("id", "sha256", "removed_at", "removed_by", "reason")
+
+
+class Metadata:
+    """The store's metadata.sqlite: every query and transaction of the store, one at a time across threads."""
+
+    def __init__(self, path: Path, readonly: bool) -> None:
+        self.path = path
+        self.readonly = readonly
+        try:
+            self._conn = connect(path, readonly)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not a readable SQLite database ({exc}); rebuild the store") from exc
+        self._lock = threading.RLock()  # one connection shared by server threads; a transaction may query
+        self._has_removed = self._has_table("removed")  # stores before removal lack it
+        self._sets = self.has_column("shards", "vector_set")  # format 1 stores: every shard is an image shard
+
+    # ---- images ---------------------------------------------------------------------------
+
+    def live_count(self) -> int:
+        return self._scalar("SELECT COUNT(*) FROM images")
+
+    def live_ids(self) -> list[int]:
+        return [r[0] for r in self._query("SELECT id FROM images ORDER BY id")]
+
+    def present(self, ids: list[int]) -> list[int]:
+        """Gives those of `ids` that are live images."""
+        return [r[0] for r in self._where("SELECT id FROM images", "id", ids)]
+
+    def item_rows(self, ids: list[int] | None = None) -> list[tuple]:
+        """Gives (id, path, sha256, labels, split, width, height) of `ids` (any order), or of all by id."""
+        if ids is None:
+            return self._query(f"SELECT {_ITEM} FROM images ORDER BY id")
+        return self._where(f"SELECT {_ITEM} FROM images", "id", ids)
+
+    def block_rows(self, start: int, stop: int, split: str | None) -> list[tuple]:
+        """Gives (id, path, labels, split) of the live images with start <= id < stop (of `split`), by id."""
+        sql, params = "SELECT id, path, labels, split FROM images WHERE id >= ? AND id < ?", [start, stop]
+        if split is not None:
+            sql, params = sql + " AND split = ?", params + [split]
+        return self._query(sql + " ORDER BY id", params)
+
+    def ids_by(self, column: str, values: list) -> list[tuple]:
+        """Gives (value, id) for the live images whose `column` (id, sha256 or path) is one of `values`."""
+        if column not in ("id", "sha256", "path"):
+            raise ValueError(f"images cannot be looked up by {column!r}; use id, sha256 or path")
+        return self._where(f"SELECT {column}, id FROM images", column, values)
+
+    def splits_of(self, ids: list[int]) -> list[tuple[int, str, bool]]:
+        """Gives (id, split, split fixed by the source) of those of `ids` that are live."""
+        return [(r[0], r[1], bool(r[2])) for r in self._where("SELECT id, split, split_fixed FROM images", "id", ids)]
+
+    def find(self, sha256: str) -> int | None:
+        rows = self._query("SELECT id FROM images WHERE sha256 = ?", (sha256,))
+        return int(rows[0][0]) if rows else None
+
+    def file_sizes(self) -> dict[str, int]:
+        return dict(self._query("SELECT path, bytes FROM images"))
+
+    def skipped(self) -> list[tuple[str, str | None, str]]:
+        return self._query("SELECT path, sha256, reason FROM skipped ORDER BY path")
+
+    def known_hashes(self, tombstones: bool) -> set[str]:
+        # A "duplicate of" row vouches for a hash only through its original, which a killed job
+        # may never have written: counting it would lose that image for good.
+        sql = ("SELECT sha256 FROM images UNION SELECT sha256 FROM skipped "
+               "WHERE sha256 IS NOT NULL AND reason NOT LIKE 'duplicate of %'")
+        if tombstones and self._has_removed:
+            sql += " UNION SELECT sha256 FROM removed"
+        return {r[0] for r in self._query(sql)}
+
+    # ---- shards ---------------------------------------------------------------------------
+
+    def shards(self, vector_set: str = IMAGE) -> list[Shard]:
+        """Gives the committed shards of a vector set, in id order."""
+        where, params = (" WHERE vector_set = ?", (vector_set,)) if self._sets else ("", ())
+        return [Shard(*r) for r in self._query(f"SELECT name, first_id, count FROM shards{where} ORDER BY first_id",
+                                               params)]
+
+    def rows_written(self, vector_set: str = IMAGE) -> int:
+        """Gives the rows committed to a vector set: ids 0 .. rows-1 (removed ids stay used)."""
+        shards = self.shards(vector_set)
+        return shards[-1].first_id + shards[-1].count if shards else 0
+
+    # ---- removals -------------------------------------------------------------------------
+
+    def removed_log(self) -> list[dict]:
+        if not self._has_removed:
+            return []
+        return [dict(zip(_REMOVED, row)) for row in
+                self._query(f"SELECT {', '.join(_REMOVED)} FROM removed ORDER BY removed_at, id")]
+
+    def removed_ids(self, applied: bool | None = None) -> list[int]:
+        """Gives the removed ids (all, or those whose removal is or is not yet applied), ascending."""
+        if not self._has_removed:
+            return []
+        where = "" if applied is None else f" WHERE applied = {int(applied)}"
+        return [r[0] for r in self._query("SELECT id FROM removed" + where + " ORDER BY id")]
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    def add(self, shard: Shard, rows: list[dict], skipped: list[tuple], vector_set: str = IMAGE) -> None:
+        """Commits a shard, the images whose vectors it holds and `skipped` entries in one transaction."""
+        with self._lock, self._conn:
+            self._conn.execute("INSERT INTO shards (name, first_id, count, vector_set) VALUES (?, ?, ?, ?)",
+                               (shard.name, shard.first_id, shard.count, vector_set))
+            self._conn.executemany(
+                "INSERT INTO images (id, path, sha256, labels, split, split_fixed, width, height, bytes, shard) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(shard.first_id + i, r["path"], r["sha256"], "|".join(r["labels"]) if r["labels"] else None,
+                  r["split"], int(r.get("split_fixed", True)), r["width"], r["height"], r["bytes"], shard.name)
+                 for i, r in enumerate(rows)])
+            self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", skipped)
+
+    def add_skipped(self, entries: list[tuple[str, str | None, str]]) -> None:
+        with self._lock, self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", entries)
+
+    def remove(self, items: list, reason: str, by: str) -> None:
+        """Commits the removal of `items` (Item): tombstones logged, rows and their duplicates' entries gone."""
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        with self._lock, self._conn:
+            self._conn.executemany("INSERT INTO removed (id, sha256, removed_at, removed_by, reason, applied) "
+                                   "VALUES (?, ?, ?, ?, ?, 0)", [(it.id, it.sha256, when, by, reason) for it in items])
+            self._conn.executemany("DELETE FROM images WHERE id = ?", [(it.id,) for it in items])
+            # other paths with the same content were recorded as its duplicates: no trace of them either
+            self._conn.executemany("DELETE FROM skipped WHERE sha256 = ?", [(it.sha256,) for it in items])
+
+    def mark_applied(self, ids: list[int]) -> None:
+        with self._lock, self._conn:
+            self._conn.executemany("UPDATE removed SET applied = 1 WHERE id = ?", [(i,) for i in ids])
+
+    def set_splits(self, moves: dict[int, str]) -> None:
+        with self._lock, self._conn:
+            self._conn.executemany("UPDATE images SET split = ? WHERE id = ?", [(s, i) for i, s in moves.items()])
+
+    def relabel(self, known: list[str], entries: list[Relabel]) -> dict:
+        """Sets labels and splits as `entries` say, in one transaction; gives the counts of `planned`."""
+        check(entries, known)
+        with self._lock, self._conn:
+            matches = self._relabel_matches(entries)
+            state = {r[0]: r[1:] for r in self._where("SELECT id, labels, split, split_fixed FROM images", "id",
+                                                      sorted({i for ids in matches.values() for i in ids}))}
+            counts, updated = planned(entries, known, matches, state)
+            self._conn.executemany("UPDATE images SET labels = ?, split = ?, split_fixed = ? WHERE id = ?",
+                                   [(*state, i) for i, state in sorted(updated.items())])
+        return counts
+
+    def _relabel_matches(self, entries: list[Relabel]) -> dict[int, list[int]]:
+        """Gives entry number -> the ids of the live images it names, through a temporary table (one join
+        per key kind, so that each uses its own index; not one query per entry)."""
+        self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS relabel_keys (n INTEGER PRIMARY KEY, by TEXT, key TEXT)")
+        self._conn.execute("DELETE FROM temp.relabel_keys")
+        self._conn.executemany("INSERT INTO temp.relabel_keys VALUES (?, ?, ?)",
+                               [(n, e.by, e.key) for n, e in enumerate(entries)])
+        found: dict[int, list[int]] = {}
+        for by in KEYS:
+            rows = self._conn.execute(f"SELECT k.n, i.id FROM temp.relabel_keys k JOIN images i ON i.{by} = k.key "
+                                      "WHERE k.by = ? ORDER BY k.n, i.id", (by,)).fetchall()
+            for n, image_id in rows:
+                found.setdefault(n, []).append(image_id)
+        self._conn.execute("DROP TABLE temp.relabel_keys")
+        return found
+
+    def has_column(self, table: str, column: str) -> bool:
+        return column in {row[1] for row in self._query(f"PRAGMA table_info({table})")}
+
+    def add_column(self, table: str, column: str, declaration: str) -> None:
+        """Adds a column unless it is there (a migration step: additive, and safe to run again)."""
+        if not self.has_column(table, column):
+            with self._lock, self._conn:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self._sets = self.has_column("shards", "vector_set")
+
+    def close(self) -> None:
+        """Closes the connection, not under a query still running on another thread; a writer first
+        leaves WAL mode, so that readers need no -wal/-shm files and the store opens from read-only media."""
+        with self._lock:
+            if not self.readonly:
+                leave_wal(self._conn)
+            self._conn.close()
+
+    # ---- private ------------------------------------------------------------------------------
+
+    def _where(self, select: str, column: str, values: list) -> list[tuple]:
+        """Gives the rows of `select` WHERE `column` IN `values`, asked _CHUNK values at a time."""
+        values, rows = list(values), []
+        for start in range(0, len(values), _CHUNK):
+            part = values[start:start + _CHUNK]
+            rows += self._query(f"{select} WHERE {column} IN ({','.join('?' * len(part))})", part)
+        return rows
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path} is damaged ({exc}); rebuild the store") from exc
+
+    def _scalar(self, sql: str) -> int:
+        return int(self._query(sql)[0][0])
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    """Gives a connection usable from several threads (the store serialises them); raises
+    """Gives a connection usable from several threads (Metadata serialises them); raises
     sqlite3.DatabaseError when the file is not a readable store database."""
     if readonly:
         conn = _connect_readonly(path)
     else:
         conn = sqlite3.connect(path, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA)  # an older store keeps its tables as they are: migrations.py adds to them
     conn.execute("SELECT COUNT(*) FROM images").fetchone()
     return conn
-
-
-def add_split_fixed(conn: sqlite3.Connection) -> None:
-    # Stores written before near-duplicate grouping lack the column; their splits are left as they are.
-    if "split_fixed" not in {row[1] for row in conn.execute("PRAGMA table_info(images)")}:
-        with conn:
-            conn.execute("ALTER TABLE images ADD COLUMN split_fixed INTEGER NOT NULL DEFAULT 1")
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:

@@ -1,20 +1,21 @@
 """Relabelling stored images without re-embedding them: labels (and splits) set by path or content hash.
 
-`apply_relabels` runs inside the store writer's one SQLite transaction (`Store.relabel`): every entry
-is checked first, so a bad label changes nothing, then the images are looked up through a temporary
-table (one join per key kind, not one query per entry) and only the rows whose labels or split differ
-are updated. A split given here counts as fixed: near-duplicate grouping no longer moves the image.
+The store writer runs a relabelling as one SQLite transaction (`Metadata.relabel`): every entry is
+checked first (`check`), so a bad label changes nothing, then the images are looked up through a
+temporary table (one join per key kind, not one query per entry) and only the rows whose labels or
+split differ (`planned`) are updated. A split given here counts as fixed: near-duplicate grouping no
+longer moves the image.
 """
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from emoreact.manifests import read_rows
 
-SPLITS = ("train", "val", "test")
+from .schema import SPLITS
+
 KEYS = ("path", "sha256")
 
 
@@ -41,17 +42,14 @@ def check(entries: list[Relabel], known: list[str]) -> None:
             raise ValueError(f"entry {number} ({entry.key!r}): split {entry.split!r} is not one of {SPLITS}")
 
 
-def apply_relabels(conn: sqlite3.Connection, known: list[str], entries: list[Relabel]) -> dict:
-    """Gives {"changed", "unchanged", "unknown"} entry counts after updating the images `entries` name.
+def planned(entries: list[Relabel], known: list[str], matches: dict[int, list[int]],
+            state: dict[int, tuple[str | None, str, int]]) -> tuple[dict, dict[int, tuple[str | None, str, int]]]:
+    """Gives ({"changed", "unchanged", "unknown"} entry counts, {id: (labels, split, split_fixed)} to write)
+    for `entries`, given the ids each entry number `matches` and the images' current `state`.
 
-    Runs on the caller's connection and transaction (commit or roll back is theirs). An entry naming
-    several rows (one path embedded with two contents) sets them all and counts once: changed if any
-    row changed. Entries are applied in order, so a later entry for the same image wins."""
-    check(entries, known)
-    matches = _lookup(conn, entries)
-    state: dict[int, tuple[str | None, str, int]] = {}  # id -> (labels, split, split_fixed) as now set
-    for image_id, labels, split, fixed in _rows(conn, {i for ids in matches.values() for i in ids}):
-        state[image_id] = (labels, split, fixed)
+    An entry naming several rows (one path embedded with two contents) sets them all and counts once:
+    changed if any row changed. Entries are applied in order, so a later entry for the same image wins."""
+    state = dict(state)
     counts = {"changed": 0, "unchanged": 0, "unknown": 0}
     updated: set[int] = set()
     for number, entry in enumerate(entries):
@@ -67,39 +65,11 @@ def apply_relabels(conn: sqlite3.Connection, known: list[str], entries: list[Rel
                 labels = "|".join(name for name in known if name in entry.labels) or None
             if entry.split is not None:
                 split, fixed = entry.split, 1
-            if (labels, split, fixed) != state[image_id]:
+            if (labels, split, fixed) != tuple(state[image_id]):
                 state[image_id], changed = (labels, split, fixed), True
                 updated.add(image_id)
         counts["changed" if changed else "unchanged"] += 1
-    conn.executemany("UPDATE images SET labels = ?, split = ?, split_fixed = ? WHERE id = ?",
-                     [(*state[i], i) for i in sorted(updated)])
-    return counts
-
-
-def _lookup(conn: sqlite3.Connection, entries: list[Relabel]) -> dict[int, list[int]]:
-    """Gives entry number -> the ids of the live images it names."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS relabel_keys (n INTEGER PRIMARY KEY, by TEXT, key TEXT)")
-    conn.execute("DELETE FROM temp.relabel_keys")
-    conn.executemany("INSERT INTO temp.relabel_keys VALUES (?, ?, ?)",
-                     [(n, e.by, e.key) for n, e in enumerate(entries)])
-    found: dict[int, list[int]] = {}
-    for by in KEYS:  # one join per key kind, so that each can use its own index
-        rows = conn.execute(f"SELECT k.n, i.id FROM temp.relabel_keys k JOIN images i ON i.{by} = k.key "
-                            "WHERE k.by = ? ORDER BY k.n, i.id", (by,)).fetchall()
-        for n, image_id in rows:
-            found.setdefault(n, []).append(image_id)
-    conn.execute("DROP TABLE temp.relabel_keys")
-    return found
-
-
-def _rows(conn: sqlite3.Connection, ids: set[int]) -> list[tuple]:
-    """Gives (id, labels, split, split_fixed) of `ids`, 10,000 at a time (SQLite caps bound parameters)."""
-    ordered, rows = sorted(ids), []
-    for start in range(0, len(ordered), 10_000):
-        part = ordered[start:start + 10_000]
-        rows += conn.execute(f"SELECT id, labels, split, split_fixed FROM images WHERE id IN "
-                             f"({','.join('?' * len(part))})", part).fetchall()
-    return rows
+    return counts, {i: state[i] for i in updated}
 
 
 def read_relabel_manifest(path: str | Path) -> list[Relabel]:

@@ -1,180 +1,87 @@
 """The embedding store: one folder holding vectors, SQLite metadata and a FAISS index.
 
     STORE/manifest.json        format, version, model id, preprocessing, dim, count (vector rows),
-                               labels, and "index": its kind, file and tuned search settings
+                               labels, vector sets, and "index": its kind, file and tuned search settings
     STORE/metadata.sqlite      images (id = vector row), skipped files with reasons, shards,
                                removed images (tombstones by content hash, who/when/why)
-    STORE/vectors/NNNNNN.npy   (n, D) float16 unit-norm shards, rows in id order (removed rows zeroed)
+    STORE/vectors/NNNNNN.npy   the `image` vector set: (n, D) float16 unit-norm shards, rows in id order
+                               (removed rows zeroed)
     STORE/index-NNNNNN.faiss   the index the manifest names (see index/ann.py for the kinds)
 
-A shard file is written (atomically) before the rows that point at it are committed, so a
-killed job leaves at worst an orphan shard or a temporary file, which the next writer deletes.
-A new index is written under a new name and published by rewriting the manifest (one atomic
-rename), so readers see the old index or the new one, never a mix. A removal is committed in
-SQLite first (readers stop answering with the image at once) and rolled forward into the shard
-and the index by the same call or, if that is killed, by the next writer. One writer at a time
-holds STORE/.writer.lock; readers take no lock. Nothing reads the whole store into memory:
-readers go through memory-mapped shards (`blocks()`, `vector()`) and an index that, when
-approximate, is memory-mapped for serving.
+`Store` is made of parts, each with its own state and tests: `Metadata` (every query), a `VectorSet`
+per named vector set (vectors.py), the `IndexFile` (indexfile.py) and, for a store opened for
+writing, a `Writer` (writing.py) holding the write lock. Reading is `with Store.open(root) as store`;
+writing is `with Store.open_for_writing(root)` or `Store.create_or_resume(...)`. One writer at a time
+holds STORE/.writer.lock; readers take no lock and write nothing, whatever the format version they
+read (see migrations.py). Nothing reads the whole store into memory: readers go through
+memory-mapped shards (`blocks()`, `vector()`) and an index that, when approximate, is memory-mapped.
 """
 from __future__ import annotations
 
-import logging
-import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import faiss
 import numpy as np
 
-from emoreact import __version__
-
-from . import metadata
-from .atomic import atomic_path
-from .faults import fault_point
-from .indexing import IndexMaintenance
-from .removal import Removal
-from .manifest import read_manifest
-from .relabel import Relabel, apply_relabels
-from .shards import Shard, ShardReader
+from . import building, migrations, opening
+from .ann import IndexSettings
+from .errors import StoreError
+from .grouping import Grouping
+from .indexfile import IndexFile
+from .items import Block, Item, item
+from .manifest import ManifestFile
+from .metadata import Metadata
+from .relabel import Relabel
+from .schema import IMAGE
+from .shards import Shard
+from .vectors import BLOCK_ROWS, VectorSet
 from .writelock import lock_for_writing
-
-log = logging.getLogger(__name__)
-
-STORE_FORMAT = "emoreact-store"
-STORE_VERSION = 1
-BLOCK_ROWS = 65_536  # rows per block read from the shards: 128 MiB as float32 at D = 512
+from .writing import Writer
 
 
-class StoreError(RuntimeError):
-    """The store is missing, damaged or built for another model; the message names the file."""
+class Store:
+    """An open store: `with Store.open(root) as store` to read and search, `Store.open_for_writing` or
+    `Store.create_or_resume` to write (add, finish, remove, relabel, reindex)."""
 
-
-@dataclass(frozen=True)
-class Item:
-    """Metadata of one embedded image."""
-
-    id: int
-    path: str
-    sha256: str
-    labels: tuple[str, ...] | None
-    split: str
-    width: int
-    height: int
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "path": self.path, "labels": list(self.labels or []), "split": self.split}
-
-
-@dataclass(frozen=True)
-class Block:
-    """Up to BLOCK_ROWS live images of one shard, in id order, with their vectors."""
-
-    ids: np.ndarray        # (n,) int64
-    vectors: np.ndarray    # (n, D) float32 unit-norm
-    labels: list           # tuple[str, ...] or None (unlabelled), per row
-    splits: list[str]
-    paths: list[str]
-
-
-class Store(IndexMaintenance, Removal):
-    """An open store. Use `Store.open` to read and search, `Store.create_or_resume` to add."""
-
-    def __init__(self, root: Path, manifest: dict, conn: sqlite3.Connection) -> None:
+    def __init__(self, root: Path, manifest: ManifestFile, metadata: Metadata, overrides: dict | None = None) -> None:
         # Files read later (shards, a lazily read index) come from the folder `root` named at open, even
         # if a symlink at `root` is re-pointed to another store meanwhile (how a server switches stores).
-        self._folder = Path(root).resolve()
+        folder = Path(root).resolve()
         self.root = root
-        self.manifest = manifest
-        self._conn = conn
-        self._lock = threading.Lock()  # one connection shared by server threads
-        self._index: faiss.Index | None = None
-        self._reader: ShardReader | None = None
+        self._manifest = manifest
+        self._metadata = metadata
+        self._sets = {name: VectorSet(name, folder / spec["folder"], int(spec["dim"]), metadata)
+                      for name, spec in migrations.vector_sets(manifest.data).items()}
+        self._index_file = IndexFile(folder, manifest, self.dim, overrides)
+        self._writer: Writer | None = None  # a store opened for writing holds one
         self._live = 0  # images not removed, counted at open and at finish()
         self._pending: set[int] = set()  # removed in SQLite, still in the index (a removal was killed)
-        self._overrides: dict = {}  # search settings given at open
-        self._writer = None  # held by a store opened for writing
+        self._close_lock = threading.Lock()  # not closed under a search running on another thread
         self._closed = False
 
     # ---- opening -------------------------------------------------------------------------
 
     @classmethod
-    def create_or_resume(cls, root: str | Path, model_id: str, dim: int, preprocess: dict,
-                         labels: list[str], wait: bool = False) -> "Store":
-        """Gives a writable store, new or resumed, holding its write lock until `close()`; refuses one
-        built for another model or labels, or one another process is writing (unless `wait`)."""
-        root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
-        writer = lock_for_writing(root, wait, StoreError)
-        try:
-            return cls._resume(root, model_id, dim, preprocess, labels, writer)
-        except BaseException:
-            writer.release()
-            raise
-
-    @classmethod
-    def open_for_writing(cls, root: str | Path, wait: bool = False) -> "Store":
-        """Gives an existing store opened for writing (removal, relabelling, reindexing), with its lock."""
-        root = Path(root)
-        manifest = _read_manifest(root / "manifest.json")
-        return cls.create_or_resume(root, manifest["model_id"], int(manifest["dim"]), manifest.get("preprocess", {}),
-                                    list(manifest["labels"]), wait)
-
-    @classmethod
-    def _resume(cls, root: Path, model_id: str, dim: int, preprocess: dict, labels: list[str],
-                writer) -> "Store":
-        manifest_path = root / "manifest.json"
-        expected = {"model_id": model_id, "dim": dim, "labels": list(labels)}
-        if manifest_path.exists():
-            manifest = _read_manifest(manifest_path)
-            for key, want in expected.items():
-                if manifest[key] != want:
-                    raise StoreError(f"{manifest_path}: store holds {key}={manifest[key]!r} but this job uses "
-                                     f"{want!r}; embed into a new --store folder")
-        else:
-            manifest = {"format": STORE_FORMAT, "format_version": STORE_VERSION, **expected,
-                        "preprocess": preprocess, "count": 0, "package_version": __version__}
-        store = cls(root, manifest, _connect(root / "metadata.sqlite"))
-        store._writer = writer
-        metadata.add_split_fixed(store._conn)
-        store._drop_orphan_shards()
-        store._drop_temporary_files()
-        store._live = store._scalar("SELECT COUNT(*) FROM images")
-        if store._scalar("SELECT COUNT(*) FROM removed WHERE applied = 0"):
-            store._apply_removals()  # a removal was killed after its commit: finish it
-        return store
-
-    @classmethod
     def open(cls, root: str | Path, model_id: str | None = None, dim: int | None = None, *,
              with_index: bool = True, nprobe: int | None = None, candidates: int | None = None) -> "Store":
-        """Gives a store for reading, after checking manifest, metadata, vectors and index agree.
-        `with_index=False` (training, scoring) leaves the index unread; `nprobe`/`candidates` override
-        the approximate index's tuned search settings."""
+        """Gives a store for reading (a context manager), after checking manifest, metadata, vectors and
+        index agree. `with_index=False` (training, scoring) leaves the index unread; `nprobe`/`candidates`
+        override the approximate index's tuned search settings. Reads older format versions as they are."""
         root = Path(root)
-        manifest_path = root / "manifest.json"
-        if not manifest_path.exists():
-            raise StoreError(f"{root} is not an EmoReact store (no manifest.json); build one with `cli.py embed`")
-        manifest = _read_manifest(manifest_path)
-        if model_id is not None and manifest["model_id"] != model_id:
-            raise StoreError(f"{manifest_path}: store was built with model {manifest['model_id']!r}, "
-                             f"not {model_id!r}; use the same --model/--pretrained or another store")
-        if dim is not None and manifest["dim"] != dim:
-            raise StoreError(f"{manifest_path}: store vectors have dim {manifest['dim']}, expected {dim}")
+        manifest = opening.manifest_for_reading(root, model_id, dim)
         db = root / "metadata.sqlite"
         if not db.exists():
             raise StoreError(f"{db} is missing; rebuild the store with `cli.py embed`")
-        store = cls(root, manifest, _connect(db, readonly=True))
-        store._overrides = {k: int(v) for k, v in (("nprobe", nprobe), ("candidates", candidates)) if v}
+        overrides = {k: int(v) for k, v in (("nprobe", nprobe), ("candidates", candidates)) if v}
+        store = cls(root, manifest, Metadata(db, readonly=True), overrides)
         try:
-            store._live = store._scalar("SELECT COUNT(*) FROM images")
-            removed = store._removed_ids(applied=None)
-            if store._live + len(removed) != manifest["count"]:
-                raise StoreError(f"{manifest_path}: manifest counts {manifest['count']} images but {db} holds "
-                                 f"{store._live + len(removed)}; an embed job did not finish: run it again to "
-                                 "complete the store")
-            store._pending = set(store._removed_ids(applied=0))
+            store._count()
+            held = store._live + len(store._metadata.removed_ids())
+            if held != store.rows:
+                raise StoreError(f"{manifest.path}: manifest counts {store.rows} images but {db} holds "
+                                 f"{held}; an embed job did not finish: run it again to complete the store")
             if with_index:
                 store._load_index()
         except StoreError:
@@ -182,7 +89,53 @@ class Store(IndexMaintenance, Removal):
             raise
         return store
 
+    @classmethod
+    def create_or_resume(cls, root: str | Path, model_id: str, dim: int, preprocess: dict,
+                         labels: list[str], wait: bool = False) -> "Store":
+        """Gives a writable store (a context manager), new or resumed and migrated to this format version,
+        holding its write lock until `close()`; refuses one built for another model or labels, or one
+        another process is writing (unless `wait`)."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        lock = lock_for_writing(root, wait, StoreError)
+        try:
+            manifest = opening.manifest_for_writing(root / "manifest.json", model_id, dim, preprocess, labels)
+            metadata = Metadata(root / "metadata.sqlite", readonly=False)
+            migrations.migrate(metadata, manifest, written=manifest.path.exists())
+            store = cls(root, manifest, metadata)
+            store._writer = Writer(metadata, store._sets[IMAGE], store._index_file, manifest, lock,
+                                   store._build_with(None), store.live_blocks)
+            store._writer.resume()
+            store._count()
+            return store
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def open_for_writing(cls, root: str | Path, wait: bool = False) -> "Store":
+        """Gives an existing store opened for writing (removal, relabelling, reindexing), with its lock."""
+        root = Path(root)
+        manifest = opening.read_store_manifest(root / "manifest.json")
+        return cls.create_or_resume(root, manifest["model_id"], int(manifest["dim"]), manifest.get("preprocess", {}),
+                                    list(manifest["labels"]), wait)
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ---- reading -------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> dict:
+        """Gives the manifest as this process holds it (a writer's changes are written at `finish()`)."""
+        return self._manifest.data
+
+    @manifest.setter
+    def manifest(self, data: dict) -> None:
+        self._manifest.data = data
 
     @property
     def model_id(self) -> str:
@@ -208,58 +161,49 @@ class Store(IndexMaintenance, Removal):
 
     def rows_written(self) -> int:
         """Gives the number of vector rows committed so far (a writer's new rows included)."""
-        return self._scalar("SELECT COALESCE(MAX(first_id + count), 0) FROM shards")
+        return self._metadata.rows_written(IMAGE)
 
     def shards(self) -> list[Shard]:
-        """Gives the committed vector shards (name, first_id, count) in id order; files in STORE/vectors/."""
-        return list(self._shards().shards)
+        """Gives the committed image shards (name, first_id, count) in id order; files in STORE/vectors/."""
+        return self._sets[IMAGE].shards()
 
     def vectors(self) -> np.ndarray:
         """Gives all (rows, D) float32 vectors in id order (removed rows are zero). Small stores only:
         anything that may meet a large store reads `blocks()`."""
-        reader = self._shards()
-        if not reader.shards:
-            return np.zeros((0, self.dim), np.float32)
-        return np.concatenate([np.asarray(reader.block(s), dtype=np.float32) for s in reader.shards])
+        return self._sets[IMAGE].all()
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Gives the (len(ids), D) float32 stored vectors of `ids` (any order), read where they lie."""
+        return self._sets[IMAGE].rows_of(ids)
+
+    def vector(self, image_id: int) -> np.ndarray:
+        """Gives one stored (D,) float32 vector by id (read from its shard)."""
+        image_id = int(image_id)
+        if not self._metadata.present([image_id]):
+            raise KeyError(image_id)
+        return self.vectors_of(np.array([image_id]))[0]
 
     def blocks(self, block_rows: int = BLOCK_ROWS, split: str | None = None, first: int = 0) -> Iterator[Block]:
         """Gives the live images (of `split`, or all; with id >= `first`) in id order, a block of at most
         `block_rows` at a time, each block's vectors read from one memory-mapped shard."""
-        reader = self._shards()
-        for shard in reader.shards:
-            if shard.first_id + shard.count <= first:
-                continue  # e.g. an incremental index update reads only the shards it has not indexed
-            mapped = reader.scan(shard)  # dropped at the next shard: a pass keeps one shard mapped, not the store
-            for start in range(max(shard.first_id, first), shard.first_id + shard.count, block_rows):
-                stop = min(start + block_rows, shard.first_id + shard.count)
-                sql = "SELECT id, path, labels, split FROM images WHERE id >= ? AND id < ?"
-                params: list = [start, stop]
-                if split is not None:
-                    sql, params = sql + " AND split = ?", params + [split]
-                rows = self._query(sql + " ORDER BY id", params)
-                if not rows:
-                    continue
-                ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-                lo = int(ids[0]) - shard.first_id
-                rows_read = (mapped[lo:lo + len(ids)] if int(ids[-1]) - int(ids[0]) + 1 == len(ids)  # no gaps: a slice
-                             else mapped[ids - shard.first_id])
-                vectors = np.asarray(rows_read, dtype=np.float32)
-                yield Block(ids, vectors, [tuple(r[2].split("|")) if r[2] else None for r in rows],
-                            [r[3] for r in rows], [r[1] for r in rows])
+        return self._sets[IMAGE].blocks(block_rows, split, first)
+
+    def live_ids(self) -> np.ndarray:
+        """Gives the (N,) int64 ids of the live images, ascending."""
+        return np.asarray(self._metadata.live_ids(), np.int64)
+
+    def live_blocks(self, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Gives (ids (n,) int64, vectors (n, D) float32) blocks of the live images with id >= `first`."""
+        for block in self.blocks(first=first):
+            yield block.ids, block.vectors
 
     def items(self, ids: list[int] | None = None) -> list[Item]:
         """Gives metadata for `ids` (in that order), or for every image in id order; raises KeyError
         for an id that is not (or no longer) in the store."""
-        sql = "SELECT id, path, sha256, labels, split, width, height FROM images"
         if ids is None:
-            rows = self._query(sql + " ORDER BY id")
-            return [_item(r) for r in rows]
+            return [item(r) for r in self._metadata.item_rows()]
         ids = [int(i) for i in ids]
-        found = {}
-        for start in range(0, len(ids), 10_000):  # SQLite caps the number of bound parameters
-            part = ids[start:start + 10_000]
-            found.update({r[0]: _item(r) for r in self._query(sql + f" WHERE id IN ({','.join('?' * len(part))})",
-                                                              part)})
+        found = {r[0]: item(r) for r in self._metadata.item_rows(ids)}
         missing = [i for i in ids if i not in found]
         if missing:
             raise KeyError(missing[0])
@@ -267,80 +211,116 @@ class Store(IndexMaintenance, Removal):
 
     def skipped(self) -> list[tuple[str, str]]:
         """Gives (path, reason) for every file the embed jobs could not use."""
-        return self._query("SELECT path, reason FROM skipped ORDER BY path")
+        return [(path, reason) for path, _, reason in self._metadata.skipped()]
 
     def skipped_hashes(self) -> list[tuple[str, str | None, str]]:
         """Gives (path, sha256 or None, reason) for every file the embed jobs could not use."""
-        return self._query("SELECT path, sha256, reason FROM skipped ORDER BY path")
+        return self._metadata.skipped()
 
     def file_sizes(self) -> dict[str, int]:
         """Gives each embedded image's size in bytes, by path."""
-        return dict(self._query("SELECT path, bytes FROM images"))
+        return self._metadata.file_sizes()
 
     def known_hashes(self, tombstones: bool = True) -> set[str]:
         """Gives the content hashes an embed job must not add: already embedded, already refused for their
         own content, and (unless `tombstones` is False: embed --allow-readd) removed from the store."""
-        # A "duplicate of" row vouches for a hash only through its original, which a killed job
-        # may never have written: counting it would lose that image for good.
-        sql = ("SELECT sha256 FROM images UNION SELECT sha256 FROM skipped "
-               "WHERE sha256 IS NOT NULL AND reason NOT LIKE 'duplicate of %'")
-        if tombstones and self._has_table("removed"):
-            sql += " UNION SELECT sha256 FROM removed"
-        return {r[0] for r in self._query(sql)}
+        return self._metadata.known_hashes(tombstones)
 
     def find(self, sha256: str) -> int | None:
         """Gives the id of the stored image with this content hash, or None."""
-        rows = self._query("SELECT id FROM images WHERE sha256 = ?", (sha256,))
-        return int(rows[0][0]) if rows else None
+        return self._metadata.find(sha256)
 
-    def vector(self, image_id: int) -> np.ndarray:
-        """Gives one stored (D,) float32 vector by id (read from its shard)."""
-        image_id = int(image_id)
-        if not self._query("SELECT 1 FROM images WHERE id = ?", (image_id,)):
-            raise KeyError(image_id)
-        return self._shards().rows_of(np.array([image_id]))[0]
+    def lookup(self, column: str, values: list) -> list[tuple]:
+        """Gives (value, id) for the live images whose `column` (id, sha256 or path) is one of `values`."""
+        return self._metadata.ids_by(column, values)
 
-    # ---- writing -------------------------------------------------------------------------
+    def removed(self) -> list[dict]:
+        """Gives the removal log: id, sha256, removed_at (UTC, ISO 8601), removed_by, reason."""
+        return self._metadata.removed_log()
+
+    def grouping(self) -> Grouping | None:
+        """Gives what the last near-duplicate grouping did (None: never grouped, or before 0.4)."""
+        record = self.manifest.get("near_duplicates")
+        found = record.get("grouping") if isinstance(record, dict) else None
+        return Grouping.from_json({"threshold": record.get("threshold"), **found}) if found else None
+
+    # ---- search ----------------------------------------------------------------------------
+
+    @property
+    def search_overrides(self) -> dict:
+        """Gives the search settings given to `Store.open` (nprobe, candidates), to open it again alike."""
+        return dict(self._index_file.overrides)
+
+    @property
+    def index_settings(self) -> IndexSettings:
+        """Gives the index kind, file and search settings the manifest records (with open's overrides)."""
+        return self._index_file.settings
+
+    @property
+    def index(self) -> "faiss.Index | None":
+        """Gives the index as loaded for search (None until the first search, or when not loaded)."""
+        return self._index_file.index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Gives (scores, ids), each (Q, min(k, live images)), best first, for (Q, D) unit-norm queries;
+        the scores are exact cosines, whatever the index kind. Only live images answer; a row with
+        fewer hits (an approximate index, or removals since it was read) ends in id -1, score -inf."""
+        if self._index_file.index is None:
+            self._load_index()
+        k = min(int(k), len(self))
+        if k <= 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        # Over-fetch a little: images removed by another process since this index was read are
+        # dropped below (their rows left SQLite at once; the index file follows at its next publish).
+        return self._index_file.search(queries, k, len(self._pending) + 8, self.vectors_of, self._metadata.present)
+
+    # ---- writing (a store opened for writing) ------------------------------------------------
 
     def add(self, rows: list[dict], vectors: np.ndarray, skipped: list[tuple[str, str | None, str]] = ()) -> None:
-        """Appends images (dicts with path, sha256, labels, split, width, height, bytes, and split_fixed:
-        False when the split came from the hash) and their vectors; commits `skipped` entries (see
-        `add_skipped`) in the same transaction, which is how a duplicate is never recorded without its original."""
+        """Appends images (dicts with path, sha256, labels, split, width, height, bytes, and split_fixed: False
+        when the split came from the hash) and their vectors, with `skipped` entries in the same transaction
+        (how a duplicate is never recorded without its original)."""
         if not rows:
             self.add_skipped(list(skipped))
             return
-        if vectors.shape != (len(rows), self.dim):
-            raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(rows)}, {self.dim})")
-        first_id = self._scalar("SELECT COALESCE(MAX(first_id + count), 0) FROM shards")  # removed ids stay used
-        name = f"{first_id:09d}.npy"
-        with atomic_path(self.root / "vectors" / name) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, vectors.astype(np.float16), allow_pickle=False)
-            fault_point("during_shard_write")
-        fault_point("after_shard_file")
-        with self._lock, self._conn:
-            self._conn.execute("INSERT INTO shards VALUES (?, ?, ?)", (name, first_id, len(rows)))
-            self._conn.executemany(
-                "INSERT INTO images (id, path, sha256, labels, split, split_fixed, width, height, bytes, shard) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(first_id + i, r["path"], r["sha256"], "|".join(r["labels"]) if r["labels"] else None,
-                  r["split"], int(r.get("split_fixed", True)), r["width"], r["height"], r["bytes"], name)
-                 for i, r in enumerate(rows)])
-            self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", skipped)
-        self._reader = None  # a new shard
-        fault_point("after_shard_rows")
+        self._writing().add(rows, vectors, skipped)
 
     def add_skipped(self, entries: list[tuple[str, str | None, str]]) -> None:
         """Records (path, sha256 or None, reason) for files that could not be embedded."""
-        with self._lock, self._conn:
-            self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", entries)
+        self._writing().metadata.add_skipped(entries)
+
+    def finish(self, near_duplicate_threshold: float | None = None, index: str | None = None) -> tuple[int, int]:
+        """Publishes the index with the new rows (`index`: auto, flat, ivf or a FAISS factory string; None keeps
+        the store's choice) so that readers see them, then groups near-duplicates (cosine >= the threshold;
+        None: skip) into one split each (Writer.finish); gives (groups, images) moved; `grouping()` tells more."""
+        report = self._writing().finish(near_duplicate_threshold, index)
+        self._count()
+        return report.groups_moved, report.images_moved
+
+    def reindex(self, index: str | None = None, builder: "building.Builder | None" = None) -> IndexSettings:
+        """Builds the index anew (kind `index`, or the store's choice), re-trained and re-tuned; gives its
+        settings. `builder(store, factory) -> (index, settings)` replaces the single-process build
+        (`building.build_for_store`), e.g. to add vectors on a cluster."""
+        self._writing().update_index(index, force=True, build=self._build_with(builder))
+        self._count()
+        return self.index_settings
+
+    def remove(self, ids: list[int], reason: str, by: str) -> list[int]:
+        """Removes images for good: gone from search, metadata, scoring and training, vector rows zeroed,
+        content hashes kept as tombstones (with `by`, the time and `reason`) so that a later embed does not
+        add them again. Gives the ids removed; raises KeyError for an unknown id."""
+        ids = sorted({int(i) for i in ids})
+        items = self.items(ids)
+        writer = self._writing()
+        self._live -= len(ids)
+        writer.remove(items, reason, by)
+        self._count()
+        return ids
 
     def relabel(self, entries: list[Relabel]) -> dict:
-        """Sets the labels (and splits, where given) of the images `entries` name by path or SHA-256, in one
-        transaction, nothing re-embedded; gives {"changed", "unchanged", "unknown"} entry counts. Raises
-        ValueError, changing nothing, for a label or split the store does not know (index/relabel.py)."""
-        with self._lock, self._conn:
-            return apply_relabels(self._conn, self.labels, entries)
+        """Sets labels (and splits) of the images `entries` name, in one transaction, nothing re-embedded; gives
+        {"changed", "unchanged", "unknown"} counts; ValueError, changing nothing, for an unknown label or split."""
+        return self._writing().relabel(entries)
 
     @property
     def closed(self) -> bool:
@@ -349,72 +329,30 @@ class Store(IndexMaintenance, Removal):
     def close(self) -> None:
         """Closes the database and drops the index; a writer first leaves WAL mode (so that readers need
         no -wal/-shm files and the store opens from read-only media), then gives up the write lock."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            metadata.leave_wal(self._conn)
-        with self._lock:  # not under a search or query still running on another thread
-            self._conn.close()
-            self._index = None
-            if self._reader is not None:
-                self._reader.close()
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._metadata.close()
+        self._index_file.close()
+        for vector_set in self._sets.values():
+            vector_set.close()
         if self._writer is not None:
             self._writer.release()
 
-    # ---- private: the index ----------------------------------------------------------------
+    # ---- private ----------------------------------------------------------------------------
 
-    def _shards(self) -> ShardReader:
-        if self._reader is None:
-            shards = [Shard(*row) for row in self._query("SELECT name, first_id, count FROM shards ORDER BY first_id")]
-            self._reader = ShardReader(self._folder / "vectors", shards, self.dim, StoreError)
-        return self._reader
+    def _writing(self) -> Writer:
+        if self._writer is None:
+            raise StoreError(f"store {self.root} is open for reading; open it with Store.open_for_writing to change it")
+        return self._writer
 
-    # ---- private: files and queries -----------------------------------------------------------
+    def _count(self) -> None:
+        self._live = self._metadata.live_count()
+        self._pending = set(self._metadata.removed_ids(applied=False))
 
-    def _drop_temporary_files(self) -> None:
-        # Left by a job killed inside an atomic write; at scale a temporary index is gigabytes.
-        for path in [*self.root.glob(".*.tmp"), *self.root.glob("vectors/.*.tmp")]:
-            log.info("removing %s, left by an interrupted job", path)
-            path.unlink(missing_ok=True)
-        self._drop_unused_index_files()
+    def _load_index(self) -> None:
+        self._index_file.load(expected=self._live + len(self._pending))
 
-    def _drop_orphan_shards(self) -> None:
-        folder = self.root / "vectors"
-        known = {r[0] for r in self._query("SELECT name FROM shards")}
-        for path in folder.glob("*.npy") if folder.exists() else []:
-            if path.name not in known:
-                log.info("removing %s, left by an interrupted job", path)
-                path.unlink()
-
-    def _has_table(self, name: str) -> bool:
-        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
-
-    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._conn.execute(sql, params).fetchall()
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"{self.root / 'metadata.sqlite'} is damaged ({exc}); rebuild the store") from exc
-
-    def _scalar(self, sql: str) -> int:
-        return int(self._query(sql)[0][0])
-
-
-
-def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    try:
-        return metadata.connect(path, readonly)
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path} is not a readable SQLite database ({exc}); rebuild the store") from exc
-
-
-def _read_manifest(path: Path) -> dict:
-    return read_manifest(path, "store", STORE_FORMAT, STORE_VERSION, ("model_id", "dim", "count", "labels"), StoreError,
-                         "rebuild the store with `cli.py embed`")
-
-
-def _item(row: tuple) -> Item:
-    labels = tuple(row[3].split("|")) if row[3] else None
-    return Item(row[0], row[1], row[2], labels, row[4], row[5], row[6])
-
+    def _build_with(self, builder: "building.Builder | None"):
+        return lambda factory: (builder or building.build_for_store)(self, factory)

@@ -97,11 +97,11 @@ def test_train_on_cuda_1_trains_on_cuda_1_or_fails_clearly(store_path, tmp_path,
         seen["device"] = device
         raise Stop
 
-    from emoreact.index import indexing
+    from emoreact.index import indexfile
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs, as far as it asks
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(indexing, "to_gpu_if_available", lambda index: index)
+    monkeypatch.setattr(indexfile, "to_gpu_if_available", lambda index: index)
     monkeypatch.setattr(pipeline, "fit_head", fit_head)
     with pytest.raises(Stop):
         pipeline.train(store_path, tmp_path / "head", device="cuda:1")

@@ -1,7 +1,9 @@
 """Relabelling stored images by path or SHA-256 without re-embedding (`label` command, `Store.relabel`)."""
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 
 import pytest
 from click.testing import CliRunner
@@ -17,10 +19,10 @@ def store_copy(store_path, tmp_path):
 
 
 def _snapshot(root):
-    store = Store.open(root, with_index=False)
-    items = {it.id: it for it in store.items()}
-    fixed = dict(store._query("SELECT id, split_fixed FROM images"))
-    store.close()
+    with Store.open(root, with_index=False) as store:
+        items = {it.id: it for it in store.items()}
+    with contextlib.closing(sqlite3.connect(root / "metadata.sqlite")) as conn:
+        fixed = dict(conn.execute("SELECT id, split_fixed FROM images").fetchall())
     return items, fixed
 
 

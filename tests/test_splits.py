@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from conftest import FAST_EMBED, LABELS, TINY
 from emoreact import cli, embed_source
-from emoreact.index import Store, ann, build_index, near_duplicate_groups
+from emoreact.index import Grouping, Store, ann, build_index, near_duplicate_groups
 from emoreact.index.dedup import groups_from, split_moves, store_index_neighbours
 from synthetic import make_manifest
 
@@ -141,7 +141,9 @@ def test_near_duplicates_never_straddle_splits_after_finish(tmp_path, backbone, 
     store.add(_rows(10, [*splits, "test", "val"], [*fixed, False, False])[8:], late)
     assert store.finish(0.95) == (1, 2)
     assert {item.id: item.split for item in store.items([8, 9])} == {8: "train", 9: "train"}
-    assert store.manifest["near_duplicates"] == {"threshold": 0.95, "rows_checked": 10}
+    recorded = store.manifest["near_duplicates"]
+    assert (recorded["threshold"], recorded["rows_checked"]) == (0.95, 10)
+    assert store.grouping() == Grouping(1, 2, "train", 4, 10, 0.95)  # this job's groups: 0, 4, 8, 9 in train
     store.close()
 
 
@@ -211,3 +213,36 @@ def test_a_new_image_joining_two_older_groups_of_different_splits_moves_them_who
     assert store.finish(0.95) == (1, 3)  # the new image and all of {2, 3} join 0's split, not just 2
     assert {item.id: item.split for item in store.items()} == {i: "train" for i in range(5)}
     store.close()
+
+
+def test_a_model_that_finds_everything_alike_is_named_by_embed_and_by_train(tmp_path, caplog):
+    """The tiny random-weight model finds every image alike: grouping puts the store in one split (here
+    the first image's, fixed by the source as test). Embed warns with the figure; train names the cause."""
+    from dataclasses import replace
+
+    from emoreact import train
+    from emoreact.index import StoreError
+
+    items = [((LABELS[n % len(LABELS)],), "test" if n == 0 else None) for n in range(24)]
+    source = make_manifest(tmp_path / "src", items, seed=5)
+    with caplog.at_level("WARNING", logger="emoreact.index.grouping"):
+        embed_source(source, tmp_path / "store", TINY, device="cpu",
+                     config=replace(FAST_EMBED, near_duplicate_threshold=0.9))
+    warned = [r.getMessage() for r in caplog.records if r.name == "emoreact.index.grouping"]
+    assert len(warned) == 1 and "put 24 of 24 images into split 'test'" in warned[0]
+    with Store.open(tmp_path / "store", with_index=False) as store:
+        assert {item.split for item in store.items()} == {"test"}
+        assert store.grouping().lopsided and store.grouping().largest_images == 24
+    with pytest.raises(StoreError, match=r"no labelled training images: near-duplicate grouping put 24 of 24 "
+                                         r"images into split 'test'.*--near-duplicate-threshold off"):
+        train(tmp_path / "store", tmp_path / "head", head="linear", device="cpu")
+
+
+def test_train_without_labels_still_says_to_embed_a_labelled_source(tmp_path):
+    from emoreact import train
+    from emoreact.index import StoreError
+
+    source = make_manifest(tmp_path / "src", [((LABELS[0],), "val")] * 4, seed=6)
+    embed_source(source, tmp_path / "store", TINY, device="cpu", config=FAST_EMBED)
+    with pytest.raises(StoreError, match="no labelled training images; embed a labelled source"):
+        train(tmp_path / "store", tmp_path / "head", head="linear", device="cpu")

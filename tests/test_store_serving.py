@@ -115,7 +115,7 @@ def test_len_of_a_store_reads_the_manifest_not_the_database(store_path, monkeypa
     def no_query(*args):
         raise AssertionError("len(store) queried the database")
 
-    monkeypatch.setattr(store, "_query", no_query)
+    monkeypatch.setattr(store._metadata, "_query", no_query)
     assert len(store) == store.manifest["count"] == 640
     store.close()
 

@@ -120,11 +120,8 @@ def _new_folder(served: Path) -> Path:
 
 def _scores(store_root: Path, heads: list[EmotionHead], overrides: dict) -> list[dict]:
     """Gives each head's macro-F1 on the store's val and test splits (corrections applied)."""
-    store = Store.open(store_root, with_index=False)
-    try:
+    with Store.open(store_root, with_index=False) as store:
         per_head = [score_splits(store, head, ("val", "test"), overrides=overrides or None) for head in heads]
-    finally:
-        store.close()
     out = []
     for head, splits in zip(heads, per_head):
         out.append({f"{split}_macro_f1": None if len(scores.targets) == 0 else round(float(report(
