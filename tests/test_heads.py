@@ -352,3 +352,18 @@ def test_multi_label_fallback_is_the_top_or_the_nearest_label_as_validation_choo
     truth = np.array([[0, 1], [1, 0], [1, 0]], np.float32)
     assert choose_fallback(probs, truth, thresholds) == "nearest"
     assert choose_fallback(probs, np.array([[1, 0], [1, 0], [1, 0]], np.float32), thresholds) == "top"
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_heads_saved_by_0_3_0_load_and_predict_as_they_did(kind):
+    """tests/fixtures/heads-0.3.0 holds heads written by the released 0.3.0 and the scores and decisions
+    it gave for its vectors (made by tests/fixtures/make_heads_030.py): today's code gives the same."""
+    from pathlib import Path
+
+    fixture = Path(__file__).with_name("fixtures") / "heads-0.3.0"
+    expected = json.loads((fixture / "expected.json").read_text())[kind]
+    head = EmotionHead.load(fixture / kind, "tiny-clip/none", 64)
+    probs = head.predict_proba(np.load(fixture / "vectors.npy"))
+    np.testing.assert_allclose(probs, np.array(expected["probs"], np.float32), atol=1e-6)
+    assert head.decide(probs).astype(int).tolist() == expected["decided"]
+    assert head.config.kind == kind
