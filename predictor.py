@@ -28,6 +28,7 @@ from emoreact.labels import LabelConfig, load_label_config
 
 from .novelty import DEFAULT_UNSURE_ABOVE, NoveltyCalibration
 from .pipeline import backbone_for_store
+from .results import NEIGHBOUR, PREDICTION, UNREADABLE
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]  # what `predict` takes, alone or in a list
 
@@ -260,7 +261,7 @@ class Predictor:
                 decoded.append((i, *self.decode(image)))
             except ImageError as exc:
                 name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
-                errors[i] = {"image": name, "error": str(exc), "kind": exc.kind}
+                errors[i] = UNREADABLE.answer(image=name, error=str(exc), kind=exc.kind)
         good = self.predict_images([im for _, _, im in decoded], [name for _, name, _ in decoded], k)
         by_index = dict(zip([i for i, _, _ in decoded], good)) | errors
         return [by_index[i] for i in range(len(images))]
@@ -304,15 +305,10 @@ class Predictor:
             predicted.sort(key=lambda label: -p[self.labels.index(label)])
             allowed, blocked = emoji_policy(predicted, config)
             fit = rank_reactions(allowed, predicted, dict(zip(self.labels, p.tolist())), config)
-            result = {"image": name, "predicted_emotions": predicted, "allowed_emojis": list(fit),
-                      "blocked_emojis": blocked,
-                      "emotion_scores": {l: round(float(s), 4) for l, s in zip(self.labels, p)},
-                      "reaction_scores": {e: round(float(v), 4) for e, v in fit.items()},
-                      "novelty": None if new is None else round(new, 4),
-                      "unsure": None if new is None else new >= self.unsure_above}
-            if near is not None:
-                result["neighbours"] = near
-            results.append(result)
+            results.append(PREDICTION.answer(
+                image=name, predicted_emotions=predicted, allowed_emojis=list(fit), blocked_emojis=blocked,
+                emotion_scores=dict(zip(self.labels, p.tolist())), reaction_scores=fit, novelty=new,
+                unsure=None if new is None else new >= self.unsure_above, neighbours=near))
         return results
 
     def predict_images(self, images: list, names: list[str], k: int = 5) -> list[dict]:
@@ -338,8 +334,8 @@ class Predictor:
         for row_scores, row_ids in zip(scores, ids):
             valid = [(s, i) for s, i in zip(row_scores, row_ids) if i >= 0]
             items = self.store.items([int(i) for _, i in valid])
-            out.append([{**item.to_json(), "path": _shown_path(item.path, roots), "similarity": round(float(s), 4)}
-                        for (s, _), item in zip(valid, items)])
+            out.append([NEIGHBOUR.answer(id=item.id, path=_shown_path(item.path, roots), labels=list(item.labels or []),
+                                         split=item.split, similarity=s) for (s, _), item in zip(valid, items)])
         return out
 
     def neighbours_of_id(self, image_id: int, k: int = 5) -> list[dict]:
