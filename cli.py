@@ -245,7 +245,7 @@ def predict(images, store_path, head_path, k, out, batch_size, no_progress, devi
     """Predict emotions and emoji reactions for IMAGES: files, folders or CSV/JSONL manifests (every image they
     list). One JSON object per image per line, or a file with --out; exits 1 if an image could not be read."""
     from emoreact.outputs import output_format
-    from emoreact.scoring import image_paths, predict_to_file
+    from emoreact.cli_predict import image_paths, predict_to_file
 
     if out is not None:
         output_format(out)  # a wrong suffix fails before the model loads
