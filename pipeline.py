@@ -15,8 +15,8 @@ import torch
 from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, ModelSpec, RayConfig,
                             default_pretrained, load_backbone, read_source, resolve_device, run_embed_job,
                             require_ray, run_ray_embed_job, run_sharded_embed_job, same_model, source_root)
-from emoreact.heads import (EmotionHead, HeadConfig, fit_head, head_kind, label_text_embeddings, report,
-                            write_plots, zero_shot_head)
+from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embeddings, report, write_plots,
+                            zero_shot_head)
 from emoreact.index import Store, StoreError, atomic_write_text, read_relabel_manifest
 from emoreact.labels import LabelConfig, load_label_config
 from emoreact.trainset import SplitScores, read_training_data, score_splits
@@ -202,7 +202,7 @@ def _train_on(store: Store, out: Path, config: HeadConfig, labels: LabelConfig, 
                               max_val_rows=config.max_val_rows, seed=config.seed, overrides=overrides)
     dev = str(resolve_device(device))  # cuda:1 trains on cuda:1; an unavailable device is a clear error
     x_val, y_val = data.x_val, data.y_val
-    trained = head_kind(config.kind).trained  # a zero-shot head reads only text prompts
+    trained = config.learns_from_labels  # a zero-shot head reads only text prompts
     if len(x_val) == 0 and trained:
         log.warning("the store has no labelled validation images; tuning on the training split")
         x_val, y_val = data.x_train, data.y_train

@@ -149,5 +149,10 @@ class HeadConfig(*reversed(_KIND_SETTINGS), TrainingSettings, _Kind):
         for part in (TrainingSettings, *_KIND_SETTINGS):
             part.__post_init__(self)
 
+    @property
+    def learns_from_labels(self) -> bool:
+        """Whether this kind of head is trained on labelled images (a zero-shot head reads only text prompts)."""
+        return head_kind(self.kind).trained
+
 
 __all__ = ["HeadConfig", "HeadKind", "KINDS", "LinearSettings", "MLPSettings", "TrainingSettings", "head_kind"]

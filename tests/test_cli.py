@@ -147,3 +147,12 @@ def test_serve_hands_its_settings_to_the_app_as_one_web_config(runner, tmp_path,
     [config] = given
     assert config == WebConfig(store=tmp_path, head=tmp_path, k_default=7, unsure_above=0.5, api_keys=keys,
                                max_upload_bytes=2 * 1024 * 1024)
+
+
+def test_train_a_zero_shot_head_reads_no_training_labels(built, runner, tmp_path):
+    root, _, _ = built
+    result = runner.invoke(cli.main, ["train", "--store", str(root / "store"), "--out", str(tmp_path / "zs"),
+                                      "--head", "zeroshot", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "zs" / "manifest.json").read_text())["config"]["kind"] == "zeroshot"
+    assert "macro_f1" in json.loads(result.output)
