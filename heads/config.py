@@ -68,7 +68,7 @@ class LinearSettings:
         # JSON gives lists back; tuples keep the config hashable and comparable after a round trip.
         object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
         if not self.l2_grid or min(self.l2_grid) < 0:
-            raise ValueError("l2_grid needs at least one strength >= 0 and mlp_grid at least one (hidden, dropout)")
+            raise ValueError(f"l2_grid={self.l2_grid!r} needs at least one strength, each >= 0")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class MLPSettings:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step, plateau or none")
         object.__setattr__(self, "mlp_grid", tuple((int(h), float(d)) for h, d in self.mlp_grid))
         if not self.mlp_grid:
-            raise ValueError("l2_grid needs at least one strength >= 0 and mlp_grid at least one (hidden, dropout)")
+            raise ValueError("mlp_grid needs at least one (hidden, dropout) pair, e.g. ((512, 0.1),)")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 zero-shot head, refusal of foreign files."""
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -404,3 +405,11 @@ def test_each_head_setting_has_one_default(label_config):
             field = renamed.get(name, name)
             if hasattr(defaults, field) and parameter.default is not None:
                 assert parameter.default == getattr(defaults, field), (estimator.__name__, name)
+
+
+@pytest.mark.parametrize("setting, words", [({"l2_grid": ()}, "l2_grid=()"), ({"l2_grid": (-1,)}, "each >= 0"),
+                                            ({"mlp_grid": ()}, "mlp_grid needs"), ({"schedule": "x"}, "schedule 'x'"),
+                                            ({"max_train_rows": 0}, "max_train_rows=0")])
+def test_a_bad_head_setting_is_named_by_its_part(setting, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        HeadConfig(**setting)
