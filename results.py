@@ -41,8 +41,8 @@ class Record:
     name: str  # the schema's name in the OpenAPI document
     doc: str
     fields: tuple[ResultField, ...]
-    # Files (Parquet, and the JSON lines of `score`) start with these columns, in this order; the other
-    # fields follow in answer order. Empty: files keep the answer order.
+    # Arrow (Parquet) files start with these columns, in this order; the other fields follow in answer
+    # order. Empty: the columns keep the answer order. (JSON lines are answers, in answer order.)
     leading_columns: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -60,14 +60,14 @@ class Record:
         lead = tuple(by_name[name] for name in self.leading_columns)
         return lead + tuple(f for f in self.fields if f.name not in self.leading_columns)
 
-    def answer(self, *, in_file_order: bool = False, **values) -> dict:
+    def answer(self, **values) -> dict:
         """Gives the JSON answer for one result: every field (values by name), scores rounded; a
         field left out when it may be and its value is None. An unknown or missing value is a TypeError."""
         if set(values) != set(self.names):
             missing, extra = set(self.names) - set(values), set(values) - set(self.names)
             raise TypeError(f"{self.name} takes {self.names}; missing {sorted(missing)}, unknown {sorted(extra)}")
         out = {}
-        for f in self.columns() if in_file_order else self.fields:
+        for f in self.fields:
             value = values[f.name]
             if value is None and f.omitted_when_none:
                 continue
