@@ -1,6 +1,7 @@
 """EmoReact command line: each command is a thin wrapper over the public Python API."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -21,8 +22,10 @@ import click  # noqa: E402
 
 import emoreact  # noqa: E402
 from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402
+from emoreact.heads.config import KINDS, LOSSES, SCHEDULES, TASKS, HeadConfig  # noqa: E402
 from emoreact.index import NEAR_DUPLICATE_THRESHOLD  # noqa: E402
 from emoreact.labels import load_label_config  # noqa: E402
+from emoreact.web.config import MiB, WebConfig  # noqa: E402
 
 # Each command imports what it needs (torch, faiss, open_clip ...) when it runs, so that `--help` and
 # a mistyped option answer at once.
@@ -71,6 +74,19 @@ _model_options = [
 ]
 _labels_option = click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
                               help="Label config TOML (labels, prompts, emoji policy); default: bundled.")
+
+
+def _setting(config: type, name: str, *decls: str, **options):
+    """Gives the option for field `name` of the config dataclass `config`: the command receives it under the
+    field's name, and its default is the field's (each default is written once, in the config)."""
+    return click.option(*decls, name, default=_default(config, name), **options)
+
+
+def _default(config: type, name: str):
+    field = next((f for f in dataclasses.fields(config) if f.name == name), None)
+    if field is None or field.default is dataclasses.MISSING:
+        raise TypeError(f"{config.__name__} has no field {name!r} with a default")
+    return field.default
 
 
 def _with(options):
@@ -151,39 +167,38 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
 @main.command()
 @click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the trained head.")
-@click.option("--head", "kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp", "zeroshot"]))
-@click.option("--task", default="auto", show_default=True, type=click.Choice(["auto", "single", "multi"]),
-              help="single: softmax + cross-entropy, one top label per image; multi: sigmoid per label; "
-                   "auto: single when every labelled image has exactly one label.")
-@click.option("--loss", default="weighted_bce", show_default=True, type=click.Choice(["bce", "weighted_bce", "focal"]),
-              help="For a single-label head: cross-entropy, class-weighted unless bce.")
+@_setting(HeadConfig, "kind", "--head", show_default=True, type=click.Choice(list(KINDS)))
+@_setting(HeadConfig, "task", "--task", show_default=True, type=click.Choice(TASKS),
+          help="single: softmax + cross-entropy, one top label per image; multi: sigmoid per label; "
+               "auto: single when every labelled image has exactly one label.")
+@_setting(HeadConfig, "loss", "--loss", show_default=True, type=click.Choice(LOSSES),
+          help="For a single-label head: cross-entropy, class-weighted unless bce.")
 @click.option("--no-search", is_flag=True, help="Skip the validation search of the L2 strength (linear) or "
                                                  "width/dropout (MLP); use the defaults.")
-@click.option("--zero-shot-prior", is_flag=True, help="Initialise, regularise and blend with CLIP text prompts.")
-@click.option("--epochs", default=200, show_default=True, type=click.IntRange(1))
-@click.option("--patience", default=20, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=1e-2, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step", "plateau", "none"]))
-@click.option("--seed", default=0, show_default=True, type=int)
+@_setting(HeadConfig, "zero_shot_prior", "--zero-shot-prior", is_flag=True,
+          help="Initialise, regularise and blend with CLIP text prompts.")
+@_setting(HeadConfig, "epochs", "--epochs", show_default=True, type=click.IntRange(1))
+@_setting(HeadConfig, "patience", "--patience", show_default=True, type=click.IntRange(1))
+@_setting(HeadConfig, "lr", "--lr", show_default=True, type=click.FloatRange(min=0, min_open=True))
+@_setting(HeadConfig, "schedule", "--schedule", show_default=True, type=click.Choice(SCHEDULES))
+@_setting(HeadConfig, "seed", "--seed", show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
-@click.option("--max-train-rows", default=500_000, show_default=True, type=click.IntRange(0),
-              help="Most labelled training images the head is fitted on; past it each label keeps a seeded "
-                   "sample (the store is read in blocks, so memory is bounded by this). 0 keeps them all.")
+@_setting(HeadConfig, "max_train_rows", "--max-train-rows", show_default=True, type=click.IntRange(0),
+          help="Most labelled training images the head is fitted on; past it each label keeps a seeded "
+               "sample (the store is read in blocks, so memory is bounded by this). 0 keeps them all.")
 @click.option("--no-feedback", is_flag=True, help="Ignore the moderators' corrections (STORE/feedback.sqlite); "
                                                    "by default each corrected image trains with its corrected labels.")
 @_labels_option
 @_friendly
-def train(store_path, out, kind, task, loss, no_search, zero_shot_prior, epochs, patience, lr, schedule, seed, device,
-          pretrained, max_train_rows, no_feedback, labels_path) -> None:
+def train(store_path, out, no_search, device, pretrained, no_feedback, labels_path, **settings) -> None:
     """Train an emotion head on a store; writes weights, thresholds, metrics JSON and plots to OUT."""
     from emoreact.index.feedback import label_overrides
 
     overrides = None if no_feedback else label_overrides(store_path)
-    metrics = emoreact.train(store_path, out, kind, labels=labels_path, device=device, pretrained=pretrained,
-                             task=task, loss=loss, search=not no_search, zero_shot_prior=zero_shot_prior,
-                             epochs=epochs, patience=patience, lr=lr, schedule=schedule, seed=seed,
-                             max_train_rows=max_train_rows or None, overrides=overrides or None)
+    settings["max_train_rows"] = settings["max_train_rows"] or None  # 0: no cap
+    metrics = emoreact.train(store_path, out, settings.pop("kind"), labels=labels_path, device=device,
+                             pretrained=pretrained, search=not no_search, overrides=overrides or None, **settings)
     click.echo(json.dumps({**_summary(metrics, out), "feedback_overrides": metrics.get("feedback_overrides", 0)}))
 
 
@@ -245,7 +260,7 @@ def predict(images, store_path, head_path, k, out, batch_size, no_progress, devi
     """Predict emotions and emoji reactions for IMAGES: files, folders or CSV/JSONL manifests (every image they
     list). One JSON object per image per line, or a file with --out; exits 1 if an image could not be read."""
     from emoreact.outputs import output_format
-    from emoreact.scoring import image_paths, predict_to_file
+    from emoreact.cli_predict import image_paths, predict_to_file
 
     if out is not None:
         output_format(out)  # a wrong suffix fails before the model loads
@@ -343,34 +358,33 @@ def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1),
               help="Requests handled at once; all share the one loaded model.")
-@click.option("--max-upload-mb", default=32.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Largest request body; more answers 413.")
-@click.option("--max-files", default=32, show_default=True, type=click.IntRange(1), help="Images per request.")
-@click.option("--k", "k_default", default=5, show_default=True, type=click.IntRange(0, 100),
-              help="Neighbours per image when a request names no k.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--micro-batch/--no-micro-batch", default=None,
-              help="Run concurrent requests' model calls as one batch (default: on a GPU only).")
-@click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
-@click.option("--api-keys", "api_keys", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="File of API keys, one `name:key` or `name:key:admin` per line. Feedback needs a key, "
-                   "retraining an admin key; without this file neither is possible.")
-@click.option("--require-key-for-read", is_flag=True,
-              help="Predict, neighbours, labels, thumbnails and /metrics need a key too (default: open).")
-@click.option("--feedback-per-minute", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Corrections one key may send a minute (and in a burst); more answer 429.")
-@click.option("--unsure-above", default=0.99, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Novelty at which a result is flagged unsure: 0.99 flags about 1% of images like the indexed ones.")
-@click.option("--nprobe", default=None, type=click.IntRange(1),
-              help="Lists an approximate index probes per query: higher finds more true neighbours, slower. "
-                   "Default: the value tuned to the recall target when the index was built (in the store manifest).")
-@click.option("--candidates", default=None, type=click.IntRange(1),
-              help="Proposals of an approximate index re-ranked exactly per query. Default: as tuned at build time.")
+@click.option("--max-upload-mb", default=_default(WebConfig, "max_upload_bytes") / MiB, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Largest request body; more answers 413.")
+@_setting(WebConfig, "max_files", "--max-files", show_default=True, type=click.IntRange(1), help="Images per request.")
+@_setting(WebConfig, "k_default", "--k", show_default=True, type=click.IntRange(0, 100),
+          help="Neighbours per image when a request names no k.")
+@_setting(WebConfig, "device", "--device", show_default=True)
+@_setting(WebConfig, "micro_batch", "--micro-batch/--no-micro-batch",
+          help="Run concurrent requests' model calls as one batch (default: on a GPU only).")
+@_setting(WebConfig, "pretrained", "--pretrained", help="Weights of the store's model, if moved since embedding.")
+@_setting(WebConfig, "api_keys", "--api-keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+          help="File of API keys, one `name:key` or `name:key:admin` per line. Feedback needs a key, "
+               "retraining an admin key; without this file neither is possible.")
+@_setting(WebConfig, "require_key_for_read", "--require-key-for-read", is_flag=True,
+          help="Predict, neighbours, labels, thumbnails and /metrics need a key too (default: open).")
+@_setting(WebConfig, "feedback_per_minute", "--feedback-per-minute", show_default=True,
+          type=click.FloatRange(min=0, min_open=True),
+          help="Corrections one key may send a minute (and in a burst); more answer 429.")
+@_setting(WebConfig, "unsure_above", "--unsure-above", show_default=True, type=click.FloatRange(0, 1, min_open=True),
+          help="Novelty at which a result is flagged unsure: 0.99 flags about 1% of images like the indexed ones.")
+@_setting(WebConfig, "nprobe", "--nprobe", type=click.IntRange(1),
+          help="Lists an approximate index probes per query: higher finds more true neighbours, slower. "
+               "Default: the value tuned to the recall target when the index was built (in the store manifest).")
+@_setting(WebConfig, "candidates", "--candidates", type=click.IntRange(1),
+          help="Proposals of an approximate index re-ranked exactly per query. Default: as tuned at build time.")
 @_labels_option
 @_friendly
-def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, k_default, device, micro_batch,
-          pretrained, api_keys, require_key_for_read, feedback_per_minute, unsure_above, nprobe, candidates,
-          labels_path) -> None:
+def serve(store_path, head_path, host, port, threads, max_upload_mb, labels_path, **settings) -> None:
     """Serve the upload page and the JSON API with waitress; the model is loaded once, at start.
 
     SIGHUP (kill -HUP PID) reloads the store and head from the same paths: requests already running
@@ -379,14 +393,11 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, max_files, 
     --store at a symlink, re-point it, then send SIGHUP. /healthz shows the index size served and how
     the last reload went.
     """
-    from emoreact.web import WebConfig, create_app, make_server, reload_on_sighup
+    from emoreact.web import create_app, make_server, reload_on_sighup
 
-    config = WebConfig(store=Path(store_path), head=Path(head_path), device=device,
-                       labels=Path(labels_path) if labels_path else None, pretrained=pretrained,
-                       max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, k_default=k_default,
-                       micro_batch=micro_batch, api_keys=Path(api_keys) if api_keys else None,
-                       require_key_for_read=require_key_for_read, feedback_per_minute=feedback_per_minute,
-                       unsure_above=unsure_above, nprobe=nprobe, candidates=candidates)
+    # Every other option is a WebConfig field of the same name: the settings travel as this one object.
+    config = WebConfig(store=Path(store_path), head=Path(head_path), labels=Path(labels_path) if labels_path else None,
+                       max_upload_bytes=int(max_upload_mb * MiB), **settings)
     # Access log lines (one per request, with its id) are written whatever the -v level.
     logging.getLogger("emoreact.access").setLevel(logging.INFO)
     app = create_app(config)

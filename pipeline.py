@@ -187,18 +187,19 @@ def _train_on(store: Store, out: Path, config: HeadConfig, labels: LabelConfig, 
                               max_val_rows=config.max_val_rows, seed=config.seed, overrides=overrides)
     dev = str(resolve_device(device))  # cuda:1 trains on cuda:1; an unavailable device is a clear error
     x_val, y_val = data.x_val, data.y_val
-    if len(x_val) == 0 and config.kind != "zeroshot":
+    trained = config.learns_from_labels  # a zero-shot head reads only text prompts
+    if len(x_val) == 0 and trained:
         log.warning("the store has no labelled validation images; tuning on the training split")
         x_val, y_val = data.x_train, data.y_train
     if config.task == "auto" and data.multi and not data.y_train.sum(axis=1).max(initial=0) > 1:
         config = replace(config, task="multi")  # the sample left out every multi-label image; the store has some
     history: list[dict] = []
     text, scale = None, 100.0
-    if config.zero_shot_prior or config.kind == "zeroshot":
+    if config.zero_shot_prior or not trained:
         backbone = backbone_for_store(store, device, pretrained)
         text = label_text_embeddings(lambda p: backbone.encode_texts(p).cpu().numpy(), labels)
         scale = float(backbone.model.logit_scale.detach().exp()) if hasattr(backbone.model, "logit_scale") else 100.0
-    if config.kind == "zeroshot":
+    if not trained:
         head = zero_shot_head(labels, store.model_id, text, scale, x_val if len(x_val) else None, y_val)
     else:
         require_training_images(store, data)

@@ -6,11 +6,9 @@ function of `emoreact.embed`, whichever way it comes in.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Union
@@ -28,51 +26,54 @@ from emoreact.labels import LabelConfig, load_label_config
 
 from .novelty import DEFAULT_UNSURE_ABOVE, NoveltyCalibration
 from .pipeline import backbone_for_store
+from .predictor_config import PredictorConfig, with_options
+from .results import NEIGHBOUR, PREDICTION, UNREADABLE
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]  # what `predict` takes, alone or in a list
 
 
-def load(store: str | Path | None = None, head: str | Path | None = None, *, device: str = "auto",
-         labels: str | Path | LabelConfig | None = None, pretrained: str | None = None, model: str | None = None,
-         max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None,
-         unsure_above: float = DEFAULT_UNSURE_ABOVE, nprobe: int | None = None,
-         candidates: int | None = None) -> "Predictor":
+def load(store: str | Path | None = None, head: str | Path | None = None, config: PredictorConfig | None = None,
+         **options) -> "Predictor":
     """Gives a predictor for a trained head, with neighbours and novelty from `store` when one is given.
 
-    `labels` swaps in another emoji policy (same label names). Without a store the backbone is the
-    one the head was trained on (its manifest names it); `model`/`pretrained` re-point it, e.g. at a
-    local weights file when the head was trained elsewhere. A result is `unsure` when its novelty
-    (see `emoreact.novelty`) is at least `unsure_above`. `nprobe`/`candidates` override the search
-    settings an approximate index was tuned to (see `Store.open`).
+    `config` (a `PredictorConfig`, or the server's `WebConfig`) holds the settings; `options` are its
+    fields by name (device="cpu", labels=..., unsure_above=0.95, ...) and win over it. `labels` swaps in
+    another emoji policy (same label names). Without a store the backbone is the one the head was trained
+    on (its manifest names it); `model`/`pretrained` re-point it, e.g. at a local weights file when the
+    head was trained elsewhere. A result is `unsure` when its novelty (see `emoreact.novelty`) is at least
+    `unsure_above`. `nprobe`/`candidates` override the search settings an approximate index was tuned to
+    (see `Store.open`).
     """
+    config = with_options(config or PredictorConfig(), options)
     if head is None:
         raise ValueError("load needs a trained head: emoreact.load(head=\"runs/fi-head\"), "
                          "and a store for neighbours (store=\"runs/fi\")")
     if store is not None:
-        opened, trained, backbone = _open_store(store, device, pretrained, head, nprobe, candidates)
+        opened, trained, backbone = _open_store(store, config, head)
     else:
         opened, trained = None, EmotionHead.load(head)
-        backbone = _backbone_for_head(trained, device, model, pretrained)
+        backbone = _backbone_for_head(trained, config.device, config.model, config.pretrained)
+    labels = config.labels
     if labels is not None:
         trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
-    return Predictor(backbone, opened, trained, max_pixels, micro_batch, owns_store=True, unsure_above=unsure_above)
+    return Predictor(backbone, opened, trained, config.max_pixels, owns_store=True, unsure_above=config.unsure_above)
 
 
-def load_for_neighbours(store: str | Path, *, device: str = "auto", pretrained: str | None = None,
-                        max_pixels: int = DEFAULT_MAX_PIXELS) -> "Predictor":
+def load_for_neighbours(store: str | Path, config: PredictorConfig | None = None, **options) -> "Predictor":
     """Gives a predictor without a head, for `neighbours` only: the store's backbone and the same decode."""
-    opened, _, backbone = _open_store(store, device, pretrained)
-    return Predictor(backbone, opened, None, max_pixels, micro_batch=False, owns_store=True)
+    config = with_options(config or PredictorConfig(), options)
+    opened, _, backbone = _open_store(store, config)
+    return Predictor(backbone, opened, None, config.max_pixels, owns_store=True)
 
 
-def _open_store(store: str | Path, device: str, pretrained: str | None, head: str | Path | None = None,
-                nprobe: int | None = None, candidates: int | None = None) -> tuple[Store, EmotionHead | None, Backbone]:
+def _open_store(store: str | Path, config: PredictorConfig,
+                head: str | Path | None = None) -> tuple[Store, EmotionHead | None, Backbone]:
     """Gives (store, head checked against it or None, the store's backbone); the store is closed again
     when the head or the backbone fails to load."""
-    opened = Store.open(store, nprobe=nprobe, candidates=candidates)
+    opened = Store.open(store, nprobe=config.nprobe, candidates=config.candidates)
     try:
         trained = EmotionHead.load(head, opened.model_id, opened.dim) if head is not None else None
-        return opened, trained, backbone_for_store(opened, device, pretrained)
+        return opened, trained, backbone_for_store(opened, config.device, config.pretrained)
     except BaseException:
         opened.close()
         raise
@@ -96,92 +97,20 @@ def _backbone_for_head(head: EmotionHead, device: str, model: str | None, pretra
     return backbone
 
 
-class MicroBatcher:
-    """Runs the model calls of concurrent requests as one batch.
-
-    No request waits for company: whatever queued up while the previous batch ran goes into the
-    next one, so a lone request is not slowed and a busy server makes few, large calls.
-    Batching changes floating-point summation order, so scores can differ from a lone request in
-    the last bits; that is why it is on by default only on the GPU, where it pays most.
-    """
-
-    def __init__(self, encode, max_batch: int = 64) -> None:
-        self._encode, self._max_batch = encode, max_batch
-        self._queue: queue.Queue = queue.Queue()
-        self._closed = False
-        self._closing = threading.Lock()  # no call may be queued behind the stop marker: it would wait forever
-        self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
-        self._thread.start()
-
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        """Gives (N, D) float32 vectors for a (N, 3, H, W) batch, computed together with others."""
-        future: Future = Future()
-        with self._closing:
-            if self._closed:
-                raise RuntimeError("this predictor was closed; load a new one")
-            self._queue.put((batch, future))
-        return future.result()
-
-    def close(self) -> None:
-        """Stops the batching thread once the calls already queued are answered; waits for it."""
-        with self._closing:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
-        self._thread.join()
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            jobs = [self._queue.get()]
-            if jobs[0] is _STOP:
-                return
-            size = len(jobs[0][0])
-            while size < self._max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is _STOP:  # answer what was gathered, then stop
-                    stopping = True
-                    break
-                jobs.append(job)
-                size += len(job[0])
-            self._answer(jobs)
-
-    def _answer(self, jobs: list) -> None:
-        try:
-            vectors = self._encode(torch.cat([batch for batch, _ in jobs]))
-        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-            for _, future in jobs:
-                future.set_exception(exc)
-            return
-        start = 0
-        for batch, future in jobs:
-            future.set_result(vectors[start:start + len(batch)])
-            start += len(batch)
-
-
-_STOP = object()  # put on a MicroBatcher's queue by close()
-
-
 class Predictor:
     """Everything a prediction needs, loaded once: backbone, head and, for neighbours, a store."""
 
     def __init__(self, backbone: Backbone, store: Store | None, head: EmotionHead | None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, micro_batch: bool | None = None, *,
-                 owns_store: bool = False, unsure_above: float = DEFAULT_UNSURE_ABOVE,
-                 novelty: NoveltyCalibration | None = None) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, *, owns_store: bool = False,
+                 unsure_above: float = DEFAULT_UNSURE_ABOVE, novelty: NoveltyCalibration | None = None) -> None:
         if store is not None and head is not None and (head.model_id != store.model_id or head.dim != store.dim):
             raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
                              f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
         self.backbone, self.store, self.head, self.max_pixels = backbone, store, head, max_pixels
         self._min_side = max(backbone.preprocess.image_size)  # JPEGs decode at the scale the model needs
         self._lock = threading.Lock()  # one forward pass at a time; torch uses all cores per call
-        if micro_batch is None:
-            micro_batch = backbone.device.type == "cuda"
-        self._batcher = MicroBatcher(self._encode) if micro_batch else None
+        self._batching: Callable | None = None  # see batch_calls
+        self._batcher = None
         self._owns_store = owns_store  # close() closes the store too (`load` opened it for this predictor)
         self.unsure_above = unsure_above
         # Calibrated once per store, at load (a seeded sample of at most 2,000 k=2 searches).
@@ -192,10 +121,19 @@ class Predictor:
     def with_store(self, store: Store) -> "Predictor":
         """Gives a predictor with this one's backbone, head and novelty calibration over another (re-opened)
         store, which it owns; this one is left as it is (close it once no request uses it)."""
-        twin = Predictor(self.backbone, store, self.head, self.max_pixels, self._batcher is not None,
-                         owns_store=True, unsure_above=self.unsure_above, novelty=self.novelty)
+        twin = Predictor(self.backbone, store, self.head, self.max_pixels, owns_store=True,
+                         unsure_above=self.unsure_above, novelty=self.novelty)
         twin.batch_observer = self.batch_observer
-        return twin
+        return twin.batch_calls(self._batching) if self._batching is not None else twin
+
+    def batch_calls(self, batching: Callable) -> "Predictor":
+        """Gives this predictor with its model calls going through `batching(encode)`, an object called
+        with each (N, 3, H, W) batch in place of `encode` and closed with the predictor (the server's
+        `emoreact.web.batching.MicroBatcher`, which runs concurrent requests' calls as one batch)."""
+        if self._batcher is not None:
+            raise ValueError("this predictor already batches its calls")
+        self._batching, self._batcher = batching, batching(self._encode)
+        return self
 
     @property
     def labels(self) -> list[str]:
@@ -260,7 +198,7 @@ class Predictor:
                 decoded.append((i, *self.decode(image)))
             except ImageError as exc:
                 name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
-                errors[i] = {"image": name, "error": str(exc), "kind": exc.kind}
+                errors[i] = UNREADABLE.answer(image=name, error=str(exc), kind=exc.kind)
         good = self.predict_images([im for _, _, im in decoded], [name for _, name, _ in decoded], k)
         by_index = dict(zip([i for i, _, _ in decoded], good)) | errors
         return [by_index[i] for i in range(len(images))]
@@ -304,15 +242,10 @@ class Predictor:
             predicted.sort(key=lambda label: -p[self.labels.index(label)])
             allowed, blocked = emoji_policy(predicted, config)
             fit = rank_reactions(allowed, predicted, dict(zip(self.labels, p.tolist())), config)
-            result = {"image": name, "predicted_emotions": predicted, "allowed_emojis": list(fit),
-                      "blocked_emojis": blocked,
-                      "emotion_scores": {l: round(float(s), 4) for l, s in zip(self.labels, p)},
-                      "reaction_scores": {e: round(float(v), 4) for e, v in fit.items()},
-                      "novelty": None if new is None else round(new, 4),
-                      "unsure": None if new is None else new >= self.unsure_above}
-            if near is not None:
-                result["neighbours"] = near
-            results.append(result)
+            results.append(PREDICTION.answer(
+                image=name, predicted_emotions=predicted, allowed_emojis=list(fit), blocked_emojis=blocked,
+                emotion_scores=dict(zip(self.labels, p.tolist())), reaction_scores=fit, novelty=new,
+                unsure=None if new is None else new >= self.unsure_above, neighbours=near))
         return results
 
     def predict_images(self, images: list, names: list[str], k: int = 5) -> list[dict]:
@@ -338,8 +271,8 @@ class Predictor:
         for row_scores, row_ids in zip(scores, ids):
             valid = [(s, i) for s, i in zip(row_scores, row_ids) if i >= 0]
             items = self.store.items([int(i) for _, i in valid])
-            out.append([{**item.to_json(), "path": _shown_path(item.path, roots), "similarity": round(float(s), 4)}
-                        for (s, _), item in zip(valid, items)])
+            out.append([NEIGHBOUR.answer(id=item.id, path=_shown_path(item.path, roots), labels=list(item.labels or []),
+                                         split=item.split, similarity=s) for (s, _), item in zip(valid, items)])
         return out
 
     def neighbours_of_id(self, image_id: int, k: int = 5) -> list[dict]:

@@ -22,6 +22,7 @@ from emoreact.index import Store
 from emoreact.labels import LabelConfig, load_label_config
 from emoreact.outputs import ResultWriter, output_format
 from emoreact.prefetch import prefetched
+from emoreact.results import SCORED_ROW
 from emoreact.trainset import BLOCK_ROWS, SPLITS, batches
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def score(store: str | Path, head: str | Path, out: str | Path, split: str | Non
         trained = EmotionHead.load(head, opened.model_id, opened.dim)
         if labels is not None:
             trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
-        schema = _schema(trained.labels) if fmt == "parquet" else None
+        schema = SCORED_ROW.arrow_schema(trained.labels) if fmt == "parquet" else None
         with ResultWriter(out, schema, _STRING_LEAVES) as writer, tqdm(total=len(opened) if split is None else None, unit="img",
                                                        desc="score", disable=not progress) as bar:
             for block in prefetched(batches(opened, batch_rows, split)):
@@ -73,33 +74,25 @@ _STRING_LEAVES = ["split", "predicted_emotions.list.element", "allowed_emojis.li
                   "blocked_emojis.list.element", "reaction_scores.key_value.key"]
 
 
-def _schema(labels: list[str]):
-    """Gives the Parquet schema of scored rows for a head's labels."""
-    import pyarrow as pa
-
-    return pa.schema([("id", pa.int64()), ("path", pa.string()), ("split", pa.string()),
-                      ("emotion_scores", pa.struct([(name, pa.float32()) for name in labels])),
-                      ("predicted_emotions", pa.list_(pa.string())), ("allowed_emojis", pa.list_(pa.string())),
-                      ("reaction_scores", pa.map_(pa.string(), pa.float32())),
-                      ("blocked_emojis", pa.list_(pa.string()))])
-
-
 def _table(block, probs: np.ndarray, answer: Reactions, labels: list[str], schema):
-    """Gives one block's rows as a pyarrow table, built column by column (no per-row Python objects)."""
+    """Gives one block's rows as a pyarrow table, built column by column (no per-row Python objects) and
+    put in the order of the schema, which `SCORED_ROW` gives."""
     import pyarrow as pa
 
     def strings(vocabulary: list[str], values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(vocabulary).take(pa.array(values)))
 
     emojis = pa.array(answer.emojis).take(pa.array(answer.allowed))
-    columns = [pa.array(block.ids, pa.int64()), pa.array(block.paths, pa.string()), pa.array(block.splits, pa.string()),
-               pa.StructArray.from_arrays([pa.array(probs[:, j], pa.float32()) for j in range(len(labels))], labels),
-               strings(labels, answer.predicted, answer.predicted_offsets),
-               pa.ListArray.from_arrays(pa.array(answer.allowed_offsets, pa.int32()), emojis),
-               pa.MapArray.from_arrays(pa.array(answer.allowed_offsets, pa.int32()), emojis,
-                                       pa.array(answer.fit, pa.float32())),
-               strings(answer.emojis, answer.blocked, answer.blocked_offsets)]
-    return pa.Table.from_arrays(columns, schema=schema)
+    columns = {"id": pa.array(block.ids, pa.int64()), "path": pa.array(block.paths, pa.string()),
+               "split": pa.array(block.splits, pa.string()),
+               "emotion_scores": pa.StructArray.from_arrays([pa.array(probs[:, j], pa.float32())
+                                                             for j in range(len(labels))], labels),
+               "predicted_emotions": strings(labels, answer.predicted, answer.predicted_offsets),
+               "allowed_emojis": pa.ListArray.from_arrays(pa.array(answer.allowed_offsets, pa.int32()), emojis),
+               "reaction_scores": pa.MapArray.from_arrays(pa.array(answer.allowed_offsets, pa.int32()), emojis,
+                                                          pa.array(answer.fit, pa.float32())),
+               "blocked_emojis": strings(answer.emojis, answer.blocked, answer.blocked_offsets)}
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
 def _rows(block, probs: np.ndarray, answer: Reactions, labels: list[str]) -> list[dict]:
@@ -107,55 +100,7 @@ def _rows(block, probs: np.ndarray, answer: Reactions, labels: list[str]) -> lis
     rows = []
     for i, (image_id, path, split) in enumerate(zip(block.ids.tolist(), block.paths, block.splits)):
         predicted, allowed, fit, blocked = answer.row(i, labels)
-        rows.append({"id": image_id, "path": path, "split": split,
-                     "emotion_scores": {name: round(float(s), 4) for name, s in zip(labels, probs[i])},
-                     "predicted_emotions": predicted, "allowed_emojis": allowed,
-                     "reaction_scores": {e: round(v, 4) for e, v in zip(allowed, fit)}, "blocked_emojis": blocked})
+        rows.append(SCORED_ROW.answer(id=image_id, path=path, split=split, emotion_scores=dict(zip(labels, probs[i])),
+                                      predicted_emotions=predicted, allowed_emojis=allowed,
+                                      reaction_scores=dict(zip(allowed, fit)), blocked_emojis=blocked))
     return rows
-
-
-def image_paths(sources: list[str | Path], labels: LabelConfig) -> list[str]:
-    """Gives the image files of `sources` in order: a file as itself, a folder or a .csv/.jsonl manifest
-    as every image it lists (read as `embed` reads it; only paths are read, no image yet)."""
-    from emoreact.embed import read_source
-
-    paths: list[str] = []
-    for source in sources:
-        source = Path(source)
-        if source.is_dir() or source.suffix.lower() in (".csv", ".jsonl"):
-            paths += [str(record.path) for record in read_source(source, labels)]
-        else:
-            paths.append(str(source))
-    return paths
-
-
-def predict_to_file(predictor, images: list, out: str | Path, *, batch_size: int = 64, k: int = 5,
-                    progress: bool = False) -> dict:
-    """Writes the predictor's result for each image to `out` (.jsonl or .parquet), `batch_size` images at a
-    time (memory does not grow with their number); gives {"images", "errors", "out"}."""
-    schema = _prediction_schema(predictor.labels) if output_format(out) == "parquet" else None
-    errors = 0
-    with ResultWriter(out, schema) as writer:
-        batch: list[dict] = []
-        for result in predictor.predict_many(images, batch_size=batch_size, k=k, progress=progress):
-            errors += "error" in result
-            batch.append(result)
-            if len(batch) == batch_size:
-                writer.write_rows(batch)
-                batch = []
-        writer.write_rows(batch)
-    return {"images": writer.rows, "errors": errors, "out": str(out)}
-
-
-def _prediction_schema(labels: list[str]):
-    """Gives the Parquet schema of `predict` results (an unreadable image has only image, error and kind)."""
-    import pyarrow as pa
-
-    neighbour = pa.struct([("id", pa.int64()), ("path", pa.string()), ("labels", pa.list_(pa.string())),
-                           ("split", pa.string()), ("similarity", pa.float32())])
-    return pa.schema([("image", pa.string()), ("error", pa.string()), ("kind", pa.string()),
-                      ("emotion_scores", pa.struct([(name, pa.float32()) for name in labels])),
-                      ("predicted_emotions", pa.list_(pa.string())), ("allowed_emojis", pa.list_(pa.string())),
-                      ("reaction_scores", pa.map_(pa.string(), pa.float32())),
-                      ("blocked_emojis", pa.list_(pa.string())), ("novelty", pa.float32()), ("unsure", pa.bool_()),
-                      ("neighbours", pa.list_(neighbour))])

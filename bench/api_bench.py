@@ -25,6 +25,7 @@ def run(model: str = "ViT-B-32", seconds: float = 10.0, device: str = "auto",
     from emoreact.pipeline import embed_source, train_from_store
     from emoreact.predictor import load
     from emoreact.web import WebConfig, create_app
+    from emoreact.web.batching import MicroBatcher
     from emoreact.web.server import background_server
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +41,8 @@ def run(model: str = "ViT-B-32", seconds: float = 10.0, device: str = "auto",
         uploads = [p.read_bytes() for p in photos[:16]]
         figures = {}
         for micro in (False, True):
-            predictor = load(root / "store", root / "head", device=device, micro_batch=micro)
+            predictor = load(root / "store", root / "head", device=device)
+            predictor = predictor.batch_calls(MicroBatcher) if micro else predictor
             config = WebConfig(store=root / "store", head=root / "head", device=device,
                                loader=lambda _config, p=predictor: p)
             with background_server(create_app(config), threads=max(levels)) as url:

@@ -18,13 +18,18 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "expected_calibration_error": "calibration",
     "fit_temperature": "calibration",
     "LinearHead": "estimator",
+    "KINDS": "config",
+    "head_kind": "config",
+    "LinearSettings": "config",
+    "MLPSettings": "config",
+    "TrainingSettings": "config",
     "MLPHead": "estimator",
     "detect_task": "losses",
     "decide": "metrics",
     "report": "metrics",
     "tune_thresholds": "metrics",
     "EmotionHead": "model",
-    "HeadConfig": "model",
+    "HeadConfig": "config",
     "HeadError": "model",
     "write_plots": "plots",
     "emoji_policy": "policy",
@@ -42,9 +47,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from emoreact.labels import ConfigError, LabelConfig, LabelSpec, load_label_config, parse_label_config
     from .calibration import expected_calibration_error, fit_temperature
     from .estimator import LinearHead, MLPHead
+    from .config import KINDS, HeadConfig, LinearSettings, MLPSettings, TrainingSettings, head_kind
     from .losses import detect_task
     from .metrics import decide, report, tune_thresholds
-    from .model import EmotionHead, HeadConfig, HeadError
+    from .model import EmotionHead, HeadError
     from .plots import write_plots
     from .policy import emoji_policy, rank_reactions
     from .train import calibrate_prior, fit_head, zero_shot_head

@@ -21,8 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from emoreact.labels import parse_label_config
-from .linear import DEFAULT_L2_GRID
-from .model import MLP_GRID, HeadConfig
+from .model import HeadConfig
 from .train import fit_head
 
 MIN_VALIDATION = 20  # fewer held-out images than this cannot tune anything: tune on training images
@@ -99,11 +98,13 @@ class _HeadEstimator(ClassifierMixin, BaseEstimator):
 class LinearHead(_HeadEstimator):
     """The linear head: L-BFGS logistic (softmax or sigmoid) regression over standardised vectors.
 
-    l2=None searches `l2_grid` on the held-out images; a number fixes the strength.
+    l2=None searches `l2_grid` on the held-out images; a number fixes the strength. The defaults are
+    `HeadConfig`'s (heads/linear.py `LinearSettings`).
     """
 
-    def __init__(self, task="auto", loss="weighted_bce", l2=None, l2_grid=DEFAULT_L2_GRID, max_iter=200,
-                 calibrate=True, validation_fraction=0.15, device="cpu", random_state=0):
+    def __init__(self, task=HeadConfig.task, loss=HeadConfig.loss, l2=None, l2_grid=HeadConfig.l2_grid,
+                 max_iter=HeadConfig.max_iter, calibrate=HeadConfig.calibrate, validation_fraction=0.15,
+                 device="cpu", random_state=HeadConfig.seed):
         self.task = task
         self.loss = loss
         self.l2 = l2
@@ -116,19 +117,22 @@ class LinearHead(_HeadEstimator):
 
     def _config(self) -> HeadConfig:
         return HeadConfig(kind="linear", task=self.task, loss=self.loss, search=self.l2 is None,
-                          l2=1e-3 if self.l2 is None else float(self.l2), l2_grid=tuple(self.l2_grid),
+                          l2=HeadConfig.l2 if self.l2 is None else float(self.l2), l2_grid=tuple(self.l2_grid),
                           max_iter=self.max_iter, calibrate=self.calibrate, seed=_seed(self.random_state))
 
 
 class MLPHead(_HeadEstimator):
     """The MLP head: one hidden layer trained with AdamW and early stopping on the held-out images.
 
-    hidden=None or dropout=None searches `grid` ((hidden, dropout) pairs) on them.
+    hidden=None or dropout=None searches `grid` ((hidden, dropout) pairs) on them. The defaults are
+    `HeadConfig`'s (heads/mlp.py `MLPSettings`).
     """
 
-    def __init__(self, task="auto", loss="weighted_bce", hidden=None, dropout=None, grid=MLP_GRID, lr=1e-2,
-                 weight_decay=1e-4, epochs=200, batch_size=256, patience=20, calibrate=True,
-                 validation_fraction=0.15, device="cpu", random_state=0):
+    def __init__(self, task=HeadConfig.task, loss=HeadConfig.loss, hidden=None, dropout=None,
+                 grid=HeadConfig.mlp_grid, lr=HeadConfig.lr, weight_decay=HeadConfig.weight_decay,
+                 epochs=HeadConfig.epochs, batch_size=HeadConfig.batch_size, patience=HeadConfig.patience,
+                 calibrate=HeadConfig.calibrate, validation_fraction=0.15, device="cpu",
+                 random_state=HeadConfig.seed):
         self.task = task
         self.loss = loss
         self.hidden = hidden
@@ -147,8 +151,9 @@ class MLPHead(_HeadEstimator):
     def _config(self) -> HeadConfig:
         search = self.hidden is None or self.dropout is None
         return HeadConfig(kind="mlp", task=self.task, loss=self.loss, search=search,
-                          hidden=512 if self.hidden is None else int(self.hidden),
-                          dropout=0.1 if self.dropout is None else float(self.dropout), mlp_grid=tuple(self.grid),
+                          hidden=HeadConfig.hidden if self.hidden is None else int(self.hidden),
+                          dropout=HeadConfig.dropout if self.dropout is None else float(self.dropout),
+                          mlp_grid=tuple(self.grid),
                           lr=self.lr, weight_decay=self.weight_decay, epochs=self.epochs,
                           batch_size=self.batch_size, patience=self.patience, calibrate=self.calibrate,
                           seed=_seed(self.random_state))

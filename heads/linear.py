@@ -1,4 +1,4 @@
-"""The linear head's solver: full-batch L-BFGS over a path of L2 strengths, warm-started.
+"""The linear head: its layer, its fit and its solver, full-batch L-BFGS over a path of L2 strengths.
 
 Why this solver: the reference protocol for linear probes on frozen CLIP features (the CLIP
 paper) is an L-BFGS logistic regression with its L2 strength searched on validation. On
@@ -15,15 +15,60 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from .losses import LossGradFn
+from .config import DEFAULT_L2_GRID, LinearSettings
+from .losses import LossGradFn, make_loss_grad
+
+if TYPE_CHECKING:
+    from .train import FitInputs
 
 # L2 strengths (the loss is a mean over images): 8 values, strong to weak, 10x apart.
-DEFAULT_L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
+
+
+
+def layers(config: LinearSettings, dim: int, num_labels: int) -> list[torch.nn.Module]:
+    """Gives the layers after the standardisation: one Linear (D -> L)."""
+    return [torch.nn.Linear(dim, num_labels)]
+
+
+def fit(head, data: "FitInputs") -> list[dict]:
+    """Solves the head's linear layer over the L2 path (or at the one configured strength); gives the path."""
+    config, task, linear, dev = head.config, head.task_, head.net_[1], data.zt.device
+    loss_grad = make_loss_grad(task, config.loss, data.y_train, config.focal_gamma, dev)
+    anchor = _prior_weights(head.net_[0], head.prior_, dev) if head.prior_ is not None else None
+    grid = config.l2_grid if config.search else ((config.prior_l2 if anchor is not None else config.l2),)
+    frequency = data.tt.mean(0).clamp(1e-4, 1 - 1e-4)
+    # Starting from the label frequencies (log-prior), the first solve only has to learn directions.
+    bias_init = frequency.log() if task == "single" else (frequency / (1 - frequency)).log()
+    if anchor is not None:
+        bias_init = _prior_bias(head.net_[0], head.prior_, dev)
+    result = solve_path(data.zt, data.tt, loss_grad, data.zv, data.label_scores, grid, per_label=(task == "multi"),
+                        bias_init=bias_init, anchor=anchor, patience=config.l2_patience, max_iter=config.max_iter)
+    with torch.no_grad():
+        linear.weight.copy_(result.weight)
+        linear.bias.copy_(result.bias)
+    head.l2_ = [float(v) for v in result.l2]
+    head.search_ = [{k: v for k, v in h.items() if k != "train_loss"} for h in result.history]
+    return result.history
+
+
+def _prior_weights(standardize, prior, dev: torch.device) -> torch.Tensor:
+    """Gives the calibrated zero-shot classifier as weights over standardised vectors: the linear
+    head starts there and its L2 term pulls towards it (CLAP).
+
+    The head sees z = (x - m) / s, so W0 x + b0 = (W0 * s) z + (b0 + W0 m).
+    """
+    raw = torch.from_numpy(prior.text * prior.scale[:, None]).to(dev)
+    return (raw * standardize.std[None, :]).detach()
+
+
+def _prior_bias(standardize, prior, dev: torch.device) -> torch.Tensor:
+    raw = torch.from_numpy(prior.text * prior.scale[:, None]).to(dev)
+    return (torch.from_numpy(prior.bias).to(dev) + raw @ standardize.mean).detach()
 
 
 @dataclass

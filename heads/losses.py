@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TASKS = ("auto", "single", "multi")
+from .config import LOSSES, TASKS  # noqa: F401 - named here too, beside the losses they choose
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LossGradFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

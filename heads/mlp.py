@@ -1,17 +1,53 @@
-"""Training the MLP head's layers with AdamW: mini-batches, schedules, early stopping on validation."""
+"""The MLP head: its layers and their training with AdamW (mini-batches, schedules,
+early stopping on validation) over a small width/dropout grid."""
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 import torch
 from torch.optim import AdamW  # imported here, not at first use: it pulls in a second of modules
 
-from .losses import LossFn
-from .model import HeadConfig
+from .config import MLPSettings
+from .losses import LossFn, make_loss
+
+if TYPE_CHECKING:
+    from .config import HeadConfig
+    from .train import FitInputs
 
 
-def train_layers(config: HeadConfig, body: torch.nn.Module, zt: torch.Tensor, tt: torch.Tensor,
+def layers(config: MLPSettings, dim: int, num_labels: int) -> list[torch.nn.Module]:
+    """Gives the layers after the standardisation: Linear (D -> hidden), GELU, dropout, Linear (hidden -> L)."""
+    return [torch.nn.Linear(dim, config.hidden), torch.nn.GELU(), torch.nn.Dropout(config.dropout),
+            torch.nn.Linear(config.hidden, num_labels)]
+
+
+def fit(head, data: "FitInputs") -> list[dict]:
+    """Trains one MLP per (hidden, dropout) of the grid (or the configured one); keeps the best on validation
+    in `head` (its config then names the chosen pair); gives the chosen one's per-epoch history."""
+    config = head.config
+    loss_fn = make_loss(head.task_, config.loss, data.y_train, config.focal_gamma, data.zt.device)
+    pairs = config.mlp_grid if config.search else ((config.hidden, config.dropout),)
+    best = (-np.inf, None, None, None)
+    for hidden, dropout in pairs:
+        candidate = replace(config, hidden=hidden, dropout=dropout)
+        torch.manual_seed(config.seed)
+        net_layers = layers(candidate, data.zt.shape[1], data.tt.shape[1])
+        net = torch.nn.Sequential(copy.deepcopy(head.net_[0]), *net_layers).to(data.zt.device)
+        history, value = train_layers(candidate, net[1:], data.zt, data.tt, data.zv, data.tv, loss_fn,
+                                      data.mean_score)
+        head.search_.append({"hidden": hidden, "dropout": dropout, "val_macro_f1": value, "epochs": len(history)})
+        if value > best[0] + 1e-4:
+            best = (value, candidate, net, history)
+    _, chosen, net, history = best
+    head.config, head.net_ = chosen, net
+    return history
+
+
+def train_layers(config: "HeadConfig", body: torch.nn.Module, zt: torch.Tensor, tt: torch.Tensor,
                  zv: torch.Tensor, tv: torch.Tensor, loss_fn: LossFn,
                  score: Callable[[torch.Tensor], float]) -> tuple[list[dict], float]:
     """Trains `body` (standardised (N, D) -> (N, L) logits) in place, leaving its best epoch;
@@ -64,7 +100,7 @@ def train_layers(config: HeadConfig, body: torch.nn.Module, zt: torch.Tensor, tt
     return history, best
 
 
-def _scheduler(config: HeadConfig, optimiser, steps_per_epoch: int):
+def _scheduler(config: "HeadConfig", optimiser, steps_per_epoch: int):
     if config.schedule == "cosine":
         warmup = config.warmup_epochs * steps_per_epoch
         total = config.epochs * steps_per_epoch
@@ -97,4 +133,4 @@ def _autocast(dev: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-__all__ = ["train_layers"]
+__all__ = ["fit", "layers", "train_layers"]

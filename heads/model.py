@@ -18,78 +18,17 @@ from safetensors.torch import load_file, save
 from emoreact import __version__
 from emoreact.index import atomic_write_bytes, atomic_write_text, read_manifest
 from emoreact.labels import ConfigError, LabelConfig, load_label_config, parse_label_config
-from .linear import DEFAULT_L2_GRID
-from .losses import TASKS
+from .config import HeadConfig, TrainingSettings, head_kind
 from .metrics import FALLBACKS, decide
 
 HEAD_FORMAT = "emoreact-head"
 # Version 2 added the task (softmax heads), calibration and the search record: a version-1 reader
 # would silently skip the calibration, so it must refuse these heads, and this reader refuses v1 ones.
 HEAD_VERSION = 2
-HEAD_KINDS = ("linear", "mlp", "zeroshot")
-# MLP (hidden, dropout) pairs: the default first (it wins ties), half and twice its width, and the
-# wide layer heavily regularised.
-MLP_GRID = ((512, 0.1), (256, 0.1), (1024, 0.1), (1024, 0.5))
 
 
 class HeadError(RuntimeError):
     """A head cannot be used or loaded; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Hyperparameters of a head and its training."""
-
-    kind: str = "linear"  # linear | mlp | zeroshot (text prompts only, no training)
-    task: str = "auto"  # auto | single (softmax, cross-entropy) | multi (sigmoid); auto: single when
-    #                     every labelled image has exactly one label
-    hidden: int = 512  # MLP hidden width (with `search`, the width the grid chose)
-    dropout: float = 0.1  # MLP dropout (with `search`, the dropout the grid chose)
-    loss: str = "weighted_bce"  # bce | weighted_bce | focal; single-label: cross-entropy, class-weighted
-    #                             unless bce (see heads/losses.py)
-    focal_gamma: float = 2.0  # focal loss focusing parameter
-    search: bool = True  # choose the L2 strength (linear) or width/dropout (MLP) on validation
-    l2: float = 1e-3  # linear head: L2 strength when `search` is off (loss is a mean over images)
-    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID  # linear head: strengths tried, strong to weak
-    l2_patience: int = 1  # linear head: strengths without a better validation score before the path stops
-    max_iter: int = 200  # linear head: L-BFGS iterations per strength
-    mlp_grid: tuple[tuple[int, float], ...] = MLP_GRID  # MLP (hidden, dropout) pairs tried with `search`
-    calibrate: bool = True  # fit a temperature on validation so scores read as probabilities
-    lr: float = 1e-2  # MLP: AdamW peak learning rate (inputs are standardised, so this is safe)
-    weight_decay: float = 1e-4  # MLP: AdamW weight decay
-    epochs: int = 200  # MLP: upper bound; early stopping usually ends sooner
-    batch_size: int = 256  # MLP: vectors per optimiser step
-    patience: int = 20  # MLP: epochs without a better validation macro-F1 before stopping
-    schedule: str = "cosine"  # MLP: cosine | step | plateau | none
-    warmup_epochs: int = 3  # MLP: linear warm-up before the cosine schedule
-    zero_shot_prior: bool = False  # initialise/regularise/blend with CLIP text-prompt embeddings
-    prior_l2: float = 1e-3  # linear head: strength of the pull towards the prior when `search` is off
-    seed: int = 0  # makes training reproducible (and the store sample below)
-    # Training from a store (emoreact.trainset): the most labelled training images the head is fitted
-    # on. Past it, each label keeps at most as many images as keeps the total under the cap (seeded
-    # sample by image id); None keeps them all. 500k x 512 float32 is 1 GiB: the cap is what bounds
-    # the memory of `train` on a store of any size (README "Training on a large store").
-    max_train_rows: int | None = 500_000
-    max_val_rows: int | None = 100_000  # the most validation images, sampled uniformly; None keeps all
-
-    def __post_init__(self) -> None:
-        if self.kind not in HEAD_KINDS:
-            raise ValueError(f"unknown head kind {self.kind!r}; choose one of {HEAD_KINDS}")
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
-        if self.loss not in ("bce", "weighted_bce", "focal"):
-            raise ValueError(f"unknown loss {self.loss!r}; choose bce, weighted_bce or focal")
-        if self.schedule not in ("cosine", "step", "plateau", "none"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step, plateau or none")
-        # JSON gives lists back; tuples keep the config hashable and comparable after a round trip.
-        object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
-        object.__setattr__(self, "mlp_grid", tuple((int(h), float(d)) for h, d in self.mlp_grid))
-        for name in ("max_train_rows", "max_val_rows"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r} must be a whole number of images >= 1, or None for no cap")
-        if not self.l2_grid or min(self.l2_grid) < 0 or not self.mlp_grid:
-            raise ValueError("l2_grid needs at least one strength >= 0 and mlp_grid at least one (hidden, dropout)")
 
 
 class Standardize(torch.nn.Module):
@@ -116,12 +55,13 @@ class Standardize(torch.nn.Module):
         return (x - self.mean) / self.std
 
 
-def build_net(config: HeadConfig, dim: int, num_labels: int) -> torch.nn.Sequential:
-    """Gives the trainable part: (N, D) -> (N, L) logits; layer 0 standardises, the last is Linear."""
-    if config.kind == "mlp":
-        return torch.nn.Sequential(Standardize(dim), torch.nn.Linear(dim, config.hidden), torch.nn.GELU(),
-                                   torch.nn.Dropout(config.dropout), torch.nn.Linear(config.hidden, num_labels))
-    return torch.nn.Sequential(Standardize(dim), torch.nn.Linear(dim, num_labels))
+def build_net(config: HeadConfig, dim: int, num_labels: int) -> torch.nn.Sequential | None:
+    """Gives the trainable part: (N, D) -> (N, L) logits; layer 0 standardises, then the kind's layers
+    (None for a kind without layers: the zero-shot head)."""
+    kind = head_kind(config.kind)
+    if not kind.trained:
+        return None
+    return torch.nn.Sequential(Standardize(dim), *kind.layers(config, dim, num_labels))
 
 
 @dataclass
@@ -152,7 +92,7 @@ class EmotionHead:
         self.model_id = model_id
         self.dim = dim
         self.backbone: dict | None = None  # {"model", "pretrained"} it was trained on, so it loads without a store
-        self.net_: torch.nn.Module | None = None if config.kind == "zeroshot" else build_net(config, dim, len(self.labels))
+        self.net_: torch.nn.Module | None = build_net(config, dim, len(self.labels))
         self.prior_: ZeroShotPrior | None = None
         self.alpha_: float = 0.0  # blend weight of the prior: logits = (1 - a) * head + a * prior
         self.thresholds_ = np.full(len(self.labels), 0.5, np.float32)
@@ -324,4 +264,5 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise HeadError(f"{path} is not a valid safetensors file ({exc}); retrain the head") from exc
 
 
-__all__ = ["EmotionHead", "HeadConfig", "HeadError", "ZeroShotPrior", "build_net", "load_label_config"]
+__all__ = ["EmotionHead", "HeadConfig", "HeadError", "TrainingSettings", "ZeroShotPrior", "build_net",
+           "load_label_config"]

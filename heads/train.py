@@ -10,20 +10,35 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from emoreact.labels import LabelConfig
 from .calibration import fit_temperature
-from .linear import solve_path
-from .losses import make_loss, make_loss_grad, resolve_task, soft_targets
+from .config import head_kind
+from .losses import resolve_task, soft_targets
 from .metrics import THRESHOLD_GRID, choose_fallback, f1_per_threshold, top1_macro_f1, tune, tune_thresholds
-from .mlp import train_layers
-from .model import EmotionHead, HeadConfig, ZeroShotPrior, build_net
+from .model import EmotionHead, HeadConfig, ZeroShotPrior
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitInputs:
+    """What a head kind's `fit` gets: standardised vectors and their targets on the training device, the
+    {0, 1} labels they came from, and the validation scores that choose among candidates."""
+
+    zt: torch.Tensor  # (N, D) float32 training vectors, standardised
+    tt: torch.Tensor  # (N, L) float32 training targets of the loss
+    zv: torch.Tensor  # (M, D) validation vectors, standardised
+    tv: torch.Tensor  # (M, L) validation targets
+    y_train: np.ndarray  # (N, L) {0, 1}
+    y_val: np.ndarray  # (M, L) {0, 1}
+    label_scores: Callable[[torch.Tensor], np.ndarray]  # validation logits -> per-label F1 ((L,) or (1,))
+    mean_score: Callable[[torch.Tensor], float]  # validation logits -> macro-F1
 ZERO_SHOT_THRESHOLD = 0.3  # softmax share at which a zero-shot label counts, when no labels tune it
 _ALPHAS = np.round(np.arange(0.0, 1.001, 0.1), 2)
 
@@ -63,6 +78,9 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
     of those of x_train. copy=False lets a float32 x_train be standardised in place (it is
     overwritten), which saves a second copy of the training vectors (scikit-learn's `copy_X`).
     """
+    kind = head_kind(config.kind)
+    if not kind.trained:
+        raise ValueError(f"a {config.kind} head learns nothing from labels; make it with zero_shot_head(...)")
     if config.zero_shot_prior and text is None:
         raise ValueError("zero_shot_prior needs the label text embeddings (text=...)")
     torch.manual_seed(config.seed)
@@ -88,56 +106,14 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
         in_place = not copy and not np.may_share_memory(x_train, x_val)
         zt = xt.sub_(standardize.mean).div_(standardize.std) if in_place else standardize(xt)
     start = time.perf_counter()
-    if config.kind == "linear":
-        history = _fit_linear(head, zt, tt, zv, y_val, make_loss_grad(task, config.loss, y_train, config.focal_gamma, dev), dev)
-    else:
-        history = _fit_mlp(head, zt, tt, zv, tv, y_val, make_loss(task, config.loss, y_train, config.focal_gamma, dev))
+    history = kind.fit(head, FitInputs(zt, tt, zv, tv, y_train, y_val, _label_scores(task, y_val),
+                                       _mean_score(task, y_val)))
     head.net_ = head.net_.eval().cpu()
     head.fitted_ = True
     _tune_on_validation(head, x_val, y_val)
     log.info("trained %s %s-label head in %.2fs (%s), alpha %.1f", config.kind, task,
              time.perf_counter() - start, head.search_[-1] if head.search_ else "", head.alpha_)
     return head, history
-
-
-def _fit_linear(head: EmotionHead, zt, tt, zv, y_val, loss_grad, dev) -> list[dict]:
-    """Solves the linear layer over the L2 path (or at the one given strength); gives the path."""
-    config, task, linear = head.config, head.task_, head.net_[1]
-    anchor = _prior_weights(head.net_[0], head.prior_, dev) if head.prior_ is not None else None
-    grid = config.l2_grid if config.search else ((config.prior_l2 if anchor is not None else config.l2),)
-    frequency = tt.mean(0).clamp(1e-4, 1 - 1e-4)
-    # Starting from the label frequencies (log-prior), the first solve only has to learn directions.
-    bias_init = frequency.log() if task == "single" else (frequency / (1 - frequency)).log()
-    if anchor is not None:
-        bias_init = _prior_bias(head.net_[0], head.prior_, dev)
-    result = solve_path(zt, tt, loss_grad, zv, _label_scores(task, y_val), grid, per_label=(task == "multi"),
-                        bias_init=bias_init, anchor=anchor, patience=config.l2_patience, max_iter=config.max_iter)
-    with torch.no_grad():
-        linear.weight.copy_(result.weight)
-        linear.bias.copy_(result.bias)
-    head.l2_ = [float(v) for v in result.l2]
-    head.search_ = [{k: v for k, v in h.items() if k != "train_loss"} for h in result.history]
-    return result.history
-
-
-def _fit_mlp(head: EmotionHead, zt, tt, zv, tv, y_val, loss_fn) -> list[dict]:
-    """Trains one MLP per (hidden, dropout) of the grid (or the configured one); keeps the best on validation."""
-    config = head.config
-    pairs = config.mlp_grid if config.search else ((config.hidden, config.dropout),)
-    score = _mean_score(head.task_, y_val)
-    best = (-np.inf, None, None, None)
-    for hidden, dropout in pairs:
-        candidate = replace(config, hidden=hidden, dropout=dropout)
-        torch.manual_seed(config.seed)
-        net = build_net(candidate, zt.shape[1], tt.shape[1]).to(zt.device)
-        net[0].load_state_dict(head.net_[0].state_dict())
-        history, value = train_layers(candidate, net[1:], zt, tt, zv, tv, loss_fn, score)
-        head.search_.append({"hidden": hidden, "dropout": dropout, "val_macro_f1": value, "epochs": len(history)})
-        if value > best[0] + 1e-4:
-            best = (value, candidate, net, history)
-    _, chosen, net, history = best
-    head.config, head.net_ = chosen, net
-    return history
 
 
 def _tune_on_validation(head: EmotionHead, x_val: np.ndarray, y_val: np.ndarray) -> None:
@@ -201,21 +177,6 @@ def calibrate_prior(text: np.ndarray, x: np.ndarray, y: np.ndarray, logit_scale:
 
     optimiser.step(closure)
     return ZeroShotPrior(text.astype(np.float32), scale.detach().numpy(), bias.detach().numpy())
-
-
-def _prior_weights(standardize, prior: ZeroShotPrior, dev: torch.device) -> torch.Tensor:
-    """Gives the calibrated zero-shot classifier as weights over standardised vectors: the linear
-    head starts there and its L2 term pulls towards it (CLAP).
-
-    The head sees z = (x - m) / s, so W0 x + b0 = (W0 * s) z + (b0 + W0 m).
-    """
-    raw = torch.from_numpy(prior.text * prior.scale[:, None]).to(dev)
-    return (raw * standardize.std[None, :]).detach()
-
-
-def _prior_bias(standardize, prior: ZeroShotPrior, dev: torch.device) -> torch.Tensor:
-    raw = torch.from_numpy(prior.text * prior.scale[:, None]).to(dev)
-    return (torch.from_numpy(prior.bias).to(dev) + raw @ standardize.mean).detach()
 
 
 def _label_scores(task: str, y_val: np.ndarray):

@@ -147,3 +147,14 @@ def test_embed_source_and_train_take_config_fields_as_keywords(dataset, tmp_path
     assert emoreact.evaluate(tmp_path / "store", tmp_path / "head", split="val")["split"] == "val"
     with pytest.raises(TypeError, match="unknown option 'batchsize'"):
         emoreact.embed_source(dataset, tmp_path / "other", TINY, batchsize=3)
+
+
+def test_load_takes_its_settings_as_one_object_and_names_an_unknown_one(store_path, trained):
+    from emoreact.predictor_config import PredictorConfig
+
+    with pytest.raises(TypeError, match="unknown option 'colour'"):
+        emoreact.load(store_path, trained[0], colour="red")
+    with pytest.raises(ValueError, match="unsure_above must be in"):
+        PredictorConfig(unsure_above=1.5)
+    with emoreact.load(store_path, trained[0], PredictorConfig(device="cpu", unsure_above=0.5), max_pixels=10**6) as p:
+        assert (p.unsure_above, p.max_pixels) == (0.5, 10**6)

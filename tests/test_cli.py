@@ -38,6 +38,53 @@ def test_info_reports_versions_and_models(runner):
     assert "ViT-B-32" in data["models"] and "ViT-L-14" in data["models"]
 
 
+def test_setting_options_take_their_defaults_from_the_config_classes():
+    """Each option named after a config field is that field, default included (written once, in the config)."""
+    import dataclasses
+
+    from emoreact.heads import HeadConfig
+    from emoreact.web import WebConfig
+
+    for command, config in (("train", HeadConfig), ("serve", WebConfig)):
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        shared = [p for p in cli.main.commands[command].params if p.name in defaults]
+        assert len(shared) >= 9, [p.name for p in shared]
+        for param in shared:
+            assert param.default == defaults[param.name], (command, param.name)
+    serve = {p.name: p for p in cli.main.commands["serve"].params}
+    assert serve["max_upload_mb"].default * 1024 * 1024 == WebConfig().max_upload_bytes
+
+
+def test_serve_hands_its_settings_to_the_app_as_one_web_config(runner, tmp_path, monkeypatch):
+    from emoreact import web
+    from emoreact.web import WebConfig
+
+    given = []
+
+    def create_app(config):
+        given.append(config)
+        raise SystemExit(3)
+
+    monkeypatch.setattr(web, "create_app", create_app)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("alice:secret\n")
+    result = runner.invoke(cli.main, ["serve", "--store", str(tmp_path), "--head", str(tmp_path), "--k", "7",
+                                      "--unsure-above", "0.5", "--api-keys", str(keys), "--max-upload-mb", "2"])
+    assert result.exit_code == 3, result.output
+    [config] = given
+    assert config == WebConfig(store=tmp_path, head=tmp_path, k_default=7, unsure_above=0.5, api_keys=keys,
+                               max_upload_bytes=2 * 1024 * 1024)
+
+
+def test_train_a_zero_shot_head_reads_no_training_labels(built, runner, tmp_path):
+    root, _, _ = built
+    result = runner.invoke(cli.main, ["train", "--store", str(root / "store"), "--out", str(tmp_path / "zs"),
+                                      "--head", "zeroshot", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "zs" / "manifest.json").read_text())["config"]["kind"] == "zeroshot"
+    assert "macro_f1" in json.loads(result.output)
+
+
 def test_embed_and_train_report_json(built):
     _, embedded, trained = built
     assert embedded["added"] == 100 and embedded["skipped"] == 0

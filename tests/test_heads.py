@@ -2,6 +2,7 @@
 zero-shot head, refusal of foreign files."""
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -352,3 +353,63 @@ def test_multi_label_fallback_is_the_top_or_the_nearest_label_as_validation_choo
     truth = np.array([[0, 1], [1, 0], [1, 0]], np.float32)
     assert choose_fallback(probs, truth, thresholds) == "nearest"
     assert choose_fallback(probs, np.array([[1, 0], [1, 0], [1, 0]], np.float32), thresholds) == "top"
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_heads_saved_by_0_3_0_load_and_predict_as_they_did(kind):
+    """tests/fixtures/heads-0.3.0 holds heads written by the released 0.3.0 and the scores and decisions
+    it gave for its vectors (made by tests/fixtures/make_heads_030.py): today's code gives the same."""
+    from pathlib import Path
+
+    fixture = Path(__file__).with_name("fixtures") / "heads-0.3.0"
+    expected = json.loads((fixture / "expected.json").read_text())[kind]
+    head = EmotionHead.load(fixture / kind, "tiny-clip/none", 64)
+    probs = head.predict_proba(np.load(fixture / "vectors.npy"))
+    np.testing.assert_allclose(probs, np.array(expected["probs"], np.float32), atol=1e-6)
+    assert head.decide(probs).astype(int).tolist() == expected["decided"]
+    assert head.config.kind == kind
+
+
+def test_head_kinds_are_one_table(label_config, monkeypatch):
+    """Training and building go through heads/config.py's KINDS: a kind registered there (here one reusing
+    the linear module) trains, saves and loads with no other change; an unknown kind names the choices."""
+    from emoreact.heads.config import KINDS, HeadKind
+
+    monkeypatch.setitem(KINDS, "linear-again", HeadKind(None, "emoreact.heads.linear", "the linear module again"))
+    x, y = blobs(600, seed=21)
+    xv, yv = blobs(200, seed=22)
+    head, _ = fit_head(HeadConfig(kind="linear-again", search=False), label_config, "m/x", x, y, xv, yv)
+    reference, _ = fit_head(HeadConfig(kind="linear", search=False), label_config, "m/x", x, y, xv, yv)
+    np.testing.assert_allclose(head.predict_proba(xv), reference.predict_proba(xv), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown head kind 'svm'; choose one of .*'linear', 'mlp', 'zeroshot'"):
+        HeadConfig(kind="svm")
+    with pytest.raises(ValueError, match="learns nothing from labels"):
+        fit_head(HeadConfig(kind="zeroshot"), label_config, "m/x", x, y, xv, yv)
+
+
+def test_each_head_setting_has_one_default(label_config):
+    """HeadConfig is the kinds' settings and the shared ones, each field declared once; the estimators'
+    defaults are HeadConfig's."""
+    import dataclasses
+    import inspect
+
+    from emoreact.heads import LinearHead, LinearSettings, MLPHead, MLPSettings, TrainingSettings
+
+    parts = [{f.name for f in dataclasses.fields(part)} for part in (TrainingSettings, LinearSettings, MLPSettings)]
+    assert sum(map(len, parts)) + 1 == len(dataclasses.fields(HeadConfig))  # + kind
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    defaults = HeadConfig()
+    renamed = {"grid": "mlp_grid", "random_state": "seed"}
+    for estimator in (LinearHead, MLPHead):
+        for name, parameter in inspect.signature(estimator).parameters.items():
+            field = renamed.get(name, name)
+            if hasattr(defaults, field) and parameter.default is not None:
+                assert parameter.default == getattr(defaults, field), (estimator.__name__, name)
+
+
+@pytest.mark.parametrize("setting, words", [({"l2_grid": ()}, "l2_grid=()"), ({"l2_grid": (-1,)}, "each >= 0"),
+                                            ({"mlp_grid": ()}, "mlp_grid needs"), ({"schedule": "x"}, "schedule 'x'"),
+                                            ({"max_train_rows": 0}, "max_train_rows=0")])
+def test_a_bad_head_setting_is_named_by_its_part(setting, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        HeadConfig(**setting)

@@ -69,8 +69,9 @@ def test_micro_batched_concurrent_requests_match_single_ones(store_path, trained
     from concurrent.futures import ThreadPoolExecutor
 
     from emoreact.predictor import load
+    from emoreact.web.batching import MicroBatcher
 
-    predictor = load(store_path, trained[0], device="cpu", micro_batch=True)
+    predictor = load(store_path, trained[0], device="cpu").batch_calls(MicroBatcher)
     images = [draw((label,), seed=4242 + n) for n, label in enumerate(["happy", "sad", "angry", "fear"] * 6)]
     alone = np.concatenate([predictor.embed([image]) for image in images])
     with ThreadPoolExecutor(8) as pool:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from emoreact.embed import DEFAULT_MAX_PIXELS
+from emoreact.predictor_config import PredictorConfig
 
 if TYPE_CHECKING:
     from emoreact.predictor import Predictor
@@ -22,29 +22,30 @@ def describe_size(n: int) -> str:
 
 
 def load_predictor(config: "WebConfig") -> "Predictor":
-    """Gives the predictor (backbone, store, head) named by the config, loaded once per app."""
+    """Gives the predictor (backbone, store, head) named by the config, loaded once per app, its model
+    calls micro-batched where the config says so (by default on a GPU only)."""
     from emoreact import predictor
+
+    from .batching import MicroBatcher
 
     if config.store is None or config.head is None:
         raise ValueError("the web app needs both a store and a head; pass --store STORE --head HEAD")
-    return predictor.load(config.store, config.head, device=config.device, labels=config.labels,
-                          pretrained=config.pretrained, max_pixels=config.max_pixels, micro_batch=config.micro_batch,
-                          unsure_above=config.unsure_above, nprobe=config.nprobe, candidates=config.candidates)
+    loaded = predictor.load(config.store, config.head, config)
+    batch = config.micro_batch if config.micro_batch is not None else loaded.backbone.device.type == "cuda"
+    return loaded.batch_calls(MicroBatcher) if batch else loaded
 
 
 @dataclass(frozen=True)
-class WebConfig:
-    """Everything `create_app` needs; the server's own settings (host, port, threads) live in `serve`."""
+class WebConfig(PredictorConfig):
+    """Everything `create_app` needs: the predictor's settings (inherited: device, labels, pretrained,
+    max_pixels, unsure_above, nprobe, candidates) and the server's; host, port and threads live in `serve`."""
 
     store: Path | None = None  # embedding store folder (neighbours and thumbnails)
     head: Path | None = None  # trained head folder
-    device: str = "auto"  # auto | cpu | cuda[:N]
     labels: Path | None = None  # another label config TOML: swaps the emoji policy, same labels
-    pretrained: str | None = None  # the store's weights, if they moved since embedding
     micro_batch: bool | None = None  # run concurrent requests' model calls as one batch; None: on a GPU only
     max_upload_bytes: int = 32 * MiB  # whole request body; over it answers 413, also for chunked bodies
     max_files: int = 32  # images per request; more answers 413
-    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked before decoding; over it answers 413
     k_default: int = 5  # neighbours per image when the request names no k
     k_max: int = 100  # the largest k a request may ask for
     thumbnail_px: int = 256  # longest side of thumbnails
@@ -53,18 +54,14 @@ class WebConfig:
     api_keys: Path | None = None  # file of name:key[:admin] lines; feedback and admin endpoints need a key
     require_key_for_read: bool = False  # predict, neighbours, labels, thumbnails and /metrics need a key too
     feedback_per_minute: float = 30.0  # corrections one key may send a minute (and at once); more answers 429
-    unsure_above: float = 0.99  # novelty at which a result is flagged unsure (see predictor.NoveltyCalibration)
-    nprobe: int | None = None  # lists an approximate index probes per query; None: as tuned at build time
-    candidates: int | None = None  # proposals re-ranked exactly per query; None: as tuned at build time
     loader: Callable[["WebConfig"], "Predictor"] = load_predictor  # tests swap in their own
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_files", "max_pixels", "k_max", "thumbnail_px"):
+        super().__post_init__()
+        for name in ("max_upload_bytes", "max_files", "k_max", "thumbnail_px"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.feedback_per_minute <= 0:
             raise ValueError(f"feedback_per_minute must be above 0, got {self.feedback_per_minute}")
-        if not 0 < self.unsure_above <= 1:
-            raise ValueError(f"unsure_above must be in (0, 1], got {self.unsure_above}")
         if not 0 <= self.k_default <= self.k_max:
             raise ValueError(f"k_default must be between 0 and k_max={self.k_max}, got {self.k_default}")

@@ -10,6 +10,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 from werkzeug.datastructures import FileStorage as WerkzeugFile
 
+from emoreact.results import NEIGHBOUR, PREDICTION
+
 SQLITE_MAX_ID = 2**63 - 1  # ids are SQLite integers; a larger one can name no image
 
 
@@ -69,31 +71,9 @@ class ImagePath(BaseModel):
     image_id: int = Field(ge=0, le=SQLITE_MAX_ID, description="id of an indexed image")
 
 
-class Neighbour(BaseModel):
-    """An indexed image near the query, most similar first."""
-
-    id: int
-    path: str = Field(description="the file the image was embedded from, as recorded at embed time")
-    labels: list[str]
-    split: str
-    similarity: float = Field(description="cosine similarity of the CLIP embeddings, -1 to 1")
-
-
-class Prediction(BaseModel):
-    """One image's answer, the same object `cli.py predict` prints."""
-
-    image: str = Field(description="the uploaded file's name")
-    predicted_emotions: list[str] = Field(description="labels over their tuned threshold, strongest first")
-    allowed_emojis: list[str]
-    blocked_emojis: list[str]
-    emotion_scores: dict[str, float] = Field(description="score per label, 0 to 1, in label order")
-    reaction_scores: dict[str, float] = Field(description="fit score per allowed emoji, best first: its weight "
-                                                          "x the score of the best predicted label allowing it")
-    novelty: float | None = Field(description="0 to 1: the share of indexed images closer to their nearest "
-                                              "indexed image than this image is to its own (null: no store)")
-    unsure: bool | None = Field(description="novelty at or above the server's level: the image is unlike "
-                                            "anything indexed, treat the answer as a guess (null: no store)")
-    neighbours: list[Neighbour]
+# The result records are defined once, in emoreact.results; these are their pydantic models.
+Neighbour = NEIGHBOUR.model()
+Prediction = PREDICTION.model()
 
 
 class FileError(BaseModel):

@@ -1,0 +1,48 @@
+"""The settings of a loaded predictor, in one frozen dataclass that `emoreact.load` and the server share.
+
+`emoreact.load(store, head, config, **options)` reads them; the web app's `WebConfig` extends them, so
+`serve`'s settings travel as one object from the command line to the store. Importing this costs nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+from emoreact.embed import DEFAULT_MAX_PIXELS
+from emoreact.novelty import DEFAULT_UNSURE_ABOVE
+
+if TYPE_CHECKING:
+    from emoreact.labels import LabelConfig
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """How a predictor loads and answers; every field has its one default here."""
+
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    labels: Union[str, Path, "LabelConfig", None] = None  # another label config (TOML path or LabelConfig): swaps the emoji policy, same labels
+    pretrained: str | None = None  # the store's (or head's) weights, if they moved since embedding
+    model: str | None = None  # without a store: re-points the head's backbone at another model name or config
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked before decoding
+    unsure_above: float = DEFAULT_UNSURE_ABOVE  # novelty at which a result is flagged unsure (emoreact.novelty)
+    nprobe: int | None = None  # lists an approximate index probes per query; None: as tuned at build time
+    candidates: int | None = None  # proposals re-ranked exactly per query; None: as tuned at build time
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels}")
+        if not 0 < self.unsure_above <= 1:
+            raise ValueError(f"unsure_above must be in (0, 1], got {self.unsure_above}")
+
+
+def with_options(config, options: dict):
+    """Gives the dataclass `config` with `options` replaced, or a TypeError naming the unknown option."""
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown option {unknown[0]!r}; {type(config).__name__} has {sorted(known)}")
+    return replace(config, **options)
+
+
+__all__ = ["PredictorConfig", "with_options"]
