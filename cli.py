@@ -325,7 +325,7 @@ def neighbours(image, store_path, k, device, pretrained) -> None:
 @_friendly
 def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
     """Offline demo: shipped emoji images + bundled emoji CLIP -> store, head, report, web page."""
-    from emoreact.demo import DEMO_LABELS, run_demo
+    from emoreact.offline_demo import DEMO_LABELS, run_demo
 
     summary = run_demo(Path(out), load_label_config(labels_path or DEMO_LABELS), device=device)
     click.echo(json.dumps({k: summary[k] for k in ("seconds", "model_id", "test_macro_f1", "store", "head")}
