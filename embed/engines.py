@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -28,9 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# name -> "module:factory" in this package; the factory takes (device, ray_config) and gives an Engine.
-# Imported when the engine is asked for: the CLI lists the names without loading torch or Ray.
-ENGINES: dict[str, str] = {
+# name -> its factory, which takes (device, ray_config) and gives an Engine: "module:factory" in this package,
+# imported when the engine is asked for (the CLI lists the names without loading torch or Ray), or the
+# factory itself.
+ENGINES: dict[str, str | Callable[[str, RayConfig | None], Engine]] = {
     "local": "parallel:local_engine",
     "ray": "ray_engine:RayEngine",
 }
@@ -53,11 +54,13 @@ def engine_for(name: str, device: str = "auto", ray_config: RayConfig | None = N
     """Gives the engine registered as `name` for `device` (local: one device, a comma-separated list or
     cuda:all; ray: the workers' device, auto, cpu or cuda). An engine whose extra is missing raises at once."""
     try:
-        target = ENGINES[name]
+        factory = ENGINES[name]
     except KeyError:
         raise ValueError(f"unknown engine {name!r}; use {' or '.join(ENGINES)}") from None
-    module, _, factory = target.partition(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), factory)(device, ray_config)
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        factory = getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+    return factory(device, ray_config)
 
 
 def run_engine(engine: Engine, records: list[Record], store: Store, backbone: Backbone, config: EmbedConfig,
