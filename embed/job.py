@@ -61,7 +61,7 @@ class EmbedReport:
     seconds: float = 0.0
     near_duplicate_groups_moved: int = 0  # groups of near-duplicates that straddled splits and were united
     near_duplicate_images_moved: int = 0  # images that changed split for it
-    engine: str = "local"  # local (this machine's processes) or ray
+    engine: str = "local"  # the engine that ran, by its name in engines.ENGINES: local (this machine's processes), ray
     nodes: int = 1  # machines that ran the model
     workers: int = 1  # model workers: processes (local, one per device) or Ray actors
     images_per_node: dict = field(default_factory=dict)  # Ray: images each node embedded, by node
