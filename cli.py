@@ -22,6 +22,7 @@ import click  # noqa: E402
 
 import emoreact  # noqa: E402
 from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402
+from emoreact.embed.engines import ENGINES  # noqa: E402 - the names only: an engine loads when it runs
 from emoreact.heads.config import KINDS, LOSSES, SCHEDULES, TASKS, HeadConfig  # noqa: E402
 from emoreact.index import NEAR_DUPLICATE_THRESHOLD  # noqa: E402
 from emoreact.labels import load_label_config  # noqa: E402
@@ -34,7 +35,7 @@ from emoreact.web.config import MiB, WebConfig  # noqa: E402
 def _user_errors() -> tuple[type[Exception], ...]:
     """The library's expected errors: each message names the problem and the fix."""
     from emoreact import ConfigError, HeadError, ImageError, ModelLoadError, SourceError, StoreError
-    from emoreact.embed import EngineError
+    from emoreact.rayutil import EngineError
 
     return (ModelLoadError, StoreError, HeadError, ConfigError, SourceError, ImageError, EngineError,
             ValueError, KeyError, FileNotFoundError)
@@ -128,7 +129,7 @@ def info() -> None:
 @click.option("--workers", default=None, type=click.IntRange(0),
               help="local: decoding processes (default 2); ray: model workers (default one per GPU, "
                    "or all CPUs but one).")
-@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+@click.option("--engine", default="local", show_default=True, type=click.Choice(list(ENGINES)),
               help="local: this machine's processes; ray: a Ray cluster (pip install \"emoreact[ray]\").")
 @click.option("--ray-address", default=None, help="ray: the cluster to join (auto: the one `ray start` began); "
                                                    "default: a local Ray.")
@@ -151,7 +152,7 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
           gpus_per_worker, shard_size, index_kind, allow_readd, no_progress, wait, near_duplicate_threshold,
           labels_path) -> None:
     """Embed images from SOURCE (folder, CSV/JSONL manifest, FI/EmoSet/Emotion6/AffectNet) into a store."""
-    from emoreact.embed import RayConfig
+    from emoreact.rayutil import RayConfig
 
     ray_config = RayConfig(address=ray_address, workers=workers or None, gpus_per_worker=gpus_per_worker)
     report = emoreact.embed_source(source, store_path, model, pretrained, labels=labels_path, source_format=fmt,
@@ -339,7 +340,7 @@ def neighbours(image, store_path, k, device, pretrained) -> None:
 @_friendly
 def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
     """Offline demo: shipped emoji images + bundled emoji CLIP -> store, head, report, web page."""
-    from emoreact.demo import DEMO_LABELS, run_demo
+    from emoreact.offline_demo import DEMO_LABELS, run_demo
 
     summary = run_demo(Path(out), load_label_config(labels_path or DEMO_LABELS), device=device)
     click.echo(json.dumps({k: summary[k] for k in ("seconds", "model_id", "test_macro_f1", "store", "head")}
@@ -424,8 +425,9 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, labels_path
 @_friendly
 def reindex(store_path, index_kind, wait, engine, ray_address, workers) -> None:
     """Build the store's index anew: re-train its quantizer, re-tune nprobe for recall@10 >= 0.95, publish atomically."""
-    from emoreact.embed import RayConfig, RayIndexBuilder
     from emoreact.index import Store
+    from emoreact.index.ray_build import RayIndexBuilder
+    from emoreact.rayutil import RayConfig
 
     # before the store lock: without the extra this fails at once
     builder = RayIndexBuilder(RayConfig(address=ray_address, workers=workers)) if engine == "ray" else None

@@ -10,11 +10,9 @@ import logging
 from dataclasses import fields, replace
 from pathlib import Path
 
-import torch
-
-from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, ModelSpec, RayConfig,
-                            default_pretrained, load_backbone, read_source, resolve_device, run_embed_job,
-                            require_ray, run_ray_embed_job, run_sharded_embed_job, same_model, source_root)
+from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, Engine, ModelSpec, RayConfig,
+                            default_pretrained, engine_for, load_backbone, read_source, resolve_device, run_engine,
+                            same_model, source_root)
 from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embeddings, report, write_plots,
                             zero_shot_head)
 from emoreact.index import Store, StoreError, atomic_write_text, read_relabel_manifest
@@ -32,42 +30,19 @@ def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec =
 
     `model` is an open_clip name (or a model-config JSON), `pretrained` its weights (default: the
     model's usual tag). `options` are `EmbedConfig` fields (batch_size=256, workers=16, ...).
-    `device` may list several devices ("cuda:0,cuda:1" or "cuda:all"): one process each.
-    `engine="ray"` runs the job on a Ray cluster instead (`ray_config`: address, workers, GPUs per
-    worker); `device` is then the workers' (auto, cpu or cuda). Same store either way.
+    `engine` names one of `emoreact.embed.ENGINES`: local runs here, on `device`, which may list
+    several devices ("cuda:0,cuda:1" or "cuda:all"): one process each; ray runs on a Ray cluster
+    (`ray_config`: address, workers, GPUs per worker), `device` being the workers' (auto, cpu or
+    cuda). Same store either way.
     """
-    if engine not in ("local", "ray"):
-        raise ValueError(f"unknown engine {engine!r}; use local or ray")
-    if engine == "ray":
-        require_ray()  # at once: not after reading the source and loading a model
+    # At once: an unknown engine or a missing extra fails before the source is read and a model loaded.
+    runner = engine_for(engine, device, ray_config)
     spec = model if isinstance(model, ModelSpec) else ModelSpec(model, pretrained or default_pretrained(model))
     config = _with_options(config or EmbedConfig(), options)
     label_config = _label_config(labels)
     records = read_source(source, label_config, source_format)
-    if engine == "ray":
-        return _embed_on_ray(records, store, spec, label_config, config, ray_config or RayConfig(), device,
-                             source_root(source))
-    devices = _devices(device)
-    if len(devices) == 1:
-        return embed_records(records, store, load_backbone(spec, devices[0]), label_config, config,
-                             source_root=source_root(source))
-    # This backbone only names the model for the store; each device's process loads its own.
-    with _writable_store(store, load_backbone(spec, devices[0]), label_config, config.wait) as writable:
-        _remember_source(writable, source_root(source))
-        report_ = run_sharded_embed_job(records, writable, spec, devices, config)
-        _write_report(writable, report_)
-    return report_
-
-
-def _embed_on_ray(records: list, store: str | Path, spec: ModelSpec, labels: LabelConfig, config: EmbedConfig,
-                  ray_config: RayConfig, device: str, root: Path) -> EmbedReport:
-    """Embeds records into a store on a Ray cluster; writes STORE/report.json; gives the report."""
-    backbone = load_backbone(spec, "cpu")  # names the model and gives the preprocessing; workers load their own
-    with _writable_store(store, backbone, labels, config.wait) as writable:
-        _remember_source(writable, root)
-        report_ = run_ray_embed_job(records, writable, backbone, config, ray_config, device)
-        _write_report(writable, report_)
-    return report_
+    return embed_records(records, store, runner.backbone(spec), label_config, config,
+                         source_root=source_root(source), engine=runner)
 
 
 def train(store: str | Path, out: str | Path, head: str = "linear", *,
@@ -118,12 +93,14 @@ def _label_config(labels: str | Path | LabelConfig | None) -> LabelConfig:
 
 
 def embed_records(records: list, store_path: str | Path, backbone: Backbone, labels: LabelConfig,
-                  config: EmbedConfig = EmbedConfig(), *, source_root: Path | None = None) -> EmbedReport:
-    """Embeds records into a store (created or resumed) on one device; writes STORE/report.json.
-    `source_root` is the folder the records' paths are relative to, kept in the manifest."""
+                  config: EmbedConfig = EmbedConfig(), *, source_root: Path | None = None,
+                  engine: Engine | None = None) -> EmbedReport:
+    """Embeds records into a store (created or resumed) with `engine` (default: this process, on the
+    backbone's device); writes STORE/report.json. `source_root` is the folder the records' paths are
+    relative to, kept in the manifest."""
     with _writable_store(store_path, backbone, labels, config.wait) as store:
         _remember_source(store, source_root)
-        report_ = run_embed_job(records, store, backbone, config)
+        report_ = run_engine(engine or engine_for("local", str(backbone.device)), records, store, backbone, config)
         _write_report(store, report_)
     return report_
 
@@ -147,13 +124,6 @@ def _write_report(store: Store, report_: EmbedReport) -> None:
     skipped = [{"path": p, "reason": r} for p, r in store.skipped()]
     atomic_write_text(store.root / "report.json", json.dumps({**report_.to_json(), "skipped_files": skipped},
                                                              indent=2, ensure_ascii=False) + "\n")
-
-
-def _devices(device: str) -> list[str]:
-    """Gives the devices of `--device`: one name, a comma-separated list, or cuda:all (every GPU)."""
-    if device == "cuda:all":
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cuda"]
-    return [d.strip() for d in device.split(",") if d.strip()] or ["auto"]
 
 
 def backbone_for_store(store: Store, device: str = "auto", pretrained: str | None = None) -> Backbone:

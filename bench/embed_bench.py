@@ -150,7 +150,7 @@ def run_ray(model: str = "ViT-B-32", images: int = 256, batch_size: int = 64, wo
     start-up; the whole-job rate is N / t_N. Starting Ray itself (once per session) is reported apart.
     Jobs take turns, `rounds` times, and each timing keeps its best.
     """
-    from emoreact.embed import RayConfig, require_ray, run_ray_embed_job
+    from emoreact.embed import engine_for, require_ray, run_engine
 
     ray = require_ray()
     backbone = load_backbone(ModelSpec(model, "none"), device)
@@ -177,8 +177,8 @@ def run_ray(model: str = "ViT-B-32", images: int = 256, batch_size: int = 64, wo
 
             def on_ray(count):
                 with store() as target:
-                    reports.append(run_ray_embed_job(records[:count], target, load_backbone(backbone.spec, "cpu"),
-                                                     config, RayConfig(), worker_device))
+                    engine = engine_for("ray", worker_device)
+                    reports.append(run_engine(engine, records[:count], target, engine.backbone(backbone.spec), config))
 
             best = {}
             for _ in range(rounds):

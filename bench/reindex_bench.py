@@ -31,7 +31,8 @@ def run(size: int = 200_000, workers: int | None = None, index: str = "ivf") -> 
     import ray
     import torch
 
-    from emoreact.embed import RayConfig, RayIndexBuilder
+    from emoreact.index.ray_build import RayIndexBuilder
+    from emoreact.rayutil import RayConfig
 
     folder = Path(tempfile.mkdtemp(prefix="emoreact-bench-reindex-"))
     mixture = Mixture()

@@ -84,7 +84,7 @@ def rss_mib(pid: int) -> float:
 
 def build(tmp: Path) -> tuple[Path, Path]:
     """Gives (store, head) of the offline demo set with the bundled model."""
-    from emoreact.demo import DEMO_MODEL, demo_records
+    from emoreact.offline_demo import DEMO_MODEL, demo_records
     from emoreact.embed import EmbedConfig, load_backbone
     from emoreact.heads import HeadConfig, load_label_config
     from emoreact.pipeline import embed_records, train_from_store

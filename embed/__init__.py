@@ -1,4 +1,4 @@
-"""Turning images into unit-norm CLIP embeddings: model loading, safe decoding, readers, the job."""
+"""Turning images into unit-norm CLIP embeddings: model loading, safe decoding, readers, the job and its engines."""
 from typing import TYPE_CHECKING
 
 from emoreact.lazy import lazy_exports
@@ -13,6 +13,10 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "EmbedReport": "job",
     "run_embed_job": "job",
     "split_for": "job",
+    "ENGINES": "engines",
+    "Engine": "engines",
+    "engine_for": "engines",
+    "run_engine": "engines",
     "DEFAULT_MODEL": "identity",
     "DEFAULT_PRETRAINED": "identity",
     "ModelLoadError": "identity",
@@ -23,12 +27,9 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "default_pretrained": "models",
     "load_backbone": "models",
     "resolve_device": "models",
-    "run_sharded_embed_job": "parallel",
-    "EngineError": "ray_engine",
-    "RayConfig": "ray_engine",
-    "RayIndexBuilder": "ray_engine",
-    "require_ray": "ray_engine",
-    "run_ray_embed_job": "ray_engine",
+    "EngineError": "emoreact.rayutil",
+    "RayConfig": "emoreact.rayutil",
+    "require_ray": "emoreact.rayutil",
     "READERS": "readers",
     "Record": "readers",
     "SourceError": "readers",
@@ -40,10 +41,11 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from emoreact.rayutil import EngineError, RayConfig, require_ray
+
+    from .engines import ENGINES, Engine, engine_for, run_engine
+    from .identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelLoadError, ModelSpec, same_model
     from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, decode_image, decode_pil
     from .job import EmbedConfig, EmbedReport, run_embed_job, split_for
-    from .identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelLoadError, ModelSpec, same_model
     from .models import Backbone, available_models, default_pretrained, load_backbone, resolve_device
-    from .parallel import run_sharded_embed_job
-    from .ray_engine import EngineError, RayConfig, RayIndexBuilder, require_ray, run_ray_embed_job
     from .readers import READERS, Record, SourceError, detect_format, read_source, source_root

@@ -1,4 +1,5 @@
-"""The batch embedding job: records -> decode + preprocess (DataLoader workers) -> CLIP -> store.
+"""The batch embedding job in this process (the local engine on one device): records -> decode +
+preprocess (DataLoader workers) -> CLIP -> store.
 
 Resumable: files whose content hash is already in the store are not decoded again; vectors
 are committed shard by shard, so a killed job loses at most one shard of work.
@@ -7,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
-import time
 from collections import Counter
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
@@ -21,13 +20,13 @@ from tqdm import tqdm
 from emoreact.index import NEAR_DUPLICATE_THRESHOLD, Store
 from emoreact.prefetch import prefetched
 
+from .engines import run_engine
 from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
+from .identity import ModelSpec
 from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image_with_size
-from .models import Backbone
+from .models import Backbone, load_backbone
 from .readers import Record
 from .writer import ShardWriter, split_for  # noqa: F401 - split_for is public through this module too
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class EmbedReport:
     seconds: float = 0.0
     near_duplicate_groups_moved: int = 0  # groups of near-duplicates that straddled splits and were united
     near_duplicate_images_moved: int = 0  # images that changed split for it
-    engine: str = "local"  # local (this machine's processes) or ray
+    engine: str = "local"  # the engine that ran, by its name in engines.ENGINES: local (this machine's processes), ray
     nodes: int = 1  # machines that ran the model
     workers: int = 1  # model workers: processes (local, one per device) or Ray actors
     images_per_node: dict = field(default_factory=dict)  # Ray: images each node embedded, by node
@@ -148,34 +147,45 @@ def _uncollate(batch: tuple[list[dict], torch.Tensor | None]) -> list[dict]:
 
 def run_embed_job(records: list[Record], store: Store, backbone: Backbone,
                   config: EmbedConfig = EmbedConfig(), known: set[str] = frozenset()) -> EmbedReport:
-    """Embeds the records not yet in `store` (nor in `known`), records skipped files, finishes the store;
-    gives the report."""
-    report = EmbedReport()
-    start = time.perf_counter()
-    known = store.known_hashes(tombstones=not config.allow_readd) | set(known)
-    fast = config.fast_jpeg if config.fast_jpeg is not None else backbone.device.type == "cuda"
-    min_side = max(backbone.preprocess.image_size) if config.reduced_jpeg_decode else None
-    dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast, min_side)
-    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
-                        collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
-                        persistent_workers=False, prefetch_factor=4 if config.workers else None)
-    writer = ShardWriter(store, records, report, config.shard_size)
-    bar = tqdm(total=len(records), unit="img", desc="embed", disable=not config.progress, smoothing=0.1)
-    batches = _decoded_batches(loader, backbone, dataset, config.decode_ahead if fast else None)
-    with contextlib.closing(batches):  # a failure here stops the decoding thread at once, not at collection
-        for batch in batches:
-            good = writer.sort(batch)
-            if good:
-                vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device) for _, item in good]))
-                writer.add(good, vectors.cpu().numpy())
-            bar.update(len(batch))
-    bar.close()
-    writer.flush()
-    report.near_duplicate_groups_moved, report.near_duplicate_images_moved = \
-        store.finish(config.near_duplicate_threshold, config.index)
-    report.seconds = time.perf_counter() - start
-    log.info("embed: %s", report.to_json())
-    return report
+    """Embeds the records not yet in `store` (nor in `known`) in this process, records skipped files, finishes
+    the store; gives the report."""
+    return run_engine(LocalEngine(str(backbone.device)), records, store, backbone, config, known)
+
+
+@dataclass(frozen=True)
+class LocalEngine:
+    """The embed job in this process on one device: DataLoader workers read and decode, the model runs here."""
+
+    device: str = "auto"
+
+    def backbone(self, spec: ModelSpec) -> Backbone:
+        """Gives the model loaded on this engine's device."""
+        return load_backbone(spec, self.device)
+
+    def embed(self, records: list[Record], store: Store, backbone: Backbone, config: EmbedConfig,
+              known: set[str]) -> EmbedReport:
+        """Adds the records not in `known` to `store`, shard by shard; gives the report (see `engines.Engine`)."""
+        report = EmbedReport()
+        fast = config.fast_jpeg if config.fast_jpeg is not None else backbone.device.type == "cuda"
+        min_side = max(backbone.preprocess.image_size) if config.reduced_jpeg_decode else None
+        dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast, min_side)
+        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
+                            collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
+                            persistent_workers=False, prefetch_factor=4 if config.workers else None)
+        writer = ShardWriter(store, records, report, config.shard_size)
+        bar = tqdm(total=len(records), unit="img", desc="embed", disable=not config.progress, smoothing=0.1)
+        batches = _decoded_batches(loader, backbone, dataset, config.decode_ahead if fast else None)
+        with contextlib.closing(batches):  # a failure here stops the decoding thread at once, not at collection
+            for batch in batches:
+                good = writer.sort(batch)
+                if good:
+                    vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device)
+                                                                  for _, item in good]))
+                    writer.add(good, vectors.cpu().numpy())
+                bar.update(len(batch))
+        bar.close()
+        writer.flush()
+        return report
 
 
 def _decoded_batches(loader, backbone: Backbone, dataset: _ImageFiles, ahead: int | None) -> Iterator[list[dict]]:

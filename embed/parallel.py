@@ -1,45 +1,71 @@
-"""Several devices on one machine: one process per device over disjoint shards of the input.
+"""The local engine: one device runs in this process (`job.LocalEngine`); several, one process each.
 
-Each process embeds its shard into a part store beside the target; the parts are then merged in
-the order of the input, so the store is the one a single-process run would have written. A killed
-run leaves its part stores in place: run again (with the same devices), each part resumes from
-what it had committed, and the merge skips what an interrupted merge had already added.
+`DevicesEngine` runs one process per device over disjoint shards of the input. Each process embeds
+its shard into a part store beside the target; the parts are then merged in the order of the input,
+so the store is the one a single-process run would have written. A killed run leaves its part stores
+in place: run again (with the same devices), each part resumes from what it had committed, and the
+merge skips what an interrupted merge had already added.
 """
 from __future__ import annotations
 
-import logging
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from emoreact.index import Store
 
-from .job import EmbedConfig, EmbedReport, run_embed_job
-from .writer import reason_kind, split_for
-from .models import ModelSpec, load_backbone
+from .engines import Engine
+from .job import EmbedConfig, EmbedReport, LocalEngine, run_embed_job
+from .models import Backbone, ModelSpec, load_backbone
 from .readers import Record
+from .writer import reason_kind, split_for
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from emoreact.rayutil import RayConfig
 
 
-def run_sharded_embed_job(records: list[Record], store: Store, spec: ModelSpec, devices: list[str],
-                          config: EmbedConfig = EmbedConfig()) -> EmbedReport:
-    """Embeds `records` on each of `devices` in parallel and merges the results into `store`."""
-    parts_root = store.root / ".parts"  # kept after a kill: each part store resumes by content hash
-    known = store.known_hashes(tombstones=not config.allow_readd)
-    jobs = [(records[i::len(devices)], parts_root / str(i), spec, device, config, known, store.labels)
-            for i, device in enumerate(devices)]
-    # spawn, not fork: each process initialises its own CUDA context.
-    with ProcessPoolExecutor(len(devices), mp_context=get_context("spawn")) as pool:
-        reports = list(pool.map(_embed_part, jobs))
-    report = _merge(records, store, [Store.open(job[1]) for job in jobs], config, known)
-    report.seconds = max(r.seconds for r in reports)
-    report.workers = len(devices)
-    shutil.rmtree(parts_root, ignore_errors=True)
-    return report
+def local_engine(device: str = "auto", ray_config: RayConfig | None = None) -> Engine:
+    """Gives the engine of `--engine local` for `--device`: one name runs in this process, a comma-separated
+    list or cuda:all one process per device. (`ray_config` is the Ray engine's and is not read here.)"""
+    devices = _devices(device)
+    return LocalEngine(devices[0]) if len(devices) == 1 else DevicesEngine(tuple(devices))
+
+
+def _devices(device: str) -> list[str]:
+    """Gives the devices of `--device`: one name, a comma-separated list, or cuda:all (every GPU)."""
+    if device == "cuda:all":
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cuda"]
+    return [d.strip() for d in device.split(",") if d.strip()] or ["auto"]
+
+
+@dataclass(frozen=True)
+class DevicesEngine:
+    """The embed job on several devices of this machine, one process each (see the module docstring)."""
+
+    devices: tuple[str, ...]
+
+    def backbone(self, spec: ModelSpec) -> Backbone:
+        """Gives the model on the first device: it names the model for the store; each process loads its own."""
+        return load_backbone(spec, self.devices[0])
+
+    def embed(self, records: list[Record], store: Store, backbone: Backbone, config: EmbedConfig,
+              known: set[str]) -> EmbedReport:
+        """Embeds `records` on each device in parallel and merges the results into `store` (see `engines.Engine`)."""
+        parts_root = store.root / ".parts"  # kept after a kill: each part store resumes by content hash
+        jobs = [(records[i::len(self.devices)], parts_root / str(i), backbone.spec, device, config, known,
+                 store.labels) for i, device in enumerate(self.devices)]
+        # spawn, not fork: each process initialises its own CUDA context.
+        with ProcessPoolExecutor(len(self.devices), mp_context=get_context("spawn")) as pool:
+            list(pool.map(_embed_part, jobs))
+        report = _merge(records, store, [Store.open(job[1]) for job in jobs], config, known)
+        report.workers = len(self.devices)
+        shutil.rmtree(parts_root, ignore_errors=True)  # every row is in the store now, committed
+        return report
 
 
 def _embed_part(job) -> EmbedReport:
@@ -91,8 +117,6 @@ def _merge(records: list[Record], store: Store, parts: list[Store], config: Embe
             _commit(store, report, rows, vectors, skips)
             rows, vectors, skips = [], [], []
     _commit(store, report, rows, vectors, skips)
-    report.near_duplicate_groups_moved, report.near_duplicate_images_moved = \
-        store.finish(config.near_duplicate_threshold, config.index)
     for part in parts:
         part.close()
     return report

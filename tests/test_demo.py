@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from emoreact import cli
-from emoreact.demo import DEMO_DIR, DEMO_MODEL, STYLES, unseen_by_clip
+from emoreact.demo import DEMO_DIR
+from emoreact.offline_demo import DEMO_MODEL, STYLES, unseen_by_clip
 from emoreact.embed.models import bundled_weights
 
 

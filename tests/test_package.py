@@ -44,7 +44,8 @@ def test_the_wheel_holds_only_the_emoreact_package_and_its_run_time_files(wheel)
                    "emoreact/embed/weights/emoreact-emoji-s.safetensors", "emoreact/embed/weights/LICENSE.md",
                    "emoreact/web/templates/index.html", "emoreact/web/static/app.js", "emoreact/demo/__init__.py",
                    "emoreact/demo/labels.csv", "emoreact/demo/labels.toml", "emoreact/demo/manifest.csv",
-                   "emoreact/bench/__init__.py", f"{dist_info}/licenses/LICENSE", f"{dist_info}/licenses/NOTICE.md",
+                   "emoreact/bench/__init__.py", "emoreact/offline_demo.py", "emoreact/rayutil.py",
+                   "emoreact/index/ray_build.py", f"{dist_info}/licenses/LICENSE", f"{dist_info}/licenses/NOTICE.md",
                    f"{dist_info}/licenses/embed/weights/LICENSE.md",
                    f"{dist_info}/licenses/demo/LICENSES/OpenMoji-CC-BY-SA-4.0.txt"]:
         assert needed in files, needed

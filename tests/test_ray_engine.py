@@ -226,7 +226,7 @@ def test_workers_the_cluster_cannot_hold_are_refused_at_once(source, tmp_path, l
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_the_index_built_on_ray_has_the_local_builds_recall_and_exactly_the_live_ids(vector_store, tmp_path):
-    from emoreact.embed import RayIndexBuilder
+    from emoreact.index.ray_build import RayIndexBuilder
 
     local, local_settings = reindex_copy(vector_store, tmp_path / "local")
     builder = RayIndexBuilder(RayConfig(workers=2))
@@ -263,7 +263,7 @@ def test_two_nodes_both_embed_and_give_the_same_store(two_nodes, source, local, 
 @needs_ray
 @pytest.mark.slow
 def test_two_nodes_both_add_vectors_to_the_index(two_nodes, vector_store, tmp_path):
-    from emoreact.embed import RayIndexBuilder
+    from emoreact.index.ray_build import RayIndexBuilder
 
     builder = RayIndexBuilder(RayConfig(workers=2))
     store, _ = reindex_copy(vector_store, tmp_path / "store", builder)

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from emoreact.demo import DEMO_HEAD, DEMO_LABELS, DEMO_MODEL, STYLES, style_evaluation
+from emoreact.offline_demo import DEMO_HEAD, DEMO_LABELS, DEMO_MODEL, STYLES, style_evaluation
 from emoreact.embed import load_backbone
 from emoreact.heads import HeadConfig
 from emoreact.labels import load_label_config
