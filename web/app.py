@@ -14,7 +14,7 @@ from emoreact import __version__
 
 from .admin import Retrainer
 from .api import Resources, api_blueprint, health, release_predictor, resources
-from .auth import ADMIN, FEEDBACK, READ, check_right, load_api_keys
+from .auth import RIGHTS, check_right, load_api_keys
 from .config import WebConfig, describe_size
 from .metrics import Metrics, install
 from .openapi import finish_document
@@ -78,14 +78,6 @@ def create_app(config: WebConfig | Mapping | None = None) -> OpenAPI:
     app.after_request(_common_headers)
     finish_document(app, config, getattr(res.predictor, "labels", None))  # tests may serve a stand-in
     return app
-
-
-# Endpoint -> the right it needs; endpoints not listed (the page, static files, /healthz, the docs and
-# the OpenAPI document) are open to all.
-RIGHTS = {"api.predict": READ, "api.neighbours_of_id": READ, "api.neighbours_of_upload": READ,
-          "api.thumbnail": READ, "api.labels": READ, "_metrics": READ,
-          "api.post_feedback": FEEDBACK, "api.list_feedback": FEEDBACK,
-          "api.start_retrain": ADMIN, "api.retrain_status": ADMIN}
 
 
 def _check_key() -> Response | None:

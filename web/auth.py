@@ -21,6 +21,14 @@ from flask import Response, current_app, g, request
 
 MIN_KEY_LENGTH = 16  # shorter keys can be guessed; `secrets.token_urlsafe(24)` gives 32 characters
 READ, FEEDBACK, ADMIN = "read", "feedback", "admin"
+
+# Endpoint -> the right it needs; endpoints not listed (the page, static files, /healthz, the docs and
+# the OpenAPI document) are open to all.
+RIGHTS = {"api.predict": READ, "api.neighbours_of_id": READ, "api.neighbours_of_upload": READ,
+          "api.thumbnail": READ, "api.labels": READ, "_metrics": READ,
+          "api.post_feedback": FEEDBACK, "api.list_feedback": FEEDBACK,
+          "api.start_retrain": ADMIN, "api.retrain_status": ADMIN}
+
 _NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 

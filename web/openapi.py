@@ -7,7 +7,7 @@ import re
 
 from flask_openapi3 import OpenAPI
 
-from .auth import ADMIN, READ
+from .auth import ADMIN, READ, RIGHTS
 from .config import WebConfig
 from .schemas import ErrorBody, FeedbackForm, FeedbackJson
 
@@ -23,8 +23,6 @@ _REFUSALS = {401: "No API key, or one the server does not know", 403: "The key l
 def finish_document(app: OpenAPI, config: WebConfig, labels: list[str] | None) -> None:
     """Completes the app's (cached) OpenAPI document in place; `labels` are the served head's (None: not
     known, the document then names no label)."""
-    from .app import RIGHTS  # the one table of rights, beside the check that uses it
-
     doc = app.api_doc
     components = doc.setdefault("components", {})
     components["securitySchemes"] = SECURITY_SCHEMES
