@@ -1,7 +1,7 @@
 """The offline demo: the shipped emoji set, the bundled emoji CLIP, and an honest quality report.
 
 `run_demo` builds a store from demo/ (train: Noto + Twemoji, test: OpenMoji), trains a head with
-the zero-shot prior and evaluates it. `style_evaluation` measures what the README reports:
+the zero-shot prior and evaluates it. `style_evaluation` measures what docs/usage.md reports:
 leave-one-style-out, zero-shot only, and the few-label regime with and without the prior.
 
 A use case over `pipeline` (`emoreact demo` calls it), beside web/ in the layers; the `emoreact.demo`
@@ -38,7 +38,7 @@ VAL_SHARE = 15  # percent of the training styles' images kept for validation, ch
 # macro-F1 0.44-0.52 on a held-out style, the MLP reaches 0.64-0.74 (tools/demo_head_kinds.py).
 # No width/dropout search: the validation split here is about 55 images, on which the grid's
 # candidates differ by 0.01-0.02 macro-F1, less than that split's noise; searching picked other
-# widths and lost 0.02-0.05 on the held-out styles (README, "The offline demo").
+# widths and lost 0.02-0.05 on the held-out styles (docs/usage.md, "The offline demo").
 DEMO_HEAD = HeadConfig(kind="mlp", zero_shot_prior=True, search=False)
 MIN_SUPPORT = 10  # per-label F1 targets apply to labels with at least this many test images
 CLIP_HELDOUT_MOD = 10  # tools/train_emoji_clip.py never trained on emojis with sha256(hexcode) % 10 == 0

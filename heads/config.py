@@ -39,7 +39,7 @@ class TrainingSettings:
     # Training from a store (emoreact.trainset): the most labelled training images the head is fitted
     # on. Past it, each label keeps at most as many images as keeps the total under the cap (seeded
     # sample by image id); None keeps them all. 500k x 512 float32 is 1 GiB: the cap is what bounds
-    # the memory of `train` on a store of any size (README "Training on a large store").
+    # the memory of `train` on a store of any size (docs/usage.md, "Train and evaluate a head").
     max_train_rows: int | None = 500_000
     max_val_rows: int | None = 100_000  # the most validation images, sampled uniformly; None keeps all
 

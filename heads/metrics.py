@@ -37,7 +37,7 @@ def decide(probs: np.ndarray, thresholds: np.ndarray, task: str = "multi", fallb
 def choose_fallback(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> str:
     """Gives the multi-label fallback ("top" or "nearest") with the higher macro-F1 on (probs,
     targets); "top", the plainer rule, on a tie. Neither wins everywhere: "nearest" scores higher
-    on the benchmark's multi-label set, "top" on the demo's styles (README, "Train and evaluate")."""
+    on the benchmark's multi-label set, "top" on the demo's styles (docs/usage.md, "Train and evaluate a head")."""
     scores = {rule: macro_f1(probs, targets, thresholds, "multi", rule) for rule in FALLBACKS}
     return "nearest" if scores["nearest"] > scores["top"] + 1e-9 else "top"
 
