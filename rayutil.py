@@ -67,3 +67,16 @@ def connected(ray, address: str | None) -> Iterator[None]:
 def node_names(ray) -> dict[str, str]:
     """Gives 'address (id prefix)' by node id: several nodes may share an address (containers, tests)."""
     return {node["NodeID"]: f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node in ray.nodes()}
+
+
+def node_placements(ray, cpus: float, tasks: int) -> list:
+    """Gives a scheduling strategy for each of `tasks` tasks of `cpus` CPUs: the alive nodes that can hold
+    one, taken in turn (soft affinity: a task whose node died runs elsewhere). Ray's SPREAD is best
+    effort only: when the first tasks finish fast, the later ones may all land on one node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(node["NodeID"] for node in ray.nodes()
+                   if node.get("Alive") and float(node.get("Resources", {}).get("CPU", 0)) >= cpus)
+    if not nodes:
+        return ["SPREAD"] * tasks
+    return [NodeAffinitySchedulingStrategy(node_id=nodes[n % len(nodes)], soft=True) for n in range(tasks)]

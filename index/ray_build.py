@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from emoreact.rayutil import EngineError, RayConfig, connected, node_names, require_ray
+from emoreact.rayutil import EngineError, RayConfig, connected, node_names, node_placements, require_ray
 
 from . import ann, building
 from .ann import IndexSettings
@@ -62,10 +62,12 @@ def _build_on_ray(ray, store: Store, factory: str, config: RayConfig) -> tuple[f
     folder = str(Path(store.root).resolve() / "vectors")
     cpus = max(1.0, config.cpus_per_worker)
     tasks = config.workers or max(1, int(float(ray.cluster_resources().get("CPU", 1)) // cpus))
-    add = ray.remote(num_cpus=cpus, scheduling_strategy="SPREAD")(_add_shards)
-    refs = [add.remote(empty, folder, group, live[(live >= group[0].first_id) &
-                                                  (live < group[-1].first_id + group[-1].count)], int(cpus))
-            for group in _shard_groups(store.shards(), tasks)]
+    add = ray.remote(num_cpus=cpus)(_add_shards)
+    groups = _shard_groups(store.shards(), tasks)
+    refs = [add.options(scheduling_strategy=where).remote(
+                empty, folder, group, live[(live >= group[0].first_id) & (live < group[-1].first_id + group[-1].count)],
+                int(cpus))
+            for group, where in zip(groups, node_placements(ray, cpus, len(groups)))]
     per_node: Counter = Counter()
     while refs:  # in id order: the merged lists then hold their ids as one in-process add would
         part, node, added = ray.get(refs.pop(0))  # dropping the ref frees the part in the object store
