@@ -24,8 +24,8 @@ import pytest
 from PIL import GifImagePlugin, Image, ImageDraw, WebPImagePlugin
 
 from emoreact.embed.images import ALLOWED_FORMATS
+from helpers import assert_error, encoded, multipart_body, png_claiming, upload
 from synthetic import draw
-from test_web import assert_error, encoded, multipart_body, png_claiming, upload
 
 MiB = 1024 * 1024
 LIMIT = 1 * MiB  # the real-server app's body limit: room for thousands of tiny form parts under it

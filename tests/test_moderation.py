@@ -13,9 +13,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from emoreact.heads import HeadConfig
-from test_web import encoded, upload
-
-MODERATOR, ADMIN_KEY = "moderator-key-0123456789", "admin-key-0123456789abc"
+from helpers import ADMIN_KEY, MODERATOR, encoded, shuffled_train_labels, upload
 
 
 def bearer(key: str) -> dict:
@@ -226,23 +224,6 @@ def test_train_applies_corrections_unless_told_not_to_and_export_writes_a_manife
 
 
 # ---- retraining ---------------------------------------------------------------------------
-
-def shuffled_train_labels(store: Path, seed: int = 0) -> int:
-    """Records corrections that give every training image another image's labels; gives how many."""
-    from emoreact.index import Store
-    from emoreact.index.feedback import FeedbackLog
-
-    opened = Store.open(store)
-    train = [it for it in opened.items() if it.split == "train" and it.labels]
-    opened.close()
-    labels = [list(it.labels) for it in train]
-    random.Random(seed).shuffle(labels)
-    log = FeedbackLog(store)
-    for it, wrong in zip(train, labels):
-        log.add(key_name="test", image_id=it.id, sha256=it.sha256, labels=wrong, predicted=[], source="indexed")
-    log.close()
-    return len(train)
-
 
 def finish(app) -> dict:
     retrainer = app.extensions["emoreact"].retrainer

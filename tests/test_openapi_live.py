@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_moderation import ADMIN_KEY, MODERATOR
-from test_page import start_server
+from helpers import ADMIN_KEY, MODERATOR, start_server
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("schemathesis")  # the test extra

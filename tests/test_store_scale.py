@@ -15,7 +15,7 @@ from conftest import ROOT
 from emoreact.bench.synthetic_store import Mixture, held_out_queries, write_store
 from emoreact.index import Store, StoreError, ann, brute_force_search
 from emoreact.index.dedup import split_moves
-from test_splits import brute_force_groups
+from helpers import brute_force_groups
 
 MIX = Mixture(dim=64, clusters=48, seed=3)
 IVF = "IVF32_HNSW32,RaBitQ"  # a small approximate index of the production kind
