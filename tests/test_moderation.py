@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import hmac
-import random
 import shutil
 import threading
 from pathlib import Path
