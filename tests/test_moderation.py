@@ -27,8 +27,9 @@ def keys_file(tmp_path) -> Path:
 
 
 @pytest.fixture
-def served(tmp_path, store_path, linear_head, keys_file):
-    """Gives a factory of apps serving copies of the session store and the linear head, keyed."""
+def served(tmp_path, store_path, linear_head, keys_file, session_backbone_loader):
+    """Gives a factory of apps serving copies of the session store and the linear head, keyed: each test's
+    app has its own store, head, corrections and limits; the model is the session's."""
     from emoreact.web import WebConfig, create_app
 
     shutil.copytree(store_path, tmp_path / "store")
@@ -36,7 +37,7 @@ def served(tmp_path, store_path, linear_head, keys_file):
 
     def make(**settings):
         return create_app(WebConfig(store=tmp_path / "store", head=tmp_path / "head", device="cpu",
-                                    api_keys=keys_file, **settings))
+                                    api_keys=keys_file, loader=session_backbone_loader, **settings))
     return make
 
 
@@ -253,7 +254,8 @@ def test_two_retrains_at_once_one_runs_one_gets_409_and_a_worse_head_is_not_swap
     assert health["last_retrain"] == last and health["last_reload"] is None
 
 
-def test_a_better_head_is_swapped_in_and_changes_the_answer(tmp_path, store_path, label_config, keys_file):
+def test_a_better_head_is_swapped_in_and_changes_the_answer(tmp_path, store_path, label_config, keys_file,
+                                                            session_backbone_loader):
     """The served head was trained on shuffled labels; the retrain (same config, true labels) is better."""
     from emoreact.pipeline import train_from_store
     from emoreact.web import WebConfig, create_app
@@ -266,7 +268,8 @@ def test_a_better_head_is_swapped_in_and_changes_the_answer(tmp_path, store_path
     (tmp_path / "store" / "feedback.sqlite").unlink()
     train_from_store(tmp_path / "store", tmp_path / "head", HeadConfig(kind="linear", search=False), label_config,
                      "cpu", overrides=bad)
-    app = create_app(WebConfig(store=tmp_path / "store", head=tmp_path / "head", device="cpu", api_keys=keys_file))
+    app = create_app(WebConfig(store=tmp_path / "store", head=tmp_path / "head", device="cpu", api_keys=keys_file,
+                               loader=session_backbone_loader))
     client = app.test_client()
     image = upload(("sad.png", encoded(("sad",), seed=777)))
     before = client.post("/api/predict", data=image).get_json()["results"][0]
