@@ -12,7 +12,7 @@ import pytest
 
 from helpers import ADMIN_KEY, MODERATOR, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.subprocess
 pytest.importorskip("schemathesis")  # the test extra
 
 ROOT = Path(__file__).resolve().parents[1]

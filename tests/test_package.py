@@ -81,7 +81,7 @@ def _run(venv: Path, args: list[str], cwd: Path, timeout: int = 600) -> subproce
     return done
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess
 def test_installed_wheel_runs_the_cli_and_the_python_api_from_another_folder(installed, tmp_path):
     python = str(installed / "bin" / "python")
     where = _run(installed, [python, "-c", "import emoreact; print(emoreact.__file__); print(emoreact.__version__)"],

@@ -9,7 +9,7 @@ import pytest
 from helpers import ARTIFACTS, launch_browser, start_server
 from synthetic import draw
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

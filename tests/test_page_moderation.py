@@ -17,7 +17,7 @@ from emoreact.heads import HeadConfig
 from helpers import ADMIN_KEY, ARTIFACTS, MODERATOR, launch_browser, shuffled_train_labels, start_server
 from synthetic import draw
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
