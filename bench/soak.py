@@ -138,7 +138,7 @@ def soak(store: Path, head: Path, log: Path, seconds: float = 60, clients: int =
                                   stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_until_up(server, port, log)
-        return _soak(server, port, seconds, clients, max_upload_mb, timeout)
+        return send_load(port, server.pid, seconds, clients, max_upload_mb, timeout)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -156,15 +156,16 @@ def _wait_until_up(server: subprocess.Popen, port: int, log: Path) -> None:
             time.sleep(0.5)
 
 
-def _soak(server: subprocess.Popen, port: int, seconds: float, clients: int, max_upload_mb: float,
-          timeout: float) -> dict:
+def send_load(port: int, pid: int, seconds: float, clients: int, max_upload_mb: float, timeout: float) -> dict:
+    """Sends `clients` concurrent clients' mix of valid and hostile uploads to the server on `port` (process
+    `pid`, whose memory is read) for `seconds`; gives the figures and whether the server `passed`."""
     valid = sorted((ROOT / "demo" / "images").glob("*/*.png"))[::37]
     payloads = {f"valid {p.parent.name}/{p.name}": ([("image", p.name, p.read_bytes())], 200, PREDICT)
                 for p in valid}
     payloads |= hostile_payloads(int(max_upload_mb * 1024 * 1024))
     reference = {name: post(port, parts, path, timeout)[1]
                  for name, (parts, _, path) in payloads.items() if name.startswith("valid")}
-    rss_start = rss_mib(server.pid)
+    rss_start = rss_mib(pid)
     counts, problems, lock = Counter(), [], threading.Lock()
     stop = time.perf_counter() + seconds
     names = list(payloads)
@@ -201,7 +202,7 @@ def _soak(server: subprocess.Popen, port: int, seconds: float, clients: int, max
     result = {"seconds": seconds, "clients": clients, "requests": sum(counts.values()),
               "by_status": dict(counts), "server_errors_5xx": sum(v for k, v in counts.items() if k.startswith("5")),
               "dropped_connections": counts["dropped"], "mismatches_or_unexpected": len(problems),
-              "first_problems": problems[:5], "rss_mib_start": rss_start, "rss_mib_end": rss_mib(server.pid),
+              "first_problems": problems[:5], "rss_mib_start": rss_start, "rss_mib_end": rss_mib(pid),
               "answers_after_soak": healthy}
     return result | {"passed": not problems and healthy}
 
