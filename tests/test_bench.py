@@ -135,3 +135,41 @@ def test_gpu_check_script_installs_nothing_it_has_and_archives_what_it_ran(tmp_p
     with tarfile.open(tmp_path / "out" / "gpu_check.tar.gz") as archive:
         assert "./machine.txt" in archive.getnames()
     assert sys.version.split()[0] in (tmp_path / "out" / "machine.txt").read_text()
+
+
+def test_measured_writes_its_peak_memory_as_the_command_exits(tmp_path, monkeypatch, capsys):
+    """bench/measured.py in this process (the subprocess test above checks whose memory it counts)."""
+    import atexit
+    import json
+
+    import pytest
+
+    from emoreact.bench import measured
+
+    at_exit = []
+    monkeypatch.setattr(atexit, "register", at_exit.append)
+    with pytest.raises(SystemExit) as done:
+        measured.main(str(tmp_path / "peak.json"), ["--help"])
+    assert done.value.code == 0 and "Usage: emoreact" in capsys.readouterr().out
+    [write_peak] = at_exit  # what runs as the process exits
+    write_peak()
+    assert json.loads((tmp_path / "peak.json").read_text())["peak_rss_mib"] > 0
+
+
+def test_index_serve_answers_each_query_alone_and_reports_its_latency(store_path, tmp_path, capsys):
+    """The serving side of `bench index` in this process (bench index runs it as its own)."""
+    import json
+
+    from emoreact.bench import index_serve
+    from emoreact.index import Store
+
+    store = Store.open(store_path)
+    queries = store.vectors()[:5].astype(np.float32)
+    store.close()
+    np.save(tmp_path / "queries.npy", queries)
+    np.save(tmp_path / "warmup.npy", queries[:2])
+    index_serve.main(str(store_path), str(tmp_path / "queries.npy"), str(tmp_path / "warmup.npy"))
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["ids"]) == 5 and all(n in found for n, found in enumerate(out["ids"]))  # each finds itself
+    assert out["warmup_queries"] == 2 and out["p95_ms"] >= out["p50_ms"] > 0
+    assert out["peak_rss_mib"] >= out["open_rss_mib"] > 0
