@@ -1,5 +1,6 @@
 """The benchmarks run end to end on small sizes and report both sides (figures are not asserted)."""
 import numpy as np
+import pytest
 
 from conftest import TINY_MODEL
 
@@ -77,6 +78,7 @@ def test_dedup_bench_reports_each_search_and_the_groups_found():
     assert result["baseline_exact_seconds"] > 0 and result["ours_ivf_seconds"] > 0 and result["store_index_seconds"] > 0
 
 
+@pytest.mark.subprocess
 def test_measured_child_peak_memory_is_its_own_not_its_parents(tmp_path):
     import json
     import subprocess
@@ -119,6 +121,7 @@ def test_bench_embed_takes_batch_size_and_workers_from_the_command_line():
     assert "stages_images_per_s" not in figures  # the stage breakdown is the GPU fast path's
 
 
+@pytest.mark.subprocess
 def test_gpu_check_script_installs_nothing_it_has_and_archives_what_it_ran(tmp_path):
     """The script's scaffolding, with no check selected: the GPU checks themselves need a GPU machine."""
     import os
@@ -142,7 +145,6 @@ def test_measured_writes_its_peak_memory_as_the_command_exits(tmp_path, monkeypa
     import atexit
     import json
 
-    import pytest
 
     from emoreact.bench import measured
 

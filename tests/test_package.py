@@ -34,6 +34,7 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("emoreact-*.whl"))
 
 
+@pytest.mark.subprocess
 def test_the_wheel_holds_only_the_emoreact_package_and_its_run_time_files(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     dist_info = f"emoreact-{emoreact.__version__}.dist-info"
