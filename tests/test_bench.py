@@ -175,3 +175,15 @@ def test_index_serve_answers_each_query_alone_and_reports_its_latency(store_path
     assert len(out["ids"]) == 5 and all(n in found for n, found in enumerate(out["ids"]))  # each finds itself
     assert out["warmup_queries"] == 2 and out["p95_ms"] >= out["p50_ms"] > 0
     assert out["peak_rss_mib"] >= out["open_rss_mib"] > 0
+
+
+def test_api_bench_reports_latency_and_rate_with_and_without_micro_batching():
+    from emoreact.bench import api_bench
+
+    result = api_bench.run(TINY_MODEL, seconds=0.3, device="cpu", levels=(1, 2), warmup=0.1)
+    for mode in ("one_call_per_request", "micro_batching"):
+        for level in (1, 2):
+            figures = result[mode][f"concurrency_{level}"]
+            assert figures["requests"] > 0 and figures["errors"] == 0, figures
+            assert figures["p95_ms"] >= figures["p50_ms"] > 0 and figures["requests_per_s"] > 0
+    assert result["micro_batching_rps_ratio_at_top_concurrency"] > 0 and result["model"] == TINY_MODEL
