@@ -52,6 +52,28 @@ def backbone():
 
 
 @pytest.fixture(scope="session")
+def predictor(store_path, trained):
+    """The predictor `serve` would load for the session store and MLP head; shared, so never closed by a test."""
+    from emoreact.predictor import load
+
+    return load(store_path, trained[0], device="cpu")
+
+
+@pytest.fixture
+def make_app(predictor):
+    """Builds an app around the session's model, store and head (the loader is the seam tests replace)."""
+    from emoreact.predictor import Predictor
+    from emoreact.web import WebConfig, create_app
+
+    def load(config):  # a predictor of the app's own that does not own (close) the shared store
+        return Predictor(predictor.backbone, predictor.store, predictor.head, config.max_pixels)
+
+    def build(**settings):
+        return create_app(WebConfig(loader=load, **settings))
+    return build
+
+
+@pytest.fixture(scope="session")
 def session_backbone_loader(backbone):
     """Gives a `WebConfig.loader` that opens the config's store and head as `serve` does but with the session's
     backbone: each app keeps its own store, head and state, and the model is loaded once per test run.

@@ -22,29 +22,8 @@ LABELS = ["happy", "sad", "angry", "fear", "surprise", "disgust", "neutral", "ot
 
 # ---- fixtures and helpers -----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def predictor(store_path, trained):
-    from emoreact.predictor import load
-
-    return load(store_path, trained[0], device="cpu")
-
-
 @pytest.fixture
-def make_app(predictor):
-    """Builds an app around the module's model, store and head (the loader is the seam tests replace)."""
-    from emoreact.predictor import Predictor
-    from emoreact.web import WebConfig, create_app
-
-    def load(config):
-        return Predictor(predictor.backbone, predictor.store, predictor.head, config.max_pixels)
-
-    def build(**settings):
-        return create_app(WebConfig(loader=load, **settings))
-    return build
-
-
-@pytest.fixture
-def app(make_app):
+def app(make_app):  # make_app and predictor: tests/conftest.py
     return make_app()
 
 
