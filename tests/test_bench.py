@@ -187,3 +187,30 @@ def test_api_bench_reports_latency_and_rate_with_and_without_micro_batching():
             assert figures["requests"] > 0 and figures["errors"] == 0, figures
             assert figures["p95_ms"] >= figures["p50_ms"] > 0 and figures["requests_per_s"] > 0
     assert result["micro_batching_rps_ratio_at_top_concurrency"] > 0 and result["model"] == TINY_MODEL
+
+
+def test_train_score_bench_trains_at_each_cap_and_scores_beside_the_per_image_answer(tmp_path, monkeypatch):
+    """The bench's steps on a small store, each command run in this process (the bench starts each as its own
+    process to read its peak memory; bench/measured.py is tested above)."""
+    import time
+
+    from click.testing import CliRunner
+
+    from emoreact.bench import train_score_bench
+    from emoreact.cli import main
+
+    def in_process(args: list[str]) -> tuple[float, float, str]:
+        start = time.perf_counter()
+        done = CliRunner().invoke(main, args)
+        assert done.exit_code == 0, done.output
+        in_process.cpu_seconds = 0.0
+        return round(time.perf_counter() - start, 1), 0.0, done.stdout.strip()
+
+    monkeypatch.setattr(train_score_bench, "_child", in_process)
+    result = train_score_bench.run(tmp_path / "store", size=1000, caps=(300, 0))
+    assert result["images"] == 1000 and result["generate_seconds"] >= 0
+    capped, whole = result["train_cap_300"], result["train_cap_none"]
+    assert capped["train_rows"]["used"] <= 300 < whole["train_rows"]["used"] == whole["train_rows"]["labelled"]
+    assert 0 < whole["test_macro_f1"] <= 1
+    assert result["score"]["rows"] == 1000 and result["score_baseline_per_image"]["rows"] > 0
+    assert result["score_speedup"] > 0
