@@ -68,6 +68,7 @@ def demo_run(tmp_path_factory):
     return out, json.loads(result.output.strip().splitlines()[-1])
 
 
+@pytest.mark.long
 def test_demo_runs_end_to_end_and_writes_its_report(demo_run):
     out, summary = demo_run
     assert summary["model_id"] == "emoreact-emoji-s/emoreact"
@@ -84,6 +85,7 @@ def test_demo_runs_end_to_end_and_writes_its_report(demo_run):
         assert (out / "head" / name).exists()
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("style", STYLES)
 def test_demo_meets_the_quality_criteria_on_each_held_out_style(demo_run, style):
     """Head trained on two styles, tested on the third: macro-F1 >= 0.6, every label with >= 10 test
@@ -101,6 +103,7 @@ def test_demo_meets_the_quality_criteria_on_each_held_out_style(demo_run, style)
 
 @pytest.mark.parametrize("hexcode, emotion", [("1f62d", "sad"), ("1f600", "happy"),
                                              ("1f601", "happy"), ("1f92c", "angry")])
+@pytest.mark.long
 def test_known_answers_on_unseen_test_style_images(demo_run, hexcode, emotion):
     """😭 scores sad highest, 😀 and 😁 happy, 🤬 angry: OpenMoji images (the demo's test style, never
     trained on by the head) through the normal pipeline: decode, embed, head, emoji policy. The CLIP
