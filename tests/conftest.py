@@ -123,6 +123,21 @@ def trained(tmp_path_factory, store_path, label_config):
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """(folder, summary) of `cli.py demo --no-serve`: the bundled model's store, head and quality report."""
+    import json
+
+    from click.testing import CliRunner
+
+    from emoreact import cli
+
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(cli.main, ["demo", "--no-serve", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.output.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
 def linear_head(tmp_path_factory, store_path, label_config) -> Path:
     """A linear head without search on the session store: the quickest to train, and so to retrain."""
     from emoreact.pipeline import train_from_store
