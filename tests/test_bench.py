@@ -214,3 +214,15 @@ def test_train_score_bench_trains_at_each_cap_and_scores_beside_the_per_image_an
     assert 0 < whole["test_macro_f1"] <= 1
     assert result["score"]["rows"] == 1000 and result["score_baseline_per_image"]["rows"] > 0
     assert result["score_speedup"] > 0
+
+
+def test_the_embed_bench_on_ray_without_the_extra_fails_at_once_naming_it(monkeypatch):
+    import sys
+
+    from emoreact.bench import embed_bench
+    from emoreact.embed import EngineError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(EngineError, match=r'pip install "emoreact\[ray\]"'):
+        embed_bench.run(TINY_MODEL, images=8, device="cpu", engine="ray")
