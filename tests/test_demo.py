@@ -110,3 +110,41 @@ def test_known_answers_on_unseen_test_style_images(demo_run, hexcode, emotion):
     assert result["predicted_emotions"][0] == emotion
     if emotion == "sad":
         assert "😂" in result["blocked_emojis"] and "😂" not in result["allowed_emojis"]
+
+
+def test_the_style_evaluation_runs_on_any_folder_in_the_demo_layout(tmp_path, label_config, backbone):
+    """The demo's records and its leave-one-style-out, zero-shot and few-label evaluation, on synthetic
+    drawings in the demo's layout with a linear head: quick, and with no quality to meet (the demo's own
+    run above meets it)."""
+    from emoreact.demo import demo_records, style_evaluation
+    from emoreact.embed import EmbedConfig
+    from emoreact.heads import HeadConfig
+    from emoreact.pipeline import embed_records
+    from synthetic import draw
+
+    demo = tmp_path / "demo"
+    rows = ["path,labels,split,style,emoji"]
+    for style in STYLES:
+        (demo / "images" / style).mkdir(parents=True)
+        # Named as emojis are; with 24 a style, 1f601 and 1f605 are among those the CLIP never saw and each
+        # pair of training styles has validation images (both are chosen by name, see emoreact.demo).
+        for n, label in enumerate(label_config.names * 3):
+            hexcode = f"{0x1F600 + n:x}"
+            draw((label,), seed=1000 * STYLES.index(style) + n).save(demo / "images" / style / f"{hexcode}.png")
+            rows.append(f"images/{style}/{hexcode}.png,{label},{style},{style},")
+    (demo / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    records = demo_records(demo)
+    assert {r.split for r in records if "openmoji" in str(r.path)} == {"test"} and len(records) == 72
+    embed_records(records, tmp_path / "store", backbone, label_config,
+                  EmbedConfig(workers=0, progress=False, near_duplicate_threshold=None))
+    head = HeadConfig(kind="linear", search=False, zero_shot_prior=True)
+    quality = style_evaluation(tmp_path / "store", label_config, backbone, seeds=1, head_config=head)
+    for style in STYLES:
+        held = quality[style]
+        assert held["trained_on"] == [s for s in STYLES if s != style]
+        assert 0 <= held["head_with_prior"]["macro_f1"] <= 1 and held["few_label"]["seeds"] == 1
+        split = held["head_with_prior_split"]
+        assert split["emojis_seen_by_clip"]["images"] + split["emojis_unseen_by_clip"]["images"] == 24
+        assert set(quality["criteria"][style]) == {"macro_f1_at_least_0.6", "labels_below_0.5_f1",
+                                                   "prior_helps_few_label"}
+    assert isinstance(quality["criteria"]["all_met"], bool)
