@@ -16,8 +16,9 @@ from .common import environment, write_photos
 
 
 def run(model: str = "ViT-B-32", seconds: float = 10.0, device: str = "auto",
-        levels: tuple[int, ...] = (1, 4, 16)) -> dict:
-    """Gives p50/p95 latency and requests/s per concurrency level, micro-batching off and on."""
+        levels: tuple[int, ...] = (1, 4, 16), warmup: float = 2.0) -> dict:
+    """Gives p50/p95 latency and requests/s per concurrency level, micro-batching off and on (after `warmup`
+    seconds of single requests)."""
     import torch
 
     from emoreact.embed import EmbedConfig, ModelSpec
@@ -47,7 +48,7 @@ def run(model: str = "ViT-B-32", seconds: float = 10.0, device: str = "auto",
                                loader=lambda _config, p=predictor: p)
             with background_server(create_app(config), threads=max(levels)) as url:
                 host, port = url.removeprefix("http://").split(":")
-                _load(host, int(port), uploads, 1, 2.0)  # warm-up
+                _load(host, int(port), uploads, 1, warmup)
                 figures["micro_batching" if micro else "one_call_per_request"] = {
                     f"concurrency_{c}": _load(host, int(port), uploads, c, seconds) for c in levels}
         dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")

@@ -52,6 +52,52 @@ def backbone():
 
 
 @pytest.fixture(scope="session")
+def predictor(store_path, trained):
+    """The predictor `serve` would load for the session store and MLP head; shared, so never closed by a test."""
+    from emoreact.predictor import load
+
+    return load(store_path, trained[0], device="cpu")
+
+
+@pytest.fixture
+def make_app(predictor):
+    """Builds an app around the session's model, store and head (the loader is the seam tests replace)."""
+    from emoreact.predictor import Predictor
+    from emoreact.web import WebConfig, create_app
+
+    def load(config):  # a predictor of the app's own that does not own (close) the shared store
+        return Predictor(predictor.backbone, predictor.store, predictor.head, config.max_pixels)
+
+    def build(**settings):
+        return create_app(WebConfig(loader=load, **settings))
+    return build
+
+
+@pytest.fixture(scope="session")
+def session_backbone_loader(backbone):
+    """Gives a `WebConfig.loader` that opens the config's store and head as `serve` does but with the session's
+    backbone: each app keeps its own store, head and state, and the model is loaded once per test run.
+
+    (`serve` and the default loader are still tested as they are, by the tests that start them.)"""
+    from emoreact.embed import same_model
+    from emoreact.heads import EmotionHead
+    from emoreact.index import Store
+    from emoreact.predictor import Predictor
+
+    def load(config):
+        store = Store.open(config.store, nprobe=config.nprobe, candidates=config.candidates)
+        if not same_model(store.model_id, backbone.spec):
+            store.close()
+            raise ValueError(f"the session backbone is {backbone.spec.model_id!r}, the store's {store.model_id!r}")
+        head = EmotionHead.load(config.head, store.model_id, store.dim)
+        if config.labels is not None:
+            head.with_policy(load_label_config(config.labels))
+        return Predictor(backbone, store, head, config.max_pixels, config.micro_batch, owns_store=True,
+                         unsure_above=config.unsure_above)
+    return load
+
+
+@pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     """A CSV manifest of 640 synthetic labelled images."""
     return make_manifest(tmp_path_factory.mktemp("data"), synthetic_items(640, seed=1))
@@ -77,6 +123,21 @@ def trained(tmp_path_factory, store_path, label_config):
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """(folder, summary) of `cli.py demo --no-serve`: the bundled model's store, head and quality report."""
+    import json
+
+    from click.testing import CliRunner
+
+    from emoreact import cli
+
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(cli.main, ["demo", "--no-serve", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.output.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
 def linear_head(tmp_path_factory, store_path, label_config) -> Path:
     """A linear head without search on the session store: the quickest to train, and so to retrain."""
     from emoreact.pipeline import train_from_store
@@ -84,3 +145,20 @@ def linear_head(tmp_path_factory, store_path, label_config) -> Path:
     out = tmp_path_factory.mktemp("linear") / "head"
     train_from_store(store_path, out, HeadConfig(kind="linear", search=False), label_config, "cpu")
     return out
+
+
+# ---- the fast tier ------------------------------------------------------------------------
+
+SLOW_BECAUSE = ("browser", "ray", "subprocess", "long")  # pyproject.toml registers each, with what it means
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: "not slow" must see the marks added here
+def pytest_collection_modifyitems(config, items):
+    """Marks `slow` every test marked with a reason to be slow, and refuses `slow` set without a reason."""
+    for item in items:
+        reasons = [name for name in SLOW_BECAUSE if item.get_closest_marker(name)]
+        if reasons:
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker("slow"):
+            raise pytest.UsageError(f"{item.nodeid} is marked slow without saying why: mark it with one of "
+                                    f"{', '.join(SLOW_BECAUSE)} (conftest adds `slow` to those)")

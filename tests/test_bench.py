@@ -1,5 +1,6 @@
 """The benchmarks run end to end on small sizes and report both sides (figures are not asserted)."""
 import numpy as np
+import pytest
 
 from conftest import TINY_MODEL
 
@@ -77,6 +78,7 @@ def test_dedup_bench_reports_each_search_and_the_groups_found():
     assert result["baseline_exact_seconds"] > 0 and result["ours_ivf_seconds"] > 0 and result["store_index_seconds"] > 0
 
 
+@pytest.mark.subprocess
 def test_measured_child_peak_memory_is_its_own_not_its_parents(tmp_path):
     import json
     import subprocess
@@ -119,6 +121,7 @@ def test_bench_embed_takes_batch_size_and_workers_from_the_command_line():
     assert "stages_images_per_s" not in figures  # the stage breakdown is the GPU fast path's
 
 
+@pytest.mark.subprocess
 def test_gpu_check_script_installs_nothing_it_has_and_archives_what_it_ran(tmp_path):
     """The script's scaffolding, with no check selected: the GPU checks themselves need a GPU machine."""
     import os
@@ -135,3 +138,91 @@ def test_gpu_check_script_installs_nothing_it_has_and_archives_what_it_ran(tmp_p
     with tarfile.open(tmp_path / "out" / "gpu_check.tar.gz") as archive:
         assert "./machine.txt" in archive.getnames()
     assert sys.version.split()[0] in (tmp_path / "out" / "machine.txt").read_text()
+
+
+def test_measured_writes_its_peak_memory_as_the_command_exits(tmp_path, monkeypatch, capsys):
+    """bench/measured.py in this process (the subprocess test above checks whose memory it counts)."""
+    import atexit
+    import json
+
+
+    from emoreact.bench import measured
+
+    at_exit = []
+    monkeypatch.setattr(atexit, "register", at_exit.append)
+    with pytest.raises(SystemExit) as done:
+        measured.main(str(tmp_path / "peak.json"), ["--help"])
+    assert done.value.code == 0 and "Usage: emoreact" in capsys.readouterr().out
+    [write_peak] = at_exit  # what runs as the process exits
+    write_peak()
+    assert json.loads((tmp_path / "peak.json").read_text())["peak_rss_mib"] > 0
+
+
+def test_index_serve_answers_each_query_alone_and_reports_its_latency(store_path, tmp_path, capsys):
+    """The serving side of `bench index` in this process (bench index runs it as its own)."""
+    import json
+
+    from emoreact.bench import index_serve
+    from emoreact.index import Store
+
+    store = Store.open(store_path)
+    queries = store.vectors()[:5].astype(np.float32)
+    store.close()
+    np.save(tmp_path / "queries.npy", queries)
+    np.save(tmp_path / "warmup.npy", queries[:2])
+    index_serve.main(str(store_path), str(tmp_path / "queries.npy"), str(tmp_path / "warmup.npy"))
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["ids"]) == 5 and all(n in found for n, found in enumerate(out["ids"]))  # each finds itself
+    assert out["warmup_queries"] == 2 and out["p95_ms"] >= out["p50_ms"] > 0
+    assert out["peak_rss_mib"] >= out["open_rss_mib"] > 0
+
+
+def test_api_bench_reports_latency_and_rate_with_and_without_micro_batching():
+    from emoreact.bench import api_bench
+
+    result = api_bench.run(TINY_MODEL, seconds=0.3, device="cpu", levels=(1, 2), warmup=0.1)
+    for mode in ("one_call_per_request", "micro_batching"):
+        for level in (1, 2):
+            figures = result[mode][f"concurrency_{level}"]
+            assert figures["requests"] > 0 and figures["errors"] == 0, figures
+            assert figures["p95_ms"] >= figures["p50_ms"] > 0 and figures["requests_per_s"] > 0
+    assert result["micro_batching_rps_ratio_at_top_concurrency"] > 0 and result["model"] == TINY_MODEL
+
+
+def test_train_score_bench_trains_at_each_cap_and_scores_beside_the_per_image_answer(tmp_path, monkeypatch):
+    """The bench's steps on a small store, each command run in this process (the bench starts each as its own
+    process to read its peak memory; bench/measured.py is tested above)."""
+    import time
+
+    from click.testing import CliRunner
+
+    from emoreact.bench import train_score_bench
+    from emoreact.cli import main
+
+    def in_process(args: list[str]) -> tuple[float, float, str]:
+        start = time.perf_counter()
+        done = CliRunner().invoke(main, args)
+        assert done.exit_code == 0, done.output
+        in_process.cpu_seconds = 0.0
+        return time.perf_counter() - start, 0.0, done.stdout.strip()  # unrounded: a fast step is not 0 s
+
+    monkeypatch.setattr(train_score_bench, "_child", in_process)
+    result = train_score_bench.run(tmp_path / "store", size=1000, caps=(300, 0))
+    assert result["images"] == 1000 and result["generate_seconds"] >= 0
+    capped, whole = result["train_cap_300"], result["train_cap_none"]
+    assert capped["train_rows"]["used"] <= 300 < whole["train_rows"]["used"] == whole["train_rows"]["labelled"]
+    assert 0 < whole["test_macro_f1"] <= 1
+    assert result["score"]["rows"] == 1000 and result["score_baseline_per_image"]["rows"] > 0
+    assert result["score_speedup"] > 0
+
+
+def test_the_embed_bench_on_ray_without_the_extra_fails_at_once_naming_it(monkeypatch):
+    import sys
+
+    from emoreact.bench import embed_bench
+    from emoreact.embed import EngineError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(EngineError, match=r'pip install "emoreact\[ray\]"'):
+        embed_bench.run(TINY_MODEL, images=8, device="cpu", engine="ray")

@@ -156,3 +156,15 @@ def test_predict_reports_a_bad_image_and_exits_non_zero(built, runner, tmp_path)
                                       "--head", str(root / "head")])
     assert result.exit_code == 1
     assert "not an image" in json.loads(result.output.splitlines()[0])["error"]
+
+
+def test_python_dash_m_emoreact_is_the_same_cli(monkeypatch, capsys):
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["emoreact", "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("emoreact", run_name="__main__")
+    assert done.value.code == 0
+    helped = capsys.readouterr().out
+    assert helped.startswith("Usage: emoreact") and all(f"  {name} " in helped for name in cli.main.commands)

@@ -2,6 +2,7 @@
 import io
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -26,6 +27,7 @@ def check(data: bytes) -> None:
         assert image.mode == "RGB" and image.width * image.height <= 4_000_000
 
 
+@pytest.mark.long
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.sampled_from(SEEDS), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
                                                    max_size=12), cut=st.integers(0, 10_000))

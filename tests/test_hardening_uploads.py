@@ -24,33 +24,15 @@ import pytest
 from PIL import GifImagePlugin, Image, ImageDraw, WebPImagePlugin
 
 from emoreact.embed.images import ALLOWED_FORMATS
+from helpers import assert_error, encoded, multipart_body, png_claiming, upload
 from synthetic import draw
-from test_web import assert_error, encoded, multipart_body, png_claiming, upload
 
 MiB = 1024 * 1024
 LIMIT = 1 * MiB  # the real-server app's body limit: room for thousands of tiny form parts under it
 
 
-@pytest.fixture(scope="module")
-def predictor(store_path, trained):
-    from emoreact.predictor import load
-
-    return load(store_path, trained[0], device="cpu")
-
-
 @pytest.fixture
-def make_app(predictor):
-    from emoreact.predictor import Predictor
-    from emoreact.web import WebConfig, create_app
-
-    def build(**settings):
-        return create_app(WebConfig(loader=lambda c: Predictor(predictor.backbone, predictor.store, predictor.head,
-                                                               c.max_pixels), **settings))
-    return build
-
-
-@pytest.fixture
-def client(make_app):
+def client(make_app):  # make_app: tests/conftest.py
     return make_app().test_client()
 
 

@@ -85,6 +85,7 @@ def clean(source, tmp_path_factory) -> dict:
     return snapshot(path)
 
 
+@pytest.mark.subprocess
 def test_duplicate_skipped_before_its_original_is_written_is_not_lost_after_a_kill(source, clean, tmp_path):
     # The first batch holds 000.png and its copy 000b.png; the copy's skip row ("duplicate of 000.png")
     # must not make 000.png count as stored when the kill lands before 000.png's shard is committed.
@@ -95,6 +96,7 @@ def test_duplicate_skipped_before_its_original_is_written_is_not_lost_after_a_ki
 
 @pytest.mark.parametrize("fault, leftover", [("during_shard_write:2", "vectors/.*.npy.*.tmp"),
                                              ("during_index_write:1", ".index-*.faiss.*.tmp")])
+@pytest.mark.subprocess
 def test_temporary_file_of_a_killed_atomic_write_is_removed_by_the_rerun(source, clean, tmp_path, fault, leftover):
     killed(source, tmp_path / "store", fault)
     assert list((tmp_path / "store").glob(leftover)), "the kill should have left a temporary file"
@@ -102,6 +104,7 @@ def test_temporary_file_of_a_killed_atomic_write_is_removed_by_the_rerun(source,
     assert_like_uninterrupted(tmp_path / "store", clean)
 
 
+@pytest.mark.subprocess
 def test_kill_between_rows_and_manifest_is_refused_then_completed_by_the_rerun(source, clean, tmp_path):
     killed(source, tmp_path / "store", "before_manifest:1")
     with pytest.raises(StoreError):
@@ -110,6 +113,7 @@ def test_kill_between_rows_and_manifest_is_refused_then_completed_by_the_rerun(s
     assert_like_uninterrupted(tmp_path / "store", clean)
 
 
+@pytest.mark.subprocess
 def test_random_kills_at_fault_points_then_a_rerun_give_the_uninterrupted_store(source, clean, tmp_path):
     rng = random.Random(2024)  # seeded: the same kills every run; change the seed to explore others
     shards = UNIQUE // SHARD

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import hmac
-import random
 import shutil
 import threading
 from pathlib import Path
@@ -13,9 +12,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from emoreact.heads import HeadConfig
-from test_web import encoded, upload
-
-MODERATOR, ADMIN_KEY = "moderator-key-0123456789", "admin-key-0123456789abc"
+from helpers import ADMIN_KEY, MODERATOR, encoded, shuffled_train_labels, upload
 
 
 def bearer(key: str) -> dict:
@@ -30,8 +27,9 @@ def keys_file(tmp_path) -> Path:
 
 
 @pytest.fixture
-def served(tmp_path, store_path, linear_head, keys_file):
-    """Gives a factory of apps serving copies of the session store and the linear head, keyed."""
+def served(tmp_path, store_path, linear_head, keys_file, session_backbone_loader):
+    """Gives a factory of apps serving copies of the session store and the linear head, keyed: each test's
+    app has its own store, head, corrections and limits; the model is the session's."""
     from emoreact.web import WebConfig, create_app
 
     shutil.copytree(store_path, tmp_path / "store")
@@ -39,7 +37,7 @@ def served(tmp_path, store_path, linear_head, keys_file):
 
     def make(**settings):
         return create_app(WebConfig(store=tmp_path / "store", head=tmp_path / "head", device="cpu",
-                                    api_keys=keys_file, **settings))
+                                    api_keys=keys_file, loader=session_backbone_loader, **settings))
     return make
 
 
@@ -227,23 +225,6 @@ def test_train_applies_corrections_unless_told_not_to_and_export_writes_a_manife
 
 # ---- retraining ---------------------------------------------------------------------------
 
-def shuffled_train_labels(store: Path, seed: int = 0) -> int:
-    """Records corrections that give every training image another image's labels; gives how many."""
-    from emoreact.index import Store
-    from emoreact.index.feedback import FeedbackLog
-
-    opened = Store.open(store)
-    train = [it for it in opened.items() if it.split == "train" and it.labels]
-    opened.close()
-    labels = [list(it.labels) for it in train]
-    random.Random(seed).shuffle(labels)
-    log = FeedbackLog(store)
-    for it, wrong in zip(train, labels):
-        log.add(key_name="test", image_id=it.id, sha256=it.sha256, labels=wrong, predicted=[], source="indexed")
-    log.close()
-    return len(train)
-
-
 def finish(app) -> dict:
     retrainer = app.extensions["emoreact"].retrainer
     retrainer.thread.join(timeout=300)
@@ -273,7 +254,8 @@ def test_two_retrains_at_once_one_runs_one_gets_409_and_a_worse_head_is_not_swap
     assert health["last_retrain"] == last and health["last_reload"] is None
 
 
-def test_a_better_head_is_swapped_in_and_changes_the_answer(tmp_path, store_path, label_config, keys_file):
+def test_a_better_head_is_swapped_in_and_changes_the_answer(tmp_path, store_path, label_config, keys_file,
+                                                            session_backbone_loader):
     """The served head was trained on shuffled labels; the retrain (same config, true labels) is better."""
     from emoreact.pipeline import train_from_store
     from emoreact.web import WebConfig, create_app
@@ -286,7 +268,8 @@ def test_a_better_head_is_swapped_in_and_changes_the_answer(tmp_path, store_path
     (tmp_path / "store" / "feedback.sqlite").unlink()
     train_from_store(tmp_path / "store", tmp_path / "head", HeadConfig(kind="linear", search=False), label_config,
                      "cpu", overrides=bad)
-    app = create_app(WebConfig(store=tmp_path / "store", head=tmp_path / "head", device="cpu", api_keys=keys_file))
+    app = create_app(WebConfig(store=tmp_path / "store", head=tmp_path / "head", device="cpu", api_keys=keys_file,
+                               loader=session_backbone_loader))
     client = app.test_client()
     image = upload(("sad.png", encoded(("sad",), seed=777)))
     before = client.post("/api/predict", data=image).get_json()["results"][0]

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from test_moderation import ADMIN_KEY, MODERATOR
-from test_page import start_server
+from helpers import ADMIN_KEY, MODERATOR, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.subprocess
 pytest.importorskip("schemathesis")  # the test extra
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,12 +23,14 @@ OPERATIONS = ["POST /api/predict", "GET /api/neighbours", "POST /api/neighbours"
 
 
 @pytest.fixture(scope="module")
-def app(store_path, trained):
-    from emoreact.predictor import load
+def app(predictor):
+    """The app around the session's predictor (tests/conftest.py), in a predictor of its own that does not
+    own (close) the shared store."""
+    from emoreact.predictor import Predictor
     from emoreact.web import WebConfig, create_app
 
-    predictor = load(store_path, trained[0], device="cpu")
-    return create_app(WebConfig(loader=lambda config: predictor, max_files=4))
+    return create_app(WebConfig(loader=lambda config: Predictor(predictor.backbone, predictor.store, predictor.head,
+                                                                config.max_pixels), max_files=4))
 
 
 @pytest.fixture(scope="module")

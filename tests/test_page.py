@@ -3,38 +3,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from helpers import ARTIFACTS, launch_browser, start_server
 from synthetic import draw
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium; `./run test` does it)")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
@@ -43,51 +18,9 @@ def server(store_path, trained, tmp_path_factory):
     yield from start_server(store_path, trained[0], tmp_path_factory.mktemp("serve") / "serve.log")
 
 
-def start_server(store, head, log: Path, options: list[str] = ()):
-    """Runs `cli.py serve` on a free port until the generator is closed; yields (base URL, /healthz)."""
-    port = _free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "cli.py"), "serve", "--store", str(store), "--head", str(head),
-             "--device", "cpu", "--port", str(port), "--threads", "4", "--k", "6", *options],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"`cli.py serve` exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-                    health = json.loads(response.read())
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"`cli.py serve` did not answer within 180 s:\n{log.read_text()}")
-                time.sleep(0.3)
-        yield base, health
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def browser():
     yield from launch_browser()
-
-
-def launch_browser():
-    """Yields headless Debian Chromium driven by Playwright (skips the test where either is missing)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
-    executable = _chromium()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def _png(labels: tuple[str, ...], seed: int, size: int = 96) -> bytes:

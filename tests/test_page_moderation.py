@@ -14,11 +14,10 @@ import pytest
 from PIL import Image
 
 from emoreact.heads import HeadConfig
+from helpers import ADMIN_KEY, ARTIFACTS, MODERATOR, launch_browser, shuffled_train_labels, start_server
 from synthetic import draw
-from test_moderation import ADMIN_KEY, MODERATOR, shuffled_train_labels
-from test_page import ARTIFACTS, launch_browser, start_server
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 import hashlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import FAST_EMBED, TINY
@@ -25,8 +26,31 @@ def add(store: Store, records, marks: list[int]) -> None:
     store.add(rows, np.stack([one_hot(k) for k in marks]))
 
 
-def test_a_killed_multi_device_job_resumes_its_parts_instead_of_starting_over(tmp_path, label_config):
+class InProcessPool:
+    """Stands in for the process pool: each device's part is embedded here, in turn. The parts, the resume
+    and the merge are the same; only the processes are not started (the `processes` case starts them)."""
+
+    def __init__(self, workers: int, mp_context=None):
+        self.workers = workers
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def map(self, fn, jobs):
+        return [fn(job) for job in jobs]
+
+
+@pytest.mark.parametrize("pool", [pytest.param("processes", marks=pytest.mark.subprocess), "in this process"])
+def test_a_killed_multi_device_job_resumes_its_parts_instead_of_starting_over(tmp_path, label_config, pool,
+                                                                              monkeypatch):
     from emoreact import embed_source
+    from emoreact.embed import parallel
+
+    if pool == "in this process":
+        monkeypatch.setattr(parallel, "ProcessPoolExecutor", InProcessPool)
 
     (tmp_path / "src").mkdir()
     for n in range(12):

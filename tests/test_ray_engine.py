@@ -160,7 +160,7 @@ def ray_embed(source: Path, store: Path, label_config, ray_config: RayConfig = R
 
 
 @needs_ray
-@pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.usefixtures("ray_local")
 def test_ray_engine_writes_the_store_the_local_engine_writes(source, local, tmp_path, label_config):
     report = ray_embed(source, tmp_path / "store", label_config)
@@ -174,7 +174,7 @@ def test_ray_engine_writes_the_store_the_local_engine_writes(source, local, tmp_
 
 
 @needs_ray
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_killed_driver_rerun_gives_the_uninterrupted_store(ray_local, source, local, tmp_path, label_config):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("EMOREACT_FAULT")},
            "EMOREACT_FAULT": "after_shard_rows:2"}  # two shards committed, then the driver dies
@@ -191,7 +191,7 @@ def test_a_killed_driver_rerun_gives_the_uninterrupted_store(ray_local, source, 
 
 
 @needs_ray
-@pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.usefixtures("ray_local")
 def test_a_worker_killed_mid_batch_is_retried_by_ray(source, local, tmp_path, label_config, monkeypatch):
     marker = tmp_path / "worker-killed"
@@ -204,7 +204,7 @@ def test_a_worker_killed_mid_batch_is_retried_by_ray(source, local, tmp_path, la
 
 
 @needs_ray
-@pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("ray_config, device, message", [
     (RayConfig(workers=2), "cpu", "2 workers x 1 CPUs leave no CPU for reading and decoding on a Ray cluster of 2 "
@@ -223,7 +223,7 @@ def test_workers_the_cluster_cannot_hold_are_refused_at_once(source, tmp_path, l
 
 
 @needs_ray
-@pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.usefixtures("ray_local")
 def test_the_index_built_on_ray_has_the_local_builds_recall_and_exactly_the_live_ids(vector_store, tmp_path):
     from emoreact.index.ray_build import RayIndexBuilder
@@ -251,7 +251,7 @@ def test_the_index_built_on_ray_has_the_local_builds_recall_and_exactly_the_live
 
 
 @needs_ray
-@pytest.mark.slow
+@pytest.mark.ray
 def test_two_nodes_both_embed_and_give_the_same_store(two_nodes, source, local, tmp_path, label_config):
     # Two workers of half a CPU on two 1-CPU nodes: Ray Data spreads them, one per node.
     report = ray_embed(source, tmp_path / "store", label_config, RayConfig(workers=2, cpus_per_worker=0.5))
@@ -261,7 +261,7 @@ def test_two_nodes_both_embed_and_give_the_same_store(two_nodes, source, local, 
 
 
 @needs_ray
-@pytest.mark.slow
+@pytest.mark.ray
 def test_two_nodes_both_add_vectors_to_the_index(two_nodes, vector_store, tmp_path):
     from emoreact.index.ray_build import RayIndexBuilder
 

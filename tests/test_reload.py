@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from emoreact.index import Store
-from test_web import encoded, multipart_body, upload
+from helpers import encoded, multipart_body, upload
 
 SMALL = 100  # images in the second store
 

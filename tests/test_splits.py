@@ -9,28 +9,12 @@ from conftest import FAST_EMBED, LABELS, TINY
 from emoreact import cli, embed_source
 from emoreact.index import Grouping, Store, ann, build_index, near_duplicate_groups
 from emoreact.index.dedup import groups_from, split_moves, store_index_neighbours
+from helpers import brute_force_groups
 from synthetic import make_manifest
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def brute_force_groups(vectors: np.ndarray, threshold: float) -> set[tuple[int, ...]]:
-    """The reference: the full similarity matrix and a plain union-find."""
-    parent = list(range(len(vectors)))
-
-    def root(i):
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for i, j in zip(*np.nonzero(np.triu(vectors @ vectors.T >= threshold, k=1))):
-        parent[root(i)] = root(j)
-    members = {}
-    for i in range(len(vectors)):
-        members.setdefault(root(i), []).append(i)
-    return {tuple(m) for m in members.values() if len(m) > 1}
 
 
 def chain(dim: int, cos: float) -> np.ndarray:

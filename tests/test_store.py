@@ -137,6 +137,7 @@ def test_torch_exact_search_matches_faiss_flat():
     assert np.allclose(scores, ref_scores, atol=1e-5)
 
 
+@pytest.mark.subprocess
 def test_sharded_run_over_two_processes_equals_a_single_process_run(tmp_path, label_config):
     from emoreact import embed_source
 

@@ -15,7 +15,7 @@ from conftest import ROOT
 from emoreact.bench.synthetic_store import Mixture, held_out_queries, write_store
 from emoreact.index import Store, StoreError, ann, brute_force_search
 from emoreact.index.dedup import split_moves
-from test_splits import brute_force_groups
+from helpers import brute_force_groups
 
 MIX = Mixture(dim=64, clusters=48, seed=3)
 IVF = "IVF32_HNSW32,RaBitQ"  # a small approximate index of the production kind
@@ -153,6 +153,7 @@ def test_removal_leaves_no_trace(tmp_path, kind):
     store.close()
 
 
+@pytest.mark.subprocess
 def test_killed_remove_is_hidden_at_once_and_completed_by_the_next_writer(tmp_path):
     root = tmp_path / "s"
     make(root, index=IVF).close()
@@ -177,6 +178,7 @@ def test_killed_remove_is_hidden_at_once_and_completed_by_the_next_writer(tmp_pa
     store.close()
 
 
+@pytest.mark.subprocess
 def test_killed_reindex_leaves_the_store_as_before(tmp_path):
     root = tmp_path / "s"
     make(root, index="flat").close()
@@ -295,6 +297,7 @@ def test_a_large_store_groups_near_duplicates_through_its_index_without_loading_
     store.close()
 
 
+@pytest.mark.subprocess
 def test_a_kill_between_index_and_grouping_leaves_the_rows_to_group_next_time(ivf_store, tmp_path):
     root = shutil.copytree(ivf_store, tmp_path / "s")
     _with_twins(root, 30, seed=5)

@@ -198,6 +198,7 @@ print(json.dumps({"ids": ids[:, 0].tolist(), "split": metrics["split"]}))
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare for a private read-only bind mount")
+@pytest.mark.subprocess
 @pytest.mark.parametrize("legacy_wal", [False, True], ids=["store", "legacy-wal-store"])
 def test_a_store_on_a_read_only_mount_serves_and_trains(copy, tmp_path, legacy_wal):
     if legacy_wal:

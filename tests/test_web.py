@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import urllib.error
 import urllib.request
-import uuid
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -17,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from helpers import assert_error, encoded, multipart_body, png_claiming, upload
 from synthetic import draw
 
 LABELS = ["happy", "sad", "angry", "fear", "surprise", "disgust", "neutral", "other"]
@@ -24,74 +22,14 @@ LABELS = ["happy", "sad", "angry", "fear", "surprise", "disgust", "neutral", "ot
 
 # ---- fixtures and helpers -----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def predictor(store_path, trained):
-    from emoreact.predictor import load
-
-    return load(store_path, trained[0], device="cpu")
-
-
 @pytest.fixture
-def make_app(predictor):
-    """Builds an app around the module's model, store and head (the loader is the seam tests replace)."""
-    from emoreact.predictor import Predictor
-    from emoreact.web import WebConfig, create_app
-
-    def load(config):
-        return Predictor(predictor.backbone, predictor.store, predictor.head, config.max_pixels)
-
-    def build(**settings):
-        return create_app(WebConfig(loader=load, **settings))
-    return build
-
-
-@pytest.fixture
-def app(make_app):
+def app(make_app):  # make_app and predictor: tests/conftest.py
     return make_app()
 
 
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-def encoded(labels=("sad",), seed=999_001, fmt="PNG", size=96) -> bytes:
-    buffer = io.BytesIO()
-    image = draw(labels, seed, size)
-    image.save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def upload(*files, **fields) -> dict:
-    """Gives multipart `data` for the test client: files are (name, bytes), each in the field 'image'."""
-    return {"image": [(io.BytesIO(data), name) for name, data in files], **fields}
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """Gives a tiny PNG whose header claims width x height pixels: a decompression bomb's shape."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
-
-
-def multipart_body(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def assert_error(response, status: int, *words: str) -> str:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    message = response.get_json()["error"]
-    assert isinstance(message, str) and message
-    assert "Traceback" not in message
-    for word in words:
-        assert word in message, message
-    return message
 
 
 # ---- POST /api/predict --------------------------------------------------------------------

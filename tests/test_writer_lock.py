@@ -69,6 +69,7 @@ def test_second_writer_fails_at_once_naming_the_holder_while_readers_go_on(tmp_p
         release(holder)
 
 
+@pytest.mark.subprocess
 def test_second_writer_with_wait_starts_when_the_first_finishes(tmp_path, small_source):
     store = tmp_path / "store"
     holder = hold(store)
