@@ -1,4 +1,4 @@
-"""The layer picture (docs/design-layers.md) is a test: the import-linter contracts in pyproject.toml hold
+"""The layer picture (docs/design.md, "Layers") is a test: the import-linter contracts in pyproject.toml hold
 for the package, and on a copy of it with planted faults they catch what they are there for: an import
 upwards, an entry point imported from below, a cycle, a module left out of the picture."""
 import os
@@ -12,13 +12,18 @@ from conftest import ROOT
 # No skip without import-linter: it is in the test extra, and a skipped picture would be a wish again.
 
 
-def test_the_package_keeps_its_layer_contracts(capsys, monkeypatch):
-    from importlinter.cli import lint_imports
+def lint_imports(folder: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs import-linter on `folder`'s pyproject.toml in a process of its own: it sets up logging and
+    sys.path for itself, which would leak into the other tests of this process."""
+    command = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
+               "sys.exit(lint_imports_command())", "--no-cache"]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
 
-    monkeypatch.setattr(sys, "path", list(sys.path))  # lint_imports puts the working folder first on it
-    status = lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True)
-    report = capsys.readouterr().out
-    assert status == 0, report  # the report names each import that breaks a contract, with its line
+
+def test_the_package_keeps_its_layer_contracts():
+    done = lint_imports(ROOT)
+    report = done.stdout + done.stderr
+    assert done.returncode == 0, report  # the report names each import that breaks a contract, with its line
     assert "Contracts: 3 kept, 0 broken" in report, report
 
 
@@ -44,9 +49,7 @@ def test_the_contracts_catch_an_upward_import_an_entry_point_a_cycle_and_an_unpl
     (package / "zz_unplaced.py").write_text("")
     # A process of its own, so that `emoreact` is the copy: this process has imported the checkout.
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
-                           "sys.exit(lint_imports_command())", "--no-cache"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = lint_imports(tmp_path, env)
     report = done.stdout + done.stderr
     assert done.returncode == 1, report
     assert "Contracts: 0 kept, 3 broken" in report, report
