@@ -83,6 +83,7 @@ def session_backbone_loader(backbone):
     from emoreact.heads import EmotionHead
     from emoreact.index import Store
     from emoreact.predictor import Predictor
+    from emoreact.web.batching import MicroBatcher
 
     def load(config):
         store = Store.open(config.store, nprobe=config.nprobe, candidates=config.candidates)
@@ -92,8 +93,8 @@ def session_backbone_loader(backbone):
         head = EmotionHead.load(config.head, store.model_id, store.dim)
         if config.labels is not None:
             head.with_policy(load_label_config(config.labels))
-        return Predictor(backbone, store, head, config.max_pixels, config.micro_batch, owns_store=True,
-                         unsure_above=config.unsure_above)
+        loaded = Predictor(backbone, store, head, config.max_pixels, owns_store=True, unsure_above=config.unsure_above)
+        return loaded.batch_calls(MicroBatcher) if config.micro_batch else loaded  # None: off on the CPU, as serve
     return load
 
 
