@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, Engine, ModelSpec, RayConfig,
@@ -17,6 +17,7 @@ from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embedd
                             zero_shot_head)
 from emoreact.index import Store, StoreError, atomic_write_text, read_relabel_manifest
 from emoreact.labels import LabelConfig, load_label_config
+from emoreact.options import with_options
 from emoreact.trainset import SplitScores, read_training_data, require_training_images, score_splits
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec =
     # At once: an unknown engine or a missing extra fails before the source is read and a model loaded.
     runner = engine_for(engine, device, ray_config)
     spec = model if isinstance(model, ModelSpec) else ModelSpec(model, pretrained or default_pretrained(model))
-    config = _with_options(config or EmbedConfig(), options)
+    config = with_options(config or EmbedConfig(), options)
     label_config = _label_config(labels)
     records = read_source(source, label_config, source_format)
     return embed_records(records, store, runner.backbone(spec), label_config, config,
@@ -55,7 +56,7 @@ def train(store: str | Path, out: str | Path, head: str = "linear", *,
     zero_shot_prior=True, ...). Writes metrics JSON and plots beside the head. `overrides` (image id ->
     labels, e.g. `emoreact.index.feedback.label_overrides(store)`) replace those images' stored labels.
     """
-    config = _with_options(config or HeadConfig(kind=head), {"kind": head, **options})
+    config = with_options(config or HeadConfig(kind=head), {"kind": head, **options})
     _, metrics = train_from_store(store, out, config, _label_config(labels), device, pretrained, overrides)
     return metrics
 
@@ -77,15 +78,6 @@ def relabel(store: str | Path, manifest: str | Path, *, wait: bool = False) -> d
     entries = read_relabel_manifest(manifest)
     with Store.open_for_writing(store, wait) as writable:
         return writable.relabel(entries)
-
-
-def _with_options(config, options: dict):
-    """Gives the dataclass config with `options` replaced, or a TypeError naming the unknown option."""
-    known = {f.name for f in fields(config)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown option {unknown[0]!r}; {type(config).__name__} has {sorted(known)}")
-    return replace(config, **options)
 
 
 def _label_config(labels: str | Path | LabelConfig | None) -> LabelConfig:

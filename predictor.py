@@ -26,7 +26,8 @@ from emoreact.labels import LabelConfig, load_label_config
 
 from .novelty import DEFAULT_UNSURE_ABOVE, NoveltyCalibration
 from .pipeline import backbone_for_store
-from .predictor_config import PredictorConfig, with_options
+from .options import with_options
+from .predictor_config import PredictorConfig
 from .results import NEIGHBOUR, PREDICTION, UNREADABLE
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]  # what `predict` takes, alone or in a list

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -36,13 +36,4 @@ class PredictorConfig:
             raise ValueError(f"unsure_above must be in (0, 1], got {self.unsure_above}")
 
 
-def with_options(config, options: dict):
-    """Gives the dataclass `config` with `options` replaced, or a TypeError naming the unknown option."""
-    known = {f.name for f in fields(config)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown option {unknown[0]!r}; {type(config).__name__} has {sorted(known)}")
-    return replace(config, **options)
-
-
-__all__ = ["PredictorConfig", "with_options"]
+__all__ = ["PredictorConfig"]

@@ -45,8 +45,7 @@ def score(store: str | Path, head: str | Path, out: str | Path, split: str | Non
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
     start = time.perf_counter()
-    opened = Store.open(store, with_index=False)
-    try:
+    with Store.open(store, with_index=False) as opened:
         trained = EmotionHead.load(head, opened.model_id, opened.dim)
         if labels is not None:
             trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
@@ -61,8 +60,6 @@ def score(store: str | Path, head: str | Path, out: str | Path, split: str | Non
                 else:
                     writer.write_rows(_rows(block, probs, answer, trained.labels))
                 bar.update(len(block.ids))
-    finally:
-        opened.close()
     seconds = time.perf_counter() - start
     log.info("scored %d images in %.1f s into %s", writer.rows, seconds, out)
     return {"rows": writer.rows, "out": str(out), "format": fmt, "seconds": round(seconds, 2),
