@@ -162,9 +162,10 @@ class _HashSet:
         self._digests = np.array(sorted(bytes.fromhex(h) for h in hashes), dtype="S32")
 
     def __contains__(self, sha: str) -> bool:
-        digest = np.bytes_(bytes.fromhex(sha))
+        digest = bytes.fromhex(sha)
         at = int(np.searchsorted(self._digests, digest))
-        return at < len(self._digests) and self._digests[at] == digest
+        # an S32 element reads back without its trailing zero bytes: compare the stored 32 bytes themselves
+        return at < len(self._digests) and self._digests[at:at + 1].tobytes() == digest
 
 
 def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int | None) -> dict:

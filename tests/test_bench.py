@@ -226,3 +226,19 @@ def test_the_embed_bench_on_ray_without_the_extra_fails_at_once_naming_it(monkey
     monkeypatch.setitem(sys.modules, "ray.data", None)
     with pytest.raises(EngineError, match=r'pip install "emoreact\[ray\]"'):
         embed_bench.run(TINY_MODEL, images=8, device="cpu", engine="ray")
+
+
+def test_reindex_bench_measures_the_in_process_build_alone_without_ray(monkeypatch):
+    import sys
+
+    from emoreact.bench import reindex_bench
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra: never reached
+    result = reindex_bench.run(size=1000, index="flat", engines=("local",))
+    assert (result["size"], result["index"]) == (1000, "flat") and "ray" not in result
+    assert "ray_over_local_seconds" not in result and result["environment"]
+    local = result["local"]
+    assert local["factory"] == "Flat" and local["seconds"] >= 0
+    assert local["recall_at_10"] == 1.0  # exact search agrees with brute force on the held-out queries
+    with pytest.raises(ValueError, match=r"engines local,spark: the engines are local and ray; name one or both"):
+        reindex_bench.run(size=10, engines=("local", "spark"))

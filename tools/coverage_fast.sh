@@ -9,7 +9,4 @@ export COVERAGE_FILE=${COVERAGE_FILE:-.coverage.fast}
 "$PYTHON" -m coverage erase
 "$PYTHON" -m coverage run -m pytest -q -m "not slow" "$@"
 "$PYTHON" -m coverage json -q -o coverage-fast.json
-# The Ray engine and the Ray reindex bench run only on a Ray cluster, which the fast tier never starts
-# (the `ray` mark); the full suite runs them.
-"$PYTHON" tools/coverage_floor.py coverage-fast.json --floor 50 --exempt embed/ray_engine.py \
-  --exempt bench/reindex_bench.py
+"$PYTHON" tools/coverage_floor.py coverage-fast.json --floor 50
