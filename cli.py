@@ -22,9 +22,9 @@ import click  # noqa: E402
 
 import emoreact  # noqa: E402
 from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402
+from emoreact.embed.config import EmbedConfig  # noqa: E402
 from emoreact.embed.engines import ENGINES  # noqa: E402 - the names only: an engine loads when it runs
 from emoreact.heads.config import KINDS, LOSSES, SCHEDULES, TASKS, HeadConfig  # noqa: E402
-from emoreact.index import NEAR_DUPLICATE_THRESHOLD  # noqa: E402
 from emoreact.labels import load_label_config  # noqa: E402
 from emoreact.web.config import MiB, WebConfig  # noqa: E402
 
@@ -125,9 +125,10 @@ def info() -> None:
 @_with(_model_options)
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "folder", "manifest", "fi", "emoset", "emotion6", "affectnet"]))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@_setting(EmbedConfig, "batch_size", "--batch-size", show_default=True, type=click.IntRange(1))
 @click.option("--workers", default=None, type=click.IntRange(0),
-              help="local: decoding processes (default 2); ray: model workers (default one per GPU, "
+              help=f"local: decoding processes (default {_default(EmbedConfig, 'workers')}); "
+                   "ray: model workers (default one per GPU, "
                    "or all CPUs but one).")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(list(ENGINES)),
               help="local: this machine's processes; ray: a Ray cluster (pip install \"emoreact[ray]\").")
@@ -135,14 +136,15 @@ def info() -> None:
                                                    "default: a local Ray.")
 @click.option("--gpus-per-worker", default=None, type=click.FloatRange(0),
               help="ray: GPUs each model worker holds; 0 for CPU workers (default: 1 on a cluster with GPUs).")
-@click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(1))
+@_setting(EmbedConfig, "shard_size", "--shard-size", show_default=True, type=click.IntRange(1))
 @click.option("--index", "index_kind", default=None, metavar="auto|flat|ivf|FACTORY",
               help="Index kind: auto (exact up to 200k images, then IVF-HNSW with RaBitQ codes and exact re-ranking), flat, "
                    "ivf, or a FAISS factory string. Default: the store's earlier choice, else auto.")
 @click.option("--allow-readd", is_flag=True, help="Embed files whose content was removed (`remove`) again.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--wait", is_flag=True, help="If another job is writing the store, wait for it instead of failing.")
-@click.option("--near-duplicate-threshold", default=str(NEAR_DUPLICATE_THRESHOLD), show_default=True,
+@click.option("--near-duplicate-threshold", default=str(_default(EmbedConfig, "near_duplicate_threshold")),
+              show_default=True,
               callback=lambda ctx, param, value: _threshold_or_off(value), metavar="COSINE|off",
               help="Images at least this similar go to one split, unless the source fixed their split; "
                    "off keeps every split as the content hash gave it.")
@@ -157,7 +159,7 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
     ray_config = RayConfig(address=ray_address, workers=workers or None, gpus_per_worker=gpus_per_worker)
     report = emoreact.embed_source(source, store_path, model, pretrained, labels=labels_path, source_format=fmt,
                                    device=device, batch_size=batch_size,
-                                   workers=2 if workers is None or engine == "ray" else workers,
+                                   **({} if workers is None or engine == "ray" else {"workers": workers}),
                                    shard_size=shard_size, progress=not no_progress, wait=wait,
                                    index=_index_choice(index_kind), allow_readd=allow_readd,
                                    near_duplicate_threshold=near_duplicate_threshold, engine=engine,

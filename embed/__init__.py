@@ -9,7 +9,7 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "ImageError": "images",
     "decode_image": "images",
     "decode_pil": "images",
-    "EmbedConfig": "job",
+    "EmbedConfig": "config",
     "EmbedReport": "job",
     "run_embed_job": "job",
     "split_for": "job",
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .engines import ENGINES, Engine, engine_for, run_engine
     from .identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelLoadError, ModelSpec, same_model
     from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, decode_image, decode_pil
-    from .job import EmbedConfig, EmbedReport, run_embed_job, split_for
+    from .config import EmbedConfig
+    from .job import EmbedReport, run_embed_job, split_for
     from .models import Backbone, available_models, default_pretrained, load_backbone, resolve_device
     from .readers import READERS, Record, SourceError, detect_format, read_source, source_root

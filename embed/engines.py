@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from emoreact.rayutil import RayConfig
 
     from .identity import ModelSpec
-    from .job import EmbedConfig, EmbedReport
+    from .config import EmbedConfig
+    from .job import EmbedReport
     from .models import Backbone
     from .readers import Record
 

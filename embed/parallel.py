@@ -20,7 +20,8 @@ import torch
 from emoreact.index import Store
 
 from .engines import Engine
-from .job import EmbedConfig, EmbedReport, LocalEngine, run_embed_job
+from .config import EmbedConfig
+from .job import EmbedReport, LocalEngine, run_embed_job
 from .models import Backbone, ModelSpec, load_backbone
 from .readers import Record
 from .writer import reason_kind, split_for

@@ -33,7 +33,8 @@ from emoreact.index.faults import fault_point
 from emoreact.rayutil import EngineError, RayConfig, connected, node_names, require_ray
 
 from .identity import ModelSpec, is_local_path
-from .job import EmbedConfig, EmbedReport, read_item
+from .config import EmbedConfig
+from .job import EmbedReport, read_item
 from .models import Backbone, load_backbone
 from .readers import Record
 from .writer import ShardWriter

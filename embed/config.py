@@ -1,0 +1,31 @@
+"""The embed job's settings, in one frozen dataclass: `embed_source(**options)`, the engines and the CLI's
+`embed` options read their defaults from here. Importing this costs nothing (no torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emoreact.index import NEAR_DUPLICATE_THRESHOLD
+
+from .images import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Knobs of the embedding job."""
+
+    batch_size: int = 64  # images per model call
+    workers: int = 2  # DataLoader processes decoding images; 0 decodes in the main process
+    shard_size: int = 4096  # vectors per committed shard: the most work a crash can lose
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped before decoding
+    progress: bool = True  # show a tqdm bar with images/s
+    fast_jpeg: bool | None = None  # batched JPEG decode + tensor preprocessing on the model's device;
+    # None: on when the model runs on a GPU (nvJPEG), off on the CPU (PIL is as fast there)
+    reduced_jpeg_decode: bool = True  # PIL path: decode JPEGs at 1/2-1/8 scale (libjpeg DCT scaling) while
+    # the shorter side stays >= the model's input size; off decodes every pixel, as plain open_clip code does
+    near_duplicate_threshold: float | None = NEAR_DUPLICATE_THRESHOLD  # images this close (cosine) share a split,
+    # so a resized or re-encoded copy never sits in train while its twin is in test; None leaves splits alone
+    wait: bool = False  # another job is writing the store: wait for it to finish instead of failing at once
+    allow_readd: bool = False  # embed files whose content was removed from the store (`cli.py remove`) again
+    index: str | None = None  # index kind: auto, flat, ivf or a FAISS factory string; None keeps the store's choice
+    decode_ahead: int = 2  # fast path on a GPU: batches decoded and preprocessed ahead, on their own CUDA stream,
+    # while the model runs the current one; 0 decodes each batch in turn
