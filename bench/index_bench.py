@@ -60,13 +60,12 @@ def run(size: int = 1_000_000, dim: int = 512, index: str = "auto", keep: str | 
         store.close()
 
         queries = held_out_queries(QUERIES, mixture)
-        reader = Store.open(folder, with_index=False)
-        _, truth = ann.exact_neighbours(queries, ((b.ids, b.vectors) for b in reader.blocks()), 10)
-        served = _serve_queries(folder, queries, held_out_queries(WARMUP_QUERIES, mixture, stream=2_000_000))
-        recall = float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(served["ids"], truth.tolist())]))
-        exact = _exact_latency(reader, queries[:EXACT_QUERIES]) if exact_baseline else None
-        gpu = _gpu_exact_latency(reader, queries, device) if device.startswith("cuda") else None
-        reader.close()
+        with Store.open(folder, with_index=False) as reader:
+            _, truth = ann.exact_neighbours(queries, ((b.ids, b.vectors) for b in reader.blocks()), 10)
+            served = _serve_queries(folder, queries, held_out_queries(WARMUP_QUERIES, mixture, stream=2_000_000))
+            recall = float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(served["ids"], truth.tolist())]))
+            exact = _exact_latency(reader, queries[:EXACT_QUERIES]) if exact_baseline else None
+            gpu = _gpu_exact_latency(reader, queries, device) if device.startswith("cuda") else None
 
         disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         index_size = (folder / settings.file).stat().st_size

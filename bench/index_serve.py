@@ -25,15 +25,15 @@ from .common import peak_rss_mib, rss_mib
 def main(store_path: str, queries_path: str, warmup_path: str | None = None) -> None:
     queries = np.load(queries_path)
     start = time.perf_counter()
-    store = Store.open(store_path)
-    open_s = time.perf_counter() - start
-    open_rss = rss_mib()
-    warmup = {}
-    if warmup_path:
-        times, _ = _answer(store, np.load(warmup_path))
-        warmup = {"warmup_queries": len(times), "warmup_p50_ms": _percentile(times, 50),
-                  "warmup_p95_ms": _percentile(times, 95)}
-    times, found = _answer(store, queries)
+    with Store.open(store_path) as store:
+        open_s = time.perf_counter() - start
+        open_rss = rss_mib()
+        warmup = {}
+        if warmup_path:
+            times, _ = _answer(store, np.load(warmup_path))
+            warmup = {"warmup_queries": len(times), "warmup_p50_ms": _percentile(times, 50),
+                      "warmup_p95_ms": _percentile(times, 95)}
+        times, found = _answer(store, queries)
     print(json.dumps({"p50_ms": _percentile(times, 50), "p95_ms": _percentile(times, 95), **warmup,
                       "open_seconds": round(open_s, 2), "peak_rss_mib": peak_rss_mib(),
                       "open_rss_mib": open_rss, "end_rss_mib": rss_mib(),

@@ -99,7 +99,7 @@ class LinearHead(_HeadEstimator):
     """The linear head: L-BFGS logistic (softmax or sigmoid) regression over standardised vectors.
 
     l2=None searches `l2_grid` on the held-out images; a number fixes the strength. The defaults are
-    `HeadConfig`'s (heads/linear.py `LinearSettings`).
+    `HeadConfig`'s (`LinearSettings` in heads/config.py).
     """
 
     def __init__(self, task=HeadConfig.task, loss=HeadConfig.loss, l2=None, l2_grid=HeadConfig.l2_grid,
@@ -125,7 +125,7 @@ class MLPHead(_HeadEstimator):
     """The MLP head: one hidden layer trained with AdamW and early stopping on the held-out images.
 
     hidden=None or dropout=None searches `grid` ((hidden, dropout) pairs) on them. The defaults are
-    `HeadConfig`'s (heads/mlp.py `MLPSettings`).
+    `HeadConfig`'s (`MLPSettings` in heads/config.py).
     """
 
     def __init__(self, task=HeadConfig.task, loss=HeadConfig.loss, hidden=None, dropout=None,

@@ -75,7 +75,12 @@ class Store:
         if not db.exists():
             raise StoreError(f"{db} is missing; rebuild the store with `cli.py embed`")
         overrides = {k: int(v) for k, v in (("nprobe", nprobe), ("candidates", candidates)) if v}
-        store = cls(root, manifest, Metadata(db, readonly=True), overrides)
+        metadata = Metadata(db, readonly=True)
+        try:
+            store = cls(root, manifest, metadata, overrides)
+        except BaseException:
+            metadata.close()
+            raise
         try:
             store._count()
             held = store._live + len(store._metadata.removed_ids())
@@ -98,8 +103,12 @@ class Store:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         lock = lock_for_writing(root, wait, StoreError)
+        metadata = None
         try:
-            manifest = opening.manifest_for_writing(root / "manifest.json", model_id, dim, preprocess, labels)
+            # The manifest is rewritten at each publish: through the folder the link names now, so that a
+            # symlink re-pointed meanwhile (how a server switches stores) never gets this job's manifest.
+            manifest = opening.manifest_for_writing(root.resolve() / "manifest.json", model_id, dim, preprocess,
+                                                    labels)
             metadata = Metadata(root / "metadata.sqlite", readonly=False)
             migrations.migrate(metadata, manifest, written=manifest.path.exists())
             store = cls(root, manifest, metadata)
@@ -109,6 +118,8 @@ class Store:
             store._count()
             return store
         except BaseException:
+            if metadata is not None:
+                metadata.close()
             lock.release()
             raise
 
@@ -311,9 +322,7 @@ class Store:
         add them again. Gives the ids removed; raises KeyError for an unknown id."""
         ids = sorted({int(i) for i in ids})
         items = self.items(ids)
-        writer = self._writing()
-        self._live -= len(ids)
-        writer.remove(items, reason, by)
+        self._writing().remove(items, reason, by)
         self._count()
         return ids
 

@@ -131,3 +131,23 @@ def test_reading_and_writing_are_roles_and_with_closes_and_unlocks(tmp_path):
         assert writer.relabel([]) == {"changed": 0, "unchanged": 0, "unknown": 0}
     with Store.open_for_writing(tmp_path / "s") as again:  # the lock went with the first writer's `with`
         assert len(again) == 23
+
+
+def test_a_writer_opened_through_a_link_re_pointed_meanwhile_publishes_into_its_own_store(tmp_path):
+    """How a server switches stores: `current` is re-pointed while a job writes through it. Every file the
+    job writes, its manifest included, goes to the store it opened."""
+    from emoreact.index import Store
+
+    for name in ("a", "b"):
+        shutil.copytree(FIXTURE, tmp_path / name)
+    link = tmp_path / "current"
+    link.symlink_to(tmp_path / "a")
+    before_b = (tmp_path / "b" / "manifest.json").read_text()
+    with Store.open_for_writing(link) as writer:
+        link.unlink()
+        link.symlink_to(tmp_path / "b")
+        writer.add([_row(1000 + n) for n in range(3)], _unit(np.random.default_rng(0), 3, dim=writer.dim))
+        writer.finish()
+    assert (tmp_path / "b" / "manifest.json").read_text() == before_b
+    with Store.open(tmp_path / "a") as grown:
+        assert grown.rows == 27 and len(grown) == 26  # 24 + 3 rows, one image removed by 0.3.0
