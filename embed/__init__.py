@@ -36,6 +36,11 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "detect_format": "readers",
     "read_source": "readers",
     "source_root": "readers",
+    "MAX_CAPTION_CHARS": "texts",
+    "clean_caption": "texts",
+    "has_words": "texts",
+    "ocr_text": "texts",
+    "text_vectors": "texts",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
@@ -50,3 +55,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .job import EmbedReport, run_embed_job, split_for
     from .models import Backbone, available_models, default_pretrained, load_backbone, resolve_device
     from .readers import READERS, Record, SourceError, detect_format, read_source, source_root
+    from .texts import MAX_CAPTION_CHARS, clean_caption, has_words, ocr_text, text_vectors
