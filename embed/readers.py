@@ -174,9 +174,13 @@ def _read_manifest(path: Path, config: LabelConfig) -> Iterator[Record]:
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLITS:
             raise SourceError(f"{where}: split {split!r} is not one of {SPLITS}")
+        caption = row.get("caption")
+        if caption is not None and not isinstance(caption, (str, int, float)):
+            raise SourceError(f"{where}: caption must be text, got a {type(caption).__name__}; "
+                              "write the caption as a string")
         file = Path(row["path"])
         yield Record(file if file.is_absolute() else path.parent / file, labels, split,
-                     clean_caption(row.get("caption")))
+                     clean_caption(caption))
 
 
 def _manifest_labels(raw: object, config: LabelConfig, where: str) -> tuple[str, ...] | None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 MAX_CAPTION_CHARS = 2_000  # far past any text tower's context; bounds what is stored and tokenized
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200e\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
 _SPACE = re.compile(r"\s+")
 
 
