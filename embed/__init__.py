@@ -36,6 +36,7 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "detect_format": "readers",
     "read_source": "readers",
     "source_root": "readers",
+    "ocr_reader": "ocr",
     "MAX_CAPTION_CHARS": "texts",
     "clean_caption": "texts",
     "has_words": "texts",
@@ -55,4 +56,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .job import EmbedReport, run_embed_job, split_for
     from .models import Backbone, available_models, default_pretrained, load_backbone, resolve_device
     from .readers import READERS, Record, SourceError, detect_format, read_source, source_root
+    from .ocr import ocr_reader
     from .texts import MAX_CAPTION_CHARS, clean_caption, has_words, ocr_text, text_vectors

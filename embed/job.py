@@ -26,6 +26,7 @@ from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
 from .identity import ModelSpec
 from .images import ImageError, decode_image_with_size
 from .models import Backbone, load_backbone
+from .ocr import ocr_reader
 from .readers import Record
 from .writer import ShardWriter, post_text_vectors, split_for  # noqa: F401 - split_for is public here too
 
@@ -153,7 +154,7 @@ class LocalEngine:
         fast = config.fast_jpeg if config.fast_jpeg is not None else backbone.device.type == "cuda"
         min_side = max(backbone.preprocess.image_size) if config.reduced_jpeg_decode else None
         dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast, min_side,
-                              _ocr_reader(config.ocr))
+                              ocr_reader(config.ocr))
         loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
                             collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if config.workers else None)
@@ -171,15 +172,6 @@ class LocalEngine:
         bar.close()
         writer.flush()
         return report
-
-
-def _ocr_reader(mode: str):
-    """Gives the OCR reader the job's `ocr` setting asks for, or None (off, or auto without the extra)."""
-    if mode == "off":
-        return None
-    from .ocr import ocr_reader  # onnxruntime and the OCR models load only when words are read
-
-    return ocr_reader(mode)
 
 
 def _decoded_batches(loader, backbone: Backbone, dataset: _ImageFiles, ahead: int | None) -> Iterator[list[dict]]:

@@ -35,7 +35,8 @@ from emoreact.rayutil import EngineError, RayConfig, connected, node_names, requ
 
 from .identity import ModelSpec, is_local_path
 from .config import EmbedConfig
-from .job import EmbedReport, _ocr_reader, read_item
+from .job import EmbedReport, read_item
+from .ocr import ocr_reader
 from .texts import ocr_text, text_vectors
 from .models import Backbone, load_backbone
 from .readers import Record
@@ -176,7 +177,7 @@ class _HashSet:
 def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int | None, ocr: str = "off") -> dict:
     """Gives a batch of decoded records as columns: one row per record, pixels (3, H, W) for the good ones,
     the caption as given and the words read in the image (OCR lines as JSON, "" when none were read)."""
-    reader = _ocr_reader(ocr)  # loaded once per worker process
+    reader = ocr_reader(ocr)  # loaded once per worker process
     items = [read_item(int(i), Path(path), known, transform, max_pixels, min_side, ocr=reader)
              for i, path in zip(batch["i"], batch["path"])]
     empty = np.zeros((3, 0, 0), np.float32)  # no pixels: the file is known or bad

@@ -111,6 +111,7 @@ def test_a_resumed_job_adds_the_rest_with_their_words(tmp_path):
         assert store.texts([8])[0]["caption"] == posts[8][1]
 
 
+@pytest.mark.subprocess
 def test_the_multi_device_engine_carries_captions_through_its_merge(tmp_path):
     source = make_post_manifest(tmp_path / "posts", _posts(8))
     embed_source(source, tmp_path / "store", TINY, device="cpu,cpu", config=FAST_EMBED)

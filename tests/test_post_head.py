@@ -1,0 +1,135 @@
+"""A post head reads the picture and the words: trained from a store of captioned posts, saved and loaded
+with its inputs, judging a post without words exactly as the image-only head does, and letting a sad caption
+block 😂 on a happy picture."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FAST_EMBED, LABELS, TINY
+from emoreact import embed_source, evaluate, train
+from emoreact.heads import EmotionHead, HeadError
+from emoreact.index import Store
+from emoreact.predictor import load
+from synthetic import PHRASES, draw, make_post_manifest
+
+EMOTIONS = [label for label in LABELS if label not in ("neutral", "other")]
+
+
+def _posts():
+    """Pictures that show their label; neutral pictures whose caption carries it; happy pictures with a sad
+    caption (both labels), spread over the three splits."""
+    posts = []
+    for n in range(14):
+        split = "train" if n < 8 else "val" if n < 11 else "test"  # 21 validation posts with words
+        for label in LABELS:
+            posts.append(((label,), None, (label,), split))
+        for label in EMOTIONS:
+            posts.append((("neutral",), PHRASES[label][n % 2], (label,), split))
+        posts.append((("happy",), PHRASES["sad"][n % 2], ("happy", "sad"), split))
+    return posts
+
+
+@pytest.fixture(scope="module")
+def post_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("posts")
+    embed_source(make_post_manifest(root / "source", _posts(), seed=3), root / "store", TINY, device="cpu",
+                 config=FAST_EMBED)
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def heads(post_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("heads")
+    fused = train(post_store, out / "post", head="linear", device="cpu")
+    plain = train(post_store, out / "image", head="linear", device="cpu", inputs="image")
+    return out / "post", out / "image", fused, plain
+
+
+def test_a_store_of_posts_trains_a_head_that_reads_both_and_says_so(heads):
+    post, image, fused, plain = heads
+    manifest = json.loads((post / "manifest.json").read_text())
+    assert manifest["inputs"] == ["image", "text", "has_text"] and (post / "text" / "manifest.json").is_file()
+    assert json.loads((image / "manifest.json").read_text())["inputs"] == ["image"]
+    assert fused["inputs"] == ["image", "text", "has_text"] and plain["inputs"] == ["image"]
+    assert EmotionHead.load(post).reads_text and not EmotionHead.load(image).reads_text
+    assert fused["macro_f1"] > plain["macro_f1"]  # the caption-only posts are out of the picture's reach
+
+
+def test_a_post_without_words_is_judged_by_the_picture_alone_and_no_worse_than_an_image_only_head(post_store, heads):
+    from emoreact.heads.metrics import macro_f1
+
+    post, image = EmotionHead.load(heads[0]), EmotionHead.load(heads[1])
+    with Store.open(post_store, with_index=False) as store:
+        ids = store.live_ids()
+        x, text = store.vectors_of(ids), store.text_vectors_of(ids)
+        labels = [item.labels for item in store.items(ids.tolist())]
+    plain = ~np.any(text != 0, axis=1)
+    np.testing.assert_array_equal(post.predict_proba(x[plain], text=text[plain]), post.channels(x[plain])[0])
+    y = np.array([[name in row for name in post.labels] for row in labels], np.float32)[plain]
+    fused = macro_f1(post.predict_proba(x[plain]), y, post.thresholds_, post.task_, post.fallback_)
+    alone = macro_f1(image.predict_proba(x[plain]), y, image.thresholds_, image.task_, image.fallback_)
+    assert fused >= alone - 0.01
+
+
+def test_a_sad_caption_blocks_laughter_on_a_happy_picture(post_store, heads):
+    with load(post_store, heads[0], device="cpu") as predictor:
+        happy = draw(("happy",), seed=424_242)
+        alone = predictor.predict(happy)
+        captioned = predictor.predict(happy, caption="we lost him yesterday")
+    assert "happy" in alone["predicted_emotions"] and "😂" in alone["allowed_emojis"]
+    assert alone["text"] == {"caption": None, "ocr": []} and alone["channels"]["text"] is None
+    assert "sad" in captioned["predicted_emotions"] and "😂" in captioned["blocked_emojis"]
+    assert "😂" not in captioned["allowed_emojis"] and captioned["decided_by"]["sad"] == "text"
+    assert captioned["text"]["caption"] == "we lost him yesterday"
+    assert set(captioned["channels"]["text"]) == set(LABELS)
+    assert captioned["channels"]["image"] == alone["channels"]["image"] == alone["emotion_scores"]
+
+
+def test_the_python_api_takes_captions_one_by_one_in_lists_and_in_pairs(post_store, heads):
+    neutral = draw(("neutral",), seed=515_151)
+    with load(post_store, heads[0], device="cpu") as predictor:
+        one = predictor.predict(neutral, caption="eww gross")
+        listed = predictor.predict([neutral, neutral], caption=["eww gross", None])
+        paired = list(predictor.predict_many([(neutral, "eww gross"), neutral], batch_size=1))
+        with pytest.raises(ValueError, match="2 captions for 1 images"):
+            predictor.predict([neutral], caption=["a", "b"])
+        with pytest.raises(TypeError, match="caption must be a string"):
+            predictor.predict(neutral, caption=42)
+    assert "disgust" in one["predicted_emotions"]
+    assert [r["emotion_scores"] for r in listed] == [r["emotion_scores"] for r in paired]
+    assert listed[0]["emotion_scores"] == one["emotion_scores"] and listed[1]["text"]["caption"] is None
+
+
+def test_evaluate_and_score_use_the_stored_words(post_store, heads, tmp_path):
+    from emoreact import score
+
+    metrics = evaluate(post_store, heads[0], split="test", out=tmp_path)
+    assert metrics["inputs"] == ["image", "text", "has_text"] and metrics["macro_f1"] == heads[2]["macro_f1"]
+    score(post_store, heads[0], tmp_path / "scores.jsonl", split="test")
+    rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    with Store.open(post_store, with_index=False) as store:
+        captions = {i: (t or {}).get("caption") for i, t in zip([r["id"] for r in rows], store.texts([r["id"] for r in rows]))}
+    sad_captioned = [r for r in rows if captions[r["id"]] in PHRASES["sad"]]
+    assert sad_captioned and all("sad" in r["predicted_emotions"] for r in sad_captioned)
+
+
+def test_too_few_posts_with_words_train_an_image_only_head(tmp_path):
+    posts = [((label,), None, (label,), split) for split in ("train", "val") for label in LABELS for _ in range(3)]
+    posts += [(("neutral",), "so sad today", ("sad",), "train")] * 2
+    source = make_post_manifest(tmp_path / "few", posts)
+    embed_source(source, tmp_path / "store", TINY, device="cpu", config=FAST_EMBED)
+    metrics = train(tmp_path / "store", tmp_path / "head", head="linear", device="cpu", search=False)
+    assert metrics["inputs"] == ["image"]
+
+
+def test_a_head_whose_fusion_is_damaged_is_refused_with_the_fix(heads, tmp_path):
+    import shutil
+
+    copy = tmp_path / "head"
+    shutil.copytree(heads[0], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["fusion"]["image"] = [1.0]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(HeadError, match="fusion is invalid.*retrain the head"):
+        EmotionHead.load(copy)
