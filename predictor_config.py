@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from emoreact.embed import DEFAULT_MAX_PIXELS
+from emoreact.embed.config import OCR_MODES
 from emoreact.novelty import DEFAULT_UNSURE_ABOVE
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ class PredictorConfig:
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels}")
-        if self.ocr not in ("auto", "on", "off"):
-            raise ValueError(f"ocr must be auto, on or off, got {self.ocr!r}")
+        if self.ocr not in OCR_MODES:
+            raise ValueError(f"ocr must be one of {OCR_MODES}, got {self.ocr!r}")
         if not 0 < self.unsure_above <= 1:
             raise ValueError(f"unsure_above must be in (0, 1], got {self.unsure_above}")
 

@@ -133,3 +133,72 @@ def test_a_head_whose_fusion_is_damaged_is_refused_with_the_fix(heads, tmp_path)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(HeadError, match="fusion is invalid.*retrain the head"):
         EmotionHead.load(copy)
+
+
+# ---- the HTTP API ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def post_client(post_store, heads):
+    from emoreact.web import WebConfig, create_app
+
+    app = create_app(WebConfig(store=post_store, head=heads[0], device="cpu"))
+    yield app.test_client()
+    app.extensions["emoreact"].predictor.close()
+
+
+def _png(labels, seed):
+    from helpers import encoded
+
+    return encoded(labels, seed)
+
+
+def test_the_api_takes_one_caption_per_image_in_order(post_client):
+    from helpers import upload
+
+    happy = _png(("happy",), 424_242)
+    response = post_client.post("/api/predict", data={**upload(("a.png", happy), ("b.png", happy)),
+                                                      "caption": ["we lost him yesterday", ""]})
+    assert response.status_code == 200
+    first, second = response.get_json()["results"]
+    assert first["text"]["caption"] == "we lost him yesterday" and "😂" in first["blocked_emojis"]
+    assert first["decided_by"]["sad"] == "text" and set(first["channels"]) == {"image", "text"}
+    assert second["text"] == {"caption": None, "ocr": []} and second["channels"]["text"] is None
+    assert "😂" in second["allowed_emojis"]
+    plain = post_client.post("/api/predict", data=upload(("b.png", happy))).get_json()["results"][0]
+    assert plain["emotion_scores"] == second["emotion_scores"]
+
+
+def test_a_caption_count_other_than_the_images_is_a_400_naming_both(post_client):
+    from helpers import assert_error, upload
+
+    happy = _png(("happy",), 1)
+    response = post_client.post("/api/predict", data={**upload(("a.png", happy), ("b.png", happy)),
+                                                      "caption": ["one"]})
+    assert_error(response, 400, "1 captions for 2 images", "one per image")
+
+
+@pytest.mark.parametrize("caption", ["\x00\x07\x1b[31m red \u202e", "😂😂😂 لول 日本 Ünïcödé",
+                                     "sad " * 5000, "\n\n\n", "<script>alert(1)</script>"])
+def test_hostile_captions_get_a_bounded_answer(post_client, caption):
+    from helpers import upload
+
+    response = post_client.post("/api/predict", data={**upload(("a.png", _png(("neutral",), 5))),
+                                                      "caption": caption})
+    assert response.status_code == 200
+    stored = response.get_json()["results"][0]["text"]["caption"]
+    assert stored is None or (len(stored) <= 2000 and "\x00" not in stored and "\u202e" not in stored)
+
+
+def test_a_caption_of_a_megabyte_is_a_413_in_plain_words(post_client):
+    from helpers import assert_error, upload
+
+    response = post_client.post("/api/predict", data={**upload(("a.png", _png(("neutral",), 5))),
+                                                      "caption": "x" * 1_000_000})
+    assert_error(response, 413, "caption")
+
+
+def test_the_openapi_document_describes_the_caption_field_and_the_new_answer_keys(post_client):
+    document = post_client.get("/api/openapi.json").get_json()
+    schemas = document["components"]["schemas"]
+    form = next(v for k, v in schemas.items() if k.startswith("ImageForm"))
+    assert "caption" in form["properties"] and {"text", "channels", "decided_by"} <= set(schemas["Prediction"]["properties"])
