@@ -202,3 +202,43 @@ def test_the_openapi_document_describes_the_caption_field_and_the_new_answer_key
     schemas = document["components"]["schemas"]
     form = next(v for k, v in schemas.items() if k.startswith("ImageForm"))
     assert "caption" in form["properties"] and {"text", "channels", "decided_by"} <= set(schemas["Prediction"]["properties"])
+
+
+# ---- the CLI -------------------------------------------------------------------------------------
+
+def test_cli_predict_takes_a_caption_for_one_image_and_reads_a_manifests_caption_column(post_store, heads, tmp_path):
+    from click.testing import CliRunner
+
+    from emoreact import cli
+
+    draw(("happy",), seed=424_242).save(tmp_path / "happy.png")
+    args = ["predict", "--store", str(post_store), "--head", str(heads[0]), "--device", "cpu", "--k", "0"]
+    one = CliRunner().invoke(cli.main, [*args, str(tmp_path / "happy.png"), "--caption", "we lost him yesterday"])
+    assert one.exit_code == 0, one.output
+    answer = json.loads(one.output)
+    assert "sad" in answer["predicted_emotions"] and answer["text"]["caption"] == "we lost him yesterday"
+    (tmp_path / "posts.csv").write_text("path,caption\nhappy.png,we lost him yesterday\nhappy.png,\n")
+    listed = CliRunner().invoke(cli.main, [*args, str(tmp_path / "posts.csv")])
+    lines = [json.loads(line) for line in listed.output.splitlines()]
+    assert listed.exit_code == 0 and [r["text"]["caption"] for r in lines] == ["we lost him yesterday", None]
+    many = CliRunner().invoke(cli.main, [*args, str(tmp_path / "happy.png"), str(tmp_path / "happy.png"),
+                                         "--caption", "x"])
+    assert many.exit_code == 2 and "--caption goes with one image file" in many.output
+
+
+def test_cli_embed_backfill_adds_captions_to_stored_images(tmp_path):
+    from click.testing import CliRunner
+
+    from emoreact import cli
+    from synthetic import make_manifest
+
+    source = make_manifest(tmp_path / "src", [(("happy",), "train"), (("sad",), "train")])
+    common = ["--store", str(tmp_path / "store"), "--model", TINY.model, "--pretrained", "none", "--device", "cpu",
+              "--workers", "0", "--no-progress"]
+    assert CliRunner().invoke(cli.main, ["embed", str(source), *common]).exit_code == 0
+    (tmp_path / "src" / "captions.csv").write_text("path,caption\nimg00001.jpg,so sad today\n")
+    result = CliRunner().invoke(cli.main, ["embed", str(tmp_path / "src" / "captions.csv"), *common, "--backfill"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["backfill"]["images_with_words"] == 1
+    with Store.open(tmp_path / "store") as store:
+        assert store.text_count() == 1

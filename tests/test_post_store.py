@@ -1,6 +1,7 @@
 """A post's words in the store: captions read from manifests, cleaned by one rule, encoded by the text tower
 into the `text` vector set beside the image's vector, kept through resume and merge, zeroed by removal."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,39 @@ def test_a_bad_caption_cell_is_a_clear_error_or_cleaned(tmp_path):
     path.write_text(json.dumps({"path": "x.png", "caption": {"not": "text"}}) + "\n")
     with pytest.raises(SourceError, match="caption"):
         read_source(path, load_label_config())
+
+
+def test_a_0_3_0_store_gets_its_captions_by_backfill_without_re_embedding(tmp_path, label_config):
+    import shutil
+
+    from emoreact.backfill import backfill_words
+
+    root = tmp_path / "store"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "store-0.3.0", root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["preprocess"]["model"] = TINY.model  # the fixture names it relative to tests/
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with Store.open(root) as store:
+        before, paths = store.vectors(), {item.id: item.path for item in store.items()}
+    captions = tmp_path / "captions.csv"
+    captions.write_text("path,caption\n" + f"{paths[1]},we lost him yesterday\n{paths[12]},best day ever\n"
+                        + f"{paths[0]},\n/elsewhere/unknown.jpg,not in the store\n")
+    report = backfill_words(captions, root, label_config, device="cpu")
+    assert report.to_json()["backfill"] == {"shards": 2, "images_with_words": 2, "unreadable": 0,
+                                            "shards_with_words_already": 0}
+    with Store.open(root) as store:
+        assert store.manifest["format_version"] == 3 and store.text_count() == 2
+        np.testing.assert_array_equal(store.vectors(), before)  # no picture re-embedded
+        assert [t and t["caption"] for t in store.texts([0, 1, 12])] == [None, "we lost him yesterday", "best day ever"]
+        assert has_words(store.text_vectors_of(np.arange(24))).nonzero()[0].tolist() == [1, 12]
+    again = backfill_words(captions, root, label_config, device="cpu")
+    assert again.shards == 0 and again.left_alone == 2  # shards with words are left as they are
+
+
+def test_a_backfill_with_nothing_to_add_says_what_to_give(tmp_path, label_config):
+    from emoreact.backfill import backfill_words
+
+    source = make_manifest(tmp_path / "plain", [(("happy",), "train")] * 2)
+    embed_source(source, tmp_path / "store", TINY, device="cpu", config=FAST_EMBED)
+    with pytest.raises(ValueError, match="caption.*--ocr on"):
+        backfill_words(source, tmp_path / "store", label_config, device="cpu")
