@@ -13,38 +13,10 @@ from emoreact.index import Store
 from emoreact.predictor import load
 from synthetic import PHRASES, draw, make_post_manifest
 
-EMOTIONS = [label for label in LABELS if label not in ("neutral", "other")]
-
-
-def _posts():
-    """Pictures that show their label; neutral pictures whose caption carries it; happy pictures with a sad
-    caption (both labels), spread over the three splits."""
-    posts = []
-    for n in range(14):
-        split = "train" if n < 8 else "val" if n < 11 else "test"  # 21 validation posts with words
-        for label in LABELS:
-            posts.append(((label,), None, (label,), split))
-        for label in EMOTIONS:
-            posts.append((("neutral",), PHRASES[label][n % 2], (label,), split))
-        posts.append((("happy",), PHRASES["sad"][n % 2], ("happy", "sad"), split))
-    return posts
-
 
 @pytest.fixture(scope="module")
-def post_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("posts")
-    embed_source(make_post_manifest(root / "source", _posts(), seed=3), root / "store", TINY, device="cpu",
-                 config=FAST_EMBED)
-    return root / "store"
-
-
-@pytest.fixture(scope="module")
-def heads(post_store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("heads")
-    fused = train(post_store, out / "post", head="linear", device="cpu")
-    plain = train(post_store, out / "image", head="linear", device="cpu", inputs="image")
-    return out / "post", out / "image", fused, plain
-
+def heads(post_store, post_heads):
+    return post_heads
 
 def test_a_store_of_posts_trains_a_head_that_reads_both_and_says_so(heads):
     post, image, fused, plain = heads
