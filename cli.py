@@ -509,12 +509,13 @@ def removed(store_path) -> None:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup"]))
+@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup", "posts"]))
 @click.option("--device", default="auto", show_default=True)
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Backbone for embed/api (random weights).")
+@click.option("--model", default=None,
+              help=f"Backbone: embed/api {DEFAULT_MODEL} with random weights; posts the bundled emoreact-emoji-s.")
 @click.option("--size", default=None, type=click.IntRange(1),
-              help="Images (embed: 256), vectors (head: 100000, index and codes: 1000000, dedup: 50000) or "
-                   "seconds per level (api: 10).")
+              help="Images (embed: 256), vectors (head: 100000, index and codes: 1000000, dedup: 50000), "
+                   "seconds per level (api: 10) or posts per slice (posts: 60).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
               help="embed: measure each pipeline this many times, in turn, and keep its best.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
@@ -529,12 +530,20 @@ def removed(store_path) -> None:
 @click.option("--keep", default=None, type=click.Path(file_okay=False),
               help="index: write the synthetic store here and keep it (default: a temporary folder, deleted); "
                    "if it already holds a store, measure that one again (no generation, build or growth). "
-                   "codes: measure the store here instead of generating one.")
+                   "codes: measure the store here instead of generating one. posts: keep the post set and store here.")
 @_friendly
 def bench(what, device, model, size, rounds, engine, index_kind, batch_size, workers, keep) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
     from emoreact.bench import api_bench, codes_bench, dedup_bench, embed_bench, head_bench, index_bench
 
+    if what == "posts":
+        from emoreact.bench import posts_bench
+
+        result = posts_bench.run(model or "emoreact-emoji-s", per_slice=size or 60,
+                                 device="cpu" if device == "auto" else device, keep=keep)
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    model = model or DEFAULT_MODEL
     if what == "embed":
         result = embed_bench.run(model, images=size or 256, batch_size=batch_size, workers=workers, device=device,
                                  rounds=rounds, engine=engine)
