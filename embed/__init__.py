@@ -1,4 +1,5 @@
-"""Turning images into unit-norm CLIP embeddings: model loading, safe decoding, readers, the job and its engines."""
+"""Turning images into unit-norm CLIP embeddings: model loading, safe decoding, readers, the job and its engines;
+reading the words in images (OCR, the `ocr` extra)."""
 from typing import TYPE_CHECKING
 
 from emoreact.lazy import lazy_exports
@@ -30,6 +31,12 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "EngineError": "emoreact.rayutil",
     "RayConfig": "emoreact.rayutil",
     "require_ray": "emoreact.rayutil",
+    "OcrLine": "ocr",
+    "OcrReader": "ocr",
+    "OcrResult": "ocr",
+    "OcrSettings": "ocr",
+    "OcrUnavailable": "ocr",
+    "ocr_reader": "ocr",
     "READERS": "readers",
     "Record": "readers",
     "SourceError": "readers",
@@ -48,5 +55,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, decode_image, decode_pil
     from .config import EmbedConfig
     from .job import EmbedReport, run_embed_job, split_for
+    from .ocr import OcrLine, OcrReader, OcrResult, OcrSettings, OcrUnavailable, ocr_reader
     from .models import Backbone, available_models, default_pretrained, load_backbone, resolve_device
     from .readers import READERS, Record, SourceError, detect_format, read_source, source_root
