@@ -137,7 +137,7 @@ def ocr_word_accuracy(expected_texts, ocr_texts, spaces: str = "ignored") -> flo
 def measure_ocr(rows: list[dict], root: str | Path, reader) -> dict:
     """Reads every post with drawn words with `reader` (an emoreact.embed.OcrReader); gives word
     accuracy (spaces ignored and strict), the reader's ms per image (p50, p95; decoding not counted) and
-    the share of images read whole within the budget (not truncated)."""
+    the share of images read whole within the budget (nothing cut, no step over `budget_ms`)."""
     drawn = [row for row in rows if row["drawn_text"]]
     if not drawn:
         return {"images": 0}
@@ -147,7 +147,7 @@ def measure_ocr(rows: list[dict], root: str | Path, reader) -> dict:
             result = reader.read(image)
         texts.append(result.text)
         times.append(result.ms)
-        finished += not result.truncated
+        finished += not result.truncated and result.ms <= reader.settings.budget_ms
     expected = [row["drawn_text"] for row in drawn]
     return {"images": len(drawn),
             "word_accuracy": round(ocr_word_accuracy(expected, texts), 4),

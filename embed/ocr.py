@@ -120,10 +120,14 @@ def ocr_reader(settings: OcrSettings | str = "auto") -> OcrReader | None:
 def engine_problem() -> str | None:
     """Gives why the OCR engine cannot be imported, or None when it can."""
     try:
-        import cv2  # noqa: F401  (imported first: a non-headless opencv without libGL fails here)
+        import cv2  # noqa: F401
+    except Exception as exc:  # a mixed or half-installed opencv fails in more ways than ImportError
+        return (f"opencv: {type(exc).__name__}: {exc}; the extra needs opencv-python-headless alone: opencv-python "
+                "beside it breaks cv2, and without libGL opencv-python cannot load")
+    try:
         import onnxruntime  # noqa: F401
         from rapidocr import RapidOCR  # noqa: F401
-    except ImportError as exc:
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 

@@ -146,6 +146,14 @@ def test_on_without_the_extra_names_it(without_extra):
         OcrReader().read(_meme())  # a reader built by hand says the same on first use
 
 
+def test_a_broken_opencv_is_named_with_the_build_the_extra_needs(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    problem = ocr_module.engine_problem()
+    assert problem.startswith("opencv: ") and "opencv-python-headless" in problem
+    with pytest.raises(OcrUnavailable, match="opencv-python-headless"):
+        ocr_reader("on")
+
+
 def test_auto_without_the_extra_reads_nothing_and_warns_once(without_extra, caplog):
     with caplog.at_level(logging.WARNING, logger="emoreact.embed.ocr"):
         assert ocr_reader("auto") is None
