@@ -241,6 +241,31 @@ def test_the_first_detection_and_batch_run_even_over_the_budget_and_nothing_afte
     assert result.ms == pytest.approx(350)  # the detection and the first batch, nothing after them
 
 
+class _MemeWithMarks(_SimulatedReader):
+    """Finds seven small marks in the picture above one tall caption at the bottom."""
+
+    def _run_detection(self, tile):
+        self.clock.now += 0.300
+        marks = [[[20 + 40 * i, 100], [50 + 40 * i, 100], [50 + 40 * i, 110], [20 + 40 * i, 110]] for i in range(7)]
+        caption = [[[20, 400], [600, 400], [600, 440], [20, 440]]]
+        return np.array(marks + caption, np.float32)
+
+    def _crops(self, tile, boxes):
+        return [box[2, 1] - box[0, 1] for box in boxes]  # each region's height stands for its crop
+
+    def _run_recognition(self, crops):
+        self.clock.now += 0.050
+        return [("the caption" if height > 20 else "xx", 0.95) for height in crops]
+
+
+def test_under_a_tight_budget_the_tall_caption_is_read_before_small_marks_and_lines_keep_reading_order(clock):
+    reader = _MemeWithMarks(OcrSettings(mode="on", budget_ms=100), clock)
+    result = reader.read(Image.new("RGB", (640, 480), "white"))
+    assert result.truncated  # the second batch (two marks) was not read
+    assert [line.text for line in result.lines] == ["xx"] * 5 + ["the caption"]  # the caption and 5 marks
+    assert [line.box[0][1] for line in result.lines] == [100] * 5 + [400]
+
+
 def test_lines_and_characters_are_capped(clock):
     lines = _SimulatedReader(OcrSettings(mode="on", max_lines=5), clock, per_tile=12).read(
         Image.new("RGB", (640, 480), "white"))
