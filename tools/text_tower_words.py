@@ -37,7 +37,8 @@ def tower_words(emojis: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "emoreact" / "npm")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "emoreact" / "emoji-src",
+                        help="npm package cache, the one tools/emoji_data.py uses")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "phrases" / "text_tower_words.txt")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
