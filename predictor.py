@@ -58,8 +58,13 @@ def load(store: str | Path | None = None, head: str | Path | None = None, config
     labels = config.labels
     if labels is not None:
         trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
-    return Predictor(backbone, opened, trained, config.max_pixels, owns_store=True, unsure_above=config.unsure_above,
-                     ocr=config.ocr)
+    try:
+        return Predictor(backbone, opened, trained, config.max_pixels, owns_store=True,
+                         unsure_above=config.unsure_above, ocr=config.ocr)
+    except BaseException:  # e.g. --ocr on without the extra: the store opened above is closed again
+        if opened is not None:
+            opened.close()
+        raise
 
 
 def load_for_neighbours(store: str | Path, config: PredictorConfig | None = None, **options) -> "Predictor":

@@ -165,3 +165,51 @@ def test_a_backfill_with_nothing_to_add_says_what_to_give(tmp_path, label_config
     embed_source(source, tmp_path / "store", TINY, device="cpu", config=FAST_EMBED)
     with pytest.raises(ValueError, match="caption.*--ocr on"):
         backfill_words(source, tmp_path / "store", label_config, device="cpu")
+
+
+def _words_image(path, words):
+    """Writes a white picture with `words` in large black letters (matplotlib's own DejaVu font)."""
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-Bold.ttf"), 44)
+    image = Image.new("RGB", (480, 160), "white")
+    ImageDraw.Draw(image).text((20, 50), words, fill="black", font=font)
+    image.save(path)
+
+
+@pytest.mark.long
+def test_embedding_with_ocr_on_stores_the_words_read_in_each_image(tmp_path):
+    pytest.importorskip("rapidocr")
+    (tmp_path / "src").mkdir()
+    _words_image(tmp_path / "src" / "meme.png", "SO SAD TODAY")
+    (tmp_path / "src" / "m.csv").write_text("path,caption\nmeme.png,\n")
+    embed_source(tmp_path / "src" / "m.csv", tmp_path / "store", TINY, device="cpu", config=FAST_EMBED, ocr="on")
+    with Store.open(tmp_path / "store") as store:
+        [words] = store.texts([0])
+        assert words["caption"] is None and "SO SAD" in " ".join(line["text"] for line in words["ocr"]).upper()
+        assert has_words(store.text_vectors_of(np.array([0]))).all()
+
+
+@pytest.mark.long
+def test_a_predictor_with_ocr_on_returns_the_lines_read_with_their_boxes(tmp_path, post_store, post_heads):
+    pytest.importorskip("rapidocr")
+    from emoreact.predictor import load
+
+    _words_image(tmp_path / "meme.png", "WE LOST HIM")
+    with load(post_store, post_heads[0], device="cpu", ocr="on") as predictor:
+        answer = predictor.predict(tmp_path / "meme.png")
+    [line] = answer["text"]["ocr"]
+    assert "WE LOST HIM" in line["text"].upper() and 0 < line["score"] <= 1
+    assert len(line["box"]) == 4 and all(0 <= x <= 480 and 0 <= y <= 160 for x, y in line["box"])
+    assert answer["channels"]["text"] is not None  # the words reached the text channel
+
+
+def test_ocr_on_without_the_extra_names_it(monkeypatch, post_store, post_heads):
+    import emoreact.embed.ocr as ocr
+    from emoreact.embed import ModelLoadError
+    from emoreact.predictor import load
+
+    monkeypatch.setattr(ocr, "engine_problem", lambda: "rapidocr is not installed")
+    with pytest.raises(ModelLoadError, match='pip install "emoreact\\[ocr\\]"'):
+        load(post_store, post_heads[0], device="cpu", ocr="on")
