@@ -123,9 +123,9 @@ def _api(root: Path, test_rows: list[dict], device: str, requests: int) -> dict:
                 start = time.perf_counter()
                 connection.request("POST", "/api/predict", body, {"Content-Type": content_type})
                 response = connection.getresponse()
-                response.read()
+                answer = response.read()
                 if response.status != 200:
-                    raise RuntimeError(f"/api/predict answered {response.status} in the posts bench")
+                    raise RuntimeError(f"/api/predict answered {response.status} in the posts bench: {answer[:300]!r}")
                 if n >= 4:
                     times[kind].append((time.perf_counter() - start) * 1000)
         connection.close()

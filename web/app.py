@@ -35,7 +35,7 @@ Every error answers JSON `{"error": "..."}`: 400 bad request (no file, not an im
 Keys: send `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Feedback needs a key, retraining an
 admin key; reads are open unless the server runs with `--require-key-for-read`."""
 
-_MAX_TEXT_FIELD = 64 * 1024  # bytes of one text form field (a caption)
+_MAX_TEXT_FIELD = 256 * 1024  # bytes of one text form field (a caption); over werkzeug's 64 KiB read chunk, which it also bounds
 _SPARE_FORM_PARTS = 8  # form parts allowed beyond max_files: k, and fields a client adds that are ignored
 _MISSING = {  # what to say when a required field is absent
     "image": "no image was sent: attach one or more files in the multipart form field 'image'",
