@@ -1,7 +1,7 @@
 """`bench posts`: how well posts are judged when their emotion is in the picture, the caption, the drawn words
 or both; how well and how fast OCR reads memes; what a meme costs the API beside a plain image.
 
-The post set comes from bench/posts_data.py: training posts from two of the demo's art styles and the
+The post set comes from emoreact/postset.py: training posts from two of the demo's art styles and the
 training phrases, test posts from the third style and the test phrases (disjoint lists). Both go into
 one store, embedded with the bundled emoji CLIP (or `--model`) with OCR on; an image-only head and a
 post head are trained on the training posts, and each is scored per slice of the test posts.
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from emoreact.postset import known_words, load_phrases, make_posts, measure_ocr, slice_scores
+
 from .common import environment
-from .posts_data import EMOTIONS, SLICES, known_words, load_phrases, make_posts, measure_ocr
 
 VAL_EVERY = 4  # every 4th training post is a validation post (the post head's fusion is fitted on them)
 
@@ -73,30 +74,13 @@ def _manifest(root: Path, train_rows: list[dict], test_rows: list[dict]) -> Path
 
 
 def _per_slice(root: Path, test_rows: list[dict]) -> dict:
-    """Gives {slice: {"image_only", "post"}} macro-F1 over the emotions, from each head's scores of the test posts."""
+    """Gives {slice: {"image_only", "post", "post_minus_image_only"}} macro-F1 on the test posts."""
     from emoreact.heads import EmotionHead
     from emoreact.index import Store
-    from sklearn.metrics import f1_score
 
-    out = {}
     with Store.open(root / "store", with_index=False) as store:
-        by_path = {Path(item.path).relative_to(root / "test").as_posix(): item for item in store.items()
-                   if Path(item.path).is_relative_to(root / "test")}
-        for name in ("image_only", "post"):
-            head = EmotionHead.load(root / ("image-head" if name == "image_only" else "post-head"))
-            columns = [head.labels.index(e) for e in EMOTIONS]
-            for slice_ in SLICES:
-                rows = [row for row in test_rows if row["slice"] == slice_ and row["path"] in by_path]
-                ids = np.array([by_path[row["path"]].id for row in rows], np.int64)
-                x, text = store.vectors_of(ids), store.text_vectors_of(ids)
-                chosen = head.decide(head.predict_proba(x, text=text), text)[:, columns]
-                truth = np.array([[e in row["labels"].split("|") for e in EMOTIONS] for row in rows])
-                present = truth.any(axis=0)
-                f1 = f1_score(truth[:, present], chosen[:, present], average="macro", zero_division=0)
-                out.setdefault(slice_, {})[name] = round(float(f1), 4)
-    for figures in out.values():
-        figures["post_minus_image_only"] = round(figures["post"] - figures["image_only"], 4)
-    return out
+        return slice_scores(store, {"image_only": EmotionHead.load(root / "image-head"),
+                                    "post": EmotionHead.load(root / "post-head")}, test_rows, root / "test")
 
 
 def _api(root: Path, test_rows: list[dict], device: str, requests: int) -> dict:

@@ -1,4 +1,4 @@
-"""The post set of `bench posts` (emoreact.bench.posts_data): deterministic files, the four slices and their
+"""The post set of `bench posts` (emoreact.postset): deterministic files, the four slices and their
 labels, disjoint phrase lists, a manifest the embed job reads, word accuracy's rule, the tower's words."""
 import csv
 import hashlib
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from emoreact.bench.posts_data import (EMOTIONS, MANIFEST_COLUMNS, SLICES, known_words, load_phrases, make_posts,
+from emoreact.postset import (EMOTIONS, MANIFEST_COLUMNS, SLICES, known_words, load_phrases, make_posts,
                                        measure_ocr, ocr_word_accuracy, text_tower_words)
 from emoreact.embed import read_source
 from emoreact.labels import load_label_config

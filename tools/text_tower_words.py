@@ -4,11 +4,11 @@ The text tower of `emoreact-emoji-s` saw only the captions of `tools/emoji_data.
 emoji's emojibase name and tags in a few templates ("an emoji of a {name}", "{name}", its tags),
 for the emojis that `tools/train_emoji_clip.py` did not hold out. This tool rebuilds those
 captions from the same pinned emojibase package and writes their words, one a line, lower case,
-sorted, to `bench/phrases/text_tower_words.txt` (committed: `bench posts` reports which words of its
+sorted, to `demo/phrases/text_tower_words.txt` (committed: `bench posts` reports which words of its
 phrases the tower knows, offline). A word is a run of letters, digits or apostrophes.
 
 Usage (npm on PATH, as for tools/emoji_data.py):
-    python tools/text_tower_words.py [--cache DIR] [--out bench/phrases/text_tower_words.txt]
+    python tools/text_tower_words.py [--cache DIR] [--out demo/phrases/text_tower_words.txt]
 """
 import argparse
 import logging

@@ -1,4 +1,5 @@
-"""The post set of `bench posts`: pictures from the demo's emoji art, captions, and words drawn as memes draw them.
+"""The post set of `bench posts` and the demo: pictures from the demo's emoji art, captions, and words drawn as
+memes draw them.
 
 A post is an image, a caption and labels, in one of four slices:
 
@@ -32,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from emoreact.demo import DEMO_DIR
 from emoreact.labels import load_label_config
 
-PHRASES_DIR = Path(__file__).with_name("phrases")
+PHRASES_DIR = DEMO_DIR / "phrases"  # data, shipped with the demo's images
 TOWER_WORDS = PHRASES_DIR / "text_tower_words.txt"  # written by tools/text_tower_words.py
 SLICES = ("picture", "caption", "drawn", "both")
 EMOTIONS = ("happy", "sad", "angry", "fear", "surprise", "disgust")  # what the pictures and phrases carry
@@ -155,6 +156,43 @@ def measure_ocr(rows: list[dict], root: str | Path, reader) -> dict:
             "ms_p50": round(statistics.median(times), 1),
             "ms_p95": round(float(np.percentile(times, 95)), 1),
             "within_budget": round(finished / len(drawn), 4)}
+
+
+def post_records(rows: list[dict], root: str | Path, split_of) -> list:
+    """Gives the embed job's records for post rows written under `root`: path, labels, caption and the split
+    `split_of(n, row)` gives (train, val or test)."""
+    from emoreact.embed import Record, clean_caption
+
+    return [Record(Path(root) / row["path"], tuple(row["labels"].split("|")), split_of(n, row),
+                   clean_caption(row["caption"])) for n, row in enumerate(rows)]
+
+
+def slice_scores(store, heads: dict, rows: list[dict], root: str | Path) -> dict:
+    """Gives {slice: {name: macro-F1 over the emotions}} of each head (name -> EmotionHead) on the post `rows`
+    written under `root` and embedded in `store` (an open Store), from each head's own decisions; with two
+    heads named image_only and post, also post_minus_image_only."""
+    from sklearn.metrics import f1_score
+
+    root = Path(root).absolute()
+    by_path = {Path(item.path).relative_to(root).as_posix(): item.id for item in store.items()
+               if Path(item.path).is_relative_to(root)}
+    out: dict[str, dict] = {}
+    for slice_ in SLICES:
+        chosen_rows = [row for row in rows if row["slice"] == slice_ and row["path"] in by_path]
+        if not chosen_rows:
+            continue
+        ids = np.array([by_path[row["path"]] for row in chosen_rows], np.int64)
+        x, text = store.vectors_of(ids), store.text_vectors_of(ids)
+        truth = np.array([[e in row["labels"].split("|") for e in EMOTIONS] for row in chosen_rows])
+        present = truth.any(axis=0)
+        for name, head in heads.items():
+            columns = [head.labels.index(e) for e in EMOTIONS]
+            decided = head.decide(head.predict_proba(x, text=text), text)[:, columns]
+            f1 = f1_score(truth[:, present], decided[:, present], average="macro", zero_division=0)
+            out.setdefault(slice_, {"posts": len(chosen_rows)})[name] = round(float(f1), 4)
+        if {"image_only", "post"} <= out[slice_].keys():
+            out[slice_]["post_minus_image_only"] = round(out[slice_]["post"] - out[slice_]["image_only"], 4)
+    return out
 
 
 # --- the slices ---------------------------------------------------------------------------------------
