@@ -71,10 +71,12 @@ class RayEngine:
     def embed(self, records: list[Record], store: Store, backbone: Backbone, config: EmbedConfig,
               known: set[str]) -> EmbedReport:
         """Adds the records not in `known` to `store`, shard by shard, from the cluster's results (see
-        `engines.Engine`); the report names the engine, its nodes and workers and the images per node."""
+        `engines.Engine`); the report names the engine, its nodes and workers, the images per node and the
+        cluster (its address, whether it asks for a token, its Ray)."""
         ray = self._ray
         report = EmbedReport(engine="ray", nodes=0, workers=0)
-        with connected(ray, self.ray_config.address):
+        with connected(ray, self.ray_config.address) as cluster:
+            report.ray_cluster = cluster.to_json()
             plan = _plan(ray, self.ray_config, self.device)
             report.workers = plan.workers
             writer = ShardWriter(store, records, report, config.shard_size)
