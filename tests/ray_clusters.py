@@ -122,9 +122,11 @@ class RayStartCluster:
         self.nodes.clear()
 
 
-def assert_loopback(ray, bootstrap: Path) -> None:
-    """Fails unless Ray's bootstrap file and every node Ray reports name 127.0.0.0/8 addresses."""
-    named = bootstrap.read_text().strip()
-    addresses = [named.rpartition(":")[0]] + [node["NodeManagerAddress"] for node in ray.nodes()]
+def assert_loopback(ray, bootstrap: Path | None = None) -> None:
+    """Fails unless the driver's GCS address, every node Ray reports and Ray's bootstrap file (if given) name
+    127.0.0.0/8 addresses."""
+    named = [bootstrap.read_text().strip()] if bootstrap else []
+    named.append(ray.get_runtime_context().gcs_address)
+    addresses = [a.rpartition(":")[0] for a in named] + [node["NodeManagerAddress"] for node in ray.nodes()]
     outside = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
     assert not outside, f"Ray reports addresses outside 127.0.0.0/8: {outside} (all: {addresses})"
