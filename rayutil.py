@@ -167,7 +167,7 @@ def check_cluster(ray, target: str) -> bool | None:
                           "its host:PORT, or leave --ray-address out to run a local Ray")
     from ray.exceptions import AuthenticationError
 
-    with _auth_mode("disabled"):
+    with _auth_mode("disabled"), _quiet_stderr():  # Ray's client logs the refusal this check may meet
         try:
             _gcs(target)
             asks = False
@@ -246,6 +246,19 @@ def _gcs(target: str):
         raise EngineError(f"something answers at --ray-address {target!r} but no Ray GCS did in "
                           f"{CONNECT_TIMEOUT_S:g} s; give the head's port (`ray start --head --port PORT`)")
     return result["client"]
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Sends this process's stderr (file descriptor 2: Ray's C++ logs too) to nowhere for the block."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _token_source() -> str | None:

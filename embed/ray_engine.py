@@ -30,7 +30,7 @@ from emoreact.index import Store
 from emoreact.index.faults import ENV as FAULT_ENV
 from emoreact.index.faults import ONCE_ENV as FAULT_ONCE_ENV
 from emoreact.index.faults import fault_point
-from emoreact.rayutil import EngineError, RayConfig, connected, node_names, require_ray
+from emoreact.rayutil import EngineError, RayConfig, connected, node_names, require_ray, resolve_address
 
 from .identity import ModelSpec, is_local_path
 from .config import EmbedConfig
@@ -62,7 +62,9 @@ class RayEngine:
     def __init__(self, device: str = "auto", ray_config: RayConfig | None = None) -> None:
         self._ray = require_ray()  # at once: not after reading the source and loading a model
         self.device = device  # the workers' device: auto, cpu or cuda
-        self.ray_config = ray_config or RayConfig()
+        ray_config = ray_config or RayConfig()
+        # the cluster chosen at once too ("local": a Ray of its own), so that a stale one fails before any work
+        self.ray_config = replace(ray_config, address=resolve_address(ray_config.address) or "local")
 
     def backbone(self, spec: ModelSpec) -> Backbone:
         """Gives the model on the CPU: it names the model and preprocesses; each worker loads its own."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
-from emoreact.rayutil import EngineError, RayCluster, RayConfig, connected, node_names, node_placements, require_ray
+from emoreact.rayutil import (EngineError, RayCluster, RayConfig, connected, node_names, node_placements,
+                              require_ray, resolve_address)
 
 from . import ann, building
 from .ann import IndexSettings
@@ -36,7 +38,8 @@ class RayIndexBuilder:
 
     def __init__(self, ray_config: RayConfig = RayConfig()) -> None:
         self._ray = require_ray()  # at once: before the store is locked or anything trained
-        self.ray_config = ray_config
+        # the cluster chosen at once too ("local": a Ray of its own), so that a stale one fails before any work
+        self.ray_config = replace(ray_config, address=resolve_address(ray_config.address) or "local")
         self.added_per_node_: dict[str, int] = {}
         self.cluster_: RayCluster | None = None
 
