@@ -165,8 +165,9 @@ def check_cluster(ray, target: str) -> bool | None:
         raise EngineError(f"no Ray cluster at --ray-address {target!r}: nothing answers there in "
                           f"{CONNECT_TIMEOUT_S:g} s; start one with `ray start --head --port PORT` and give "
                           "its host:PORT, or leave --ray-address out to run a local Ray")
-    from ray.exceptions import AuthenticationError
+    from ray import exceptions
 
+    AuthenticationError = getattr(exceptions, "AuthenticationError", ())  # (): a Ray without token authentication
     with _auth_mode("disabled"), _quiet_stderr():  # Ray's client logs the refusal this check may meet
         try:
             _gcs(target)
@@ -201,7 +202,10 @@ def _take_token(target: str) -> None:
 
 def _check_versions(ray, target: str, client) -> None:
     """Raises EngineError unless the cluster runs this machine's Ray and Python (as Ray would, later)."""
-    from ray._common.usage.usage_lib import get_cluster_metadata
+    try:
+        from ray._common.usage.usage_lib import get_cluster_metadata
+    except ImportError:  # Ray before the move to _common
+        from ray._private.usage.usage_lib import get_cluster_metadata
 
     metadata = get_cluster_metadata(client) or {}
     theirs = (metadata.get("ray_version"), metadata.get("python_version"))

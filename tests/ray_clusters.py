@@ -24,7 +24,7 @@ from pathlib import Path
 LOOPBACK = "127.0.0.2"  # not 127.0.0.1: Ray would advertise and dial the network address instead
 RAY_ENV = ("HOME", "RAY_TMPDIR", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 START_TIMEOUT_S = 120
-STOP_TIMEOUT_S = 20
+STOP_TIMEOUT_S = 10  # a node drains in about a second here
 
 
 @contextlib.contextmanager
@@ -107,15 +107,15 @@ class RayStartCluster:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """Stops the nodes, newest first: SIGTERM to each `ray start --block` (it drains its node and stops what
-        it started), then SIGKILL to what is left of its process group."""
-        for node in reversed(self.nodes):
+        """Stops the nodes: SIGTERM to each `ray start --block` (it drains its node and stops what it started),
+        then SIGKILL to what is left of each one's process group."""
+        for node in self.nodes:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.pid, signal.SIGTERM)  # not its group: a GCS stopped first makes the drain wait 30 s
-            try:
-                node.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(timeout=max(0.1, deadline - time.monotonic()))
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)
             node.wait(timeout=30)

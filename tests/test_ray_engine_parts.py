@@ -1,7 +1,7 @@
 """The Ray engine's parts, in this process and without Ray: the plan checked against the cluster's resources,
 the decode step, the model worker (`_Encoder`), the results turned back into the writer's items, the known
-hashes, the spec the workers load. Ray itself (the dataset, the actor pool, the driver's loop) is in
-test_ray_engine.py, marked `ray`.
+hashes, the spec the workers load, which cluster a job joins (Ray's bootstrap file, RAY_ADDRESS). Ray itself
+(the dataset, the actor pool, the driver's loop) is in test_ray_engine.py and test_ray_cluster.py, marked `ray`.
 
 Where a part only reads from Ray (the cluster's resources, the worker's node id), a stand-in gives just that.
 """
