@@ -92,6 +92,9 @@ def connected(ray, address: str | None) -> Iterator[RayCluster]:
             ray.init(address=target or "local", include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=log.isEnabledFor(logging.INFO))
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            if target is None:
+                raise EngineError(f"cannot start a local Ray ({exc}); see Ray's message, or give a cluster's "
+                                  "address with --ray-address") from exc
             raise EngineError(f"cannot join the Ray cluster at --ray-address {target!r} ({exc}); check "
                               "the address is the head's (`ray status` on the head shows it)") from exc
         yield RayCluster(target or "local", _token_mode() if authenticated is None else authenticated,

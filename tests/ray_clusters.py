@@ -24,7 +24,7 @@ from pathlib import Path
 LOOPBACK = "127.0.0.2"  # not 127.0.0.1: Ray would advertise and dial the network address instead
 RAY_ENV = ("HOME", "RAY_TMPDIR", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 START_TIMEOUT_S = 120
-STOP_TIMEOUT_S = 10  # a node drains in about a second here
+STOP_TIMEOUT_S = 5  # a node drains in a second, but a head after an embed job may wait out Ray's 30 s
 
 
 @contextlib.contextmanager
