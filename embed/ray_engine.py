@@ -16,6 +16,7 @@ the index build on Ray (`emoreact.rayutil`, `emoreact.index.ray_build`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -35,6 +36,8 @@ from emoreact.rayutil import EngineError, RayConfig, connected, node_names, requ
 from .identity import ModelSpec, is_local_path
 from .config import EmbedConfig
 from .job import EmbedReport, read_item
+from .ocr import ocr_reader
+from .texts import ocr_text, text_vectors
 from .models import Backbone, load_backbone
 from .readers import Record
 from .writer import ShardWriter
@@ -97,7 +100,9 @@ class RayEngine:
                 expected += len(items)
                 good = writer.sort(items)
                 if good:
-                    writer.add(good, batch["vector"][[item["row"] for _, item in good]])
+                    rows = [item["row"] for _, item in good]
+                    words = batch["has_words"][rows]
+                    writer.add(good, batch["vector"][rows], batch["text_vector"][rows] if words.any() else None)
                 per_node.update(str(batch["node"][item["row"]]) for _, item in good)
                 nodes.update(str(node) for node in batch["node"])
                 bar.update(len(items))
@@ -139,7 +144,7 @@ def _plan(ray, config: RayConfig, device: str) -> _Plan:
 
 def _dataset(ray, records: list[Record], known: set[str], backbone: Backbone, config: EmbedConfig, plan: _Plan):
     """Gives the lazy Ray dataset: records -> decode tasks -> model actors, in input order."""
-    rows = [{"i": i, "path": str(record.path)} for i, record in enumerate(records)]
+    rows = [{"i": i, "path": str(record.path), "caption": record.caption or ""} for i, record in enumerate(records)]
     blocks = max(1, -(-len(rows) // config.batch_size))
     min_side = max(backbone.preprocess.image_size) if config.reduced_jpeg_decode else None
     dataset = ray.data.from_items(rows, override_num_blocks=blocks)
@@ -147,7 +152,7 @@ def _dataset(ray, records: list[Record], known: set[str], backbone: Backbone, co
     dataset.context.enable_progress_bars = False  # the driver shows its own bar with images/s
     dataset.context.wait_for_min_actors_s = plan.start_timeout_s  # or the first worker up takes every batch
     decode_args = {"known": _HashSet(known), "transform": backbone.transform,
-                   "max_pixels": config.max_pixels, "min_side": min_side}
+                   "max_pixels": config.max_pixels, "min_side": min_side, "ocr": config.ocr}
     dataset = dataset.map_batches(_decode_batch, batch_size=config.batch_size, fn_kwargs=decode_args,
                                   num_cpus=plan.decode_cpus)
     faults = {k: os.environ[k] for k in (FAULT_ENV, FAULT_ONCE_ENV) if os.environ.get(k)}
@@ -173,9 +178,11 @@ class _HashSet:
         return at < len(self._digests) and self._digests[at:at + 1].tobytes() == digest
 
 
-def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int | None) -> dict:
-    """Gives a batch of decoded records as columns: one row per record, pixels (3, H, W) for the good ones."""
-    items = [read_item(int(i), Path(path), known, transform, max_pixels, min_side)
+def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int | None, ocr: str = "off") -> dict:
+    """Gives a batch of decoded records as columns: one row per record, pixels (3, H, W) for the good ones,
+    the caption as given and the words read in the image (OCR lines as JSON, "" when none were read)."""
+    reader = ocr_reader(ocr)  # loaded once per worker process
+    items = [read_item(int(i), Path(path), known, transform, max_pixels, min_side, ocr=reader)
              for i, path in zip(batch["i"], batch["path"])]
     empty = np.zeros((3, 0, 0), np.float32)  # no pixels: the file is known or bad
     return {"i": np.array([item["i"] for item in items], np.int64),
@@ -185,6 +192,8 @@ def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int 
             "reason": np.array([item.get("error", "") for item in items]),
             "size": np.array([item.get("size", (0, 0)) for item in items], np.int64).reshape(-1, 2),
             "bytes": np.array([item.get("bytes", 0) for item in items], np.int64),
+            "caption": np.asarray(batch["caption"]),
+            "ocr": np.array([json.dumps(item["ocr"]) if item.get("ocr") is not None else "" for item in items]),
             "pixels": [item["tensor"].numpy() if "tensor" in item else empty for item in items]}
 
 
@@ -209,8 +218,15 @@ class _Encoder:
         if ok.any():
             pixels = torch.from_numpy(np.stack(list(batch["pixels"][ok])))
             vectors[ok] = self.backbone.encode_images(pixels).cpu().numpy()
+        captions = [str(c) or None for c in batch["caption"]]
+        read = [ocr_text(json.loads(o)) if o else None for o in batch["ocr"]]
+        texts = np.zeros((len(ok), self.backbone.dim), np.float16)
+        words = ok & np.array([bool(c or r) for c, r in zip(captions, read)], bool)
+        if words.any():
+            texts[words] = text_vectors(self.backbone.encode_texts, self.backbone.dim,
+                                        [c for c, w in zip(captions, words) if w], [r for r, w in zip(read, words) if w])
         out = {key: value for key, value in batch.items() if key != "pixels"}
-        return {**out, "vector": vectors, "node": np.full(len(ok), self.node)}
+        return {**out, "vector": vectors, "text_vector": texts, "has_words": words, "node": np.full(len(ok), self.node)}
 
 
 def _items(batch: dict) -> list[dict]:
@@ -224,6 +240,8 @@ def _items(batch: dict) -> list[dict]:
             item["error"] = str(batch["reason"][row])
         else:
             item.update(size=tuple(int(v) for v in batch["size"][row]), bytes=int(batch["bytes"][row]))
+            if batch["ocr"][row]:
+                item["ocr"] = json.loads(batch["ocr"][row])
         items.append(item)
     return items
 
