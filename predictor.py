@@ -140,6 +140,17 @@ class Predictor:
         twin.batch_observer = self.batch_observer
         return twin.batch_calls(self._batching) if self._batching is not None else twin
 
+    @property
+    def reads_words(self) -> bool:
+        """Tells whether this predictor reads the words in images (OCR on, or auto for a head that reads words)."""
+        return self._ocr is not None
+
+    def warm(self) -> "Predictor":
+        """Loads now what would otherwise load in the first call that needs it (the OCR models); gives self."""
+        if self._ocr is not None:
+            self._ocr.warm()
+        return self
+
     def batch_calls(self, batching: Callable) -> "Predictor":
         """Gives this predictor with its model calls going through `batching(encode)`, an object called
         with each (N, 3, H, W) batch in place of `encode` and closed with the predictor (the server's

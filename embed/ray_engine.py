@@ -192,7 +192,7 @@ def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int 
             "reason": np.array([item.get("error", "") for item in items]),
             "size": np.array([item.get("size", (0, 0)) for item in items], np.int64).reshape(-1, 2),
             "bytes": np.array([item.get("bytes", 0) for item in items], np.int64),
-            "caption": np.asarray(batch["caption"]),
+            "caption": np.asarray(batch["caption"]) if "caption" in batch else np.full(len(items), ""),
             "ocr": np.array([json.dumps(item["ocr"]) if item.get("ocr") is not None else "" for item in items]),
             "pixels": [item["tensor"].numpy() if "tensor" in item else empty for item in items]}
 
@@ -218,8 +218,9 @@ class _Encoder:
         if ok.any():
             pixels = torch.from_numpy(np.stack(list(batch["pixels"][ok])))
             vectors[ok] = self.backbone.encode_images(pixels).cpu().numpy()
-        captions = [str(c) or None for c in batch["caption"]]
-        read = [ocr_text(json.loads(o)) if o else None for o in batch["ocr"]]
+        blank = [""] * len(ok)
+        captions = [str(c) or None for c in batch.get("caption", blank)]
+        read = [ocr_text(json.loads(o)) if o else None for o in batch.get("ocr", blank)]
         texts = np.zeros((len(ok), self.backbone.dim), np.float16)
         words = ok & np.array([bool(c or r) for c, r in zip(captions, read)], bool)
         if words.any():
@@ -240,7 +241,7 @@ def _items(batch: dict) -> list[dict]:
             item["error"] = str(batch["reason"][row])
         else:
             item.update(size=tuple(int(v) for v in batch["size"][row]), bytes=int(batch["bytes"][row]))
-            if batch["ocr"][row]:
+            if "ocr" in batch and batch["ocr"][row]:
                 item["ocr"] = json.loads(batch["ocr"][row])
         items.append(item)
     return items
