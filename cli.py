@@ -134,7 +134,7 @@ def info() -> None:
 @click.option("--engine", default="local", show_default=True, type=click.Choice(list(ENGINES)),
               help="local: this machine's processes; ray: a Ray cluster (pip install \"emoreact[ray]\").")
 @click.option("--ray-address", default=None, help="ray: the cluster to join (auto: the one `ray start` began); "
-                                                   "default: a local Ray.")
+                                                   "default: RAY_ADDRESS, else a local Ray of its own.")
 @click.option("--gpus-per-worker", default=None, type=click.FloatRange(0),
               help="ray: GPUs each model worker holds; 0 for CPU workers (default: 1 on a cluster with GPUs).")
 @_setting(EmbedConfig, "shard_size", "--shard-size", show_default=True, type=click.IntRange(1))
@@ -452,7 +452,8 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, labels_path
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: this process; ray: vectors added by Ray tasks, merged here (pip install \"emoreact[ray]\").")
 @click.option("--ray-address", default=None, help="ray: the cluster to join (auto: the one `ray start` began); "
-                                                   "default: a local Ray. Every node must see the store's path.")
+                                                   "default: RAY_ADDRESS, else a local Ray of its own. "
+                                                   "Every node must see the store's path.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="ray: tasks, each adding a run of shards (default: one per CPU of the cluster).")
 @_friendly

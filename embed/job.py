@@ -45,6 +45,7 @@ class EmbedReport:
     nodes: int = 1  # machines that ran the model
     workers: int = 1  # model workers: processes (local, one per device) or Ray actors
     images_per_node: dict = field(default_factory=dict)  # Ray: images each node embedded, by node
+    ray_cluster: dict = field(default_factory=dict)  # Ray: the cluster's address, authenticated, ray_version
 
     @property
     def images_per_second(self) -> float:
@@ -57,7 +58,8 @@ class EmbedReport:
                 "near_duplicates_moved": {"groups": self.near_duplicate_groups_moved,
                                           "images": self.near_duplicate_images_moved},
                 "engine": self.engine, "nodes": self.nodes, "workers": self.workers,
-                **({"images_per_node": dict(self.images_per_node)} if self.images_per_node else {})}
+                **({"images_per_node": dict(self.images_per_node)} if self.images_per_node else {}),
+                **({"ray_cluster": dict(self.ray_cluster)} if self.ray_cluster else {})}
 
 
 class _ImageFiles(Dataset):

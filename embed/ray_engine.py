@@ -31,7 +31,7 @@ from emoreact.index import Store
 from emoreact.index.faults import ENV as FAULT_ENV
 from emoreact.index.faults import ONCE_ENV as FAULT_ONCE_ENV
 from emoreact.index.faults import fault_point
-from emoreact.rayutil import EngineError, RayConfig, connected, node_names, require_ray
+from emoreact.rayutil import EngineError, RayConfig, connected, node_names, require_ray, resolve_address
 
 from .identity import ModelSpec, is_local_path
 from .config import EmbedConfig
@@ -65,7 +65,9 @@ class RayEngine:
     def __init__(self, device: str = "auto", ray_config: RayConfig | None = None) -> None:
         self._ray = require_ray()  # at once: not after reading the source and loading a model
         self.device = device  # the workers' device: auto, cpu or cuda
-        self.ray_config = ray_config or RayConfig()
+        ray_config = ray_config or RayConfig()
+        # the cluster chosen at once too ("local": a Ray of its own), so that a stale one fails before any work
+        self.ray_config = replace(ray_config, address=resolve_address(ray_config.address) or "local")
 
     def backbone(self, spec: ModelSpec) -> Backbone:
         """Gives the model on the CPU: it names the model and preprocesses; each worker loads its own."""
@@ -74,10 +76,12 @@ class RayEngine:
     def embed(self, records: list[Record], store: Store, backbone: Backbone, config: EmbedConfig,
               known: set[str]) -> EmbedReport:
         """Adds the records not in `known` to `store`, shard by shard, from the cluster's results (see
-        `engines.Engine`); the report names the engine, its nodes and workers and the images per node."""
+        `engines.Engine`); the report names the engine, its nodes and workers, the images per node and the
+        cluster (its address, whether it asks for a token, its Ray)."""
         ray = self._ray
         report = EmbedReport(engine="ray", nodes=0, workers=0)
-        with connected(ray, self.ray_config.address):
+        with connected(ray, self.ray_config.address) as cluster:
+            report.ray_cluster = cluster.to_json()
             plan = _plan(ray, self.ray_config, self.device)
             report.workers = plan.workers
             writer = ShardWriter(store, records, report, config.shard_size)
