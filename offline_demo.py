@@ -44,8 +44,9 @@ VAL_SHARE = 15  # percent of the training styles' images kept for validation, ch
 # candidates differ by 0.01-0.02 macro-F1, less than that split's noise; searching picked other
 # widths and lost 0.02-0.05 on the held-out styles (docs/usage.md, "The offline demo").
 DEMO_HEAD = HeadConfig(kind="mlp", zero_shot_prior=True, search=False)
-DEMO_POSTS = 24  # posts per slice made for training and as many for testing (postset.make_posts)
-POST_VAL_EVERY = 3  # every 3rd training post validates: the post head's fusion needs 20 posts with words there
+DEMO_POSTS = 16  # posts per slice made for training and as many for testing (postset.make_posts); reading
+# their words is most of what posts add to the demo's time
+POST_VAL_EVERY = 2  # every 2nd training post validates: the post head's fusion needs 20 posts with words there
 MIN_SUPPORT = 10  # per-label F1 targets apply to labels with at least this many test images
 CLIP_HELDOUT_MOD = 10  # tools/train_emoji_clip.py never trained on emojis with sha256(hexcode) % 10 == 0
 

@@ -3,8 +3,9 @@ or both; how well and how fast OCR reads memes; what a meme costs the API beside
 
 The post set comes from emoreact/postset.py: training posts from two of the demo's art styles and the
 training phrases, test posts from the third style and the test phrases (disjoint lists). Both go into
-one store, embedded with the bundled emoji CLIP (or `--model`) with OCR on; an image-only head and a
-post head are trained on the training posts, and each is scored per slice of the test posts.
+one store with the demo's own drawings of the two training styles, embedded with the bundled emoji CLIP
+(or `--model`) with OCR on; an image-only head and a post head are trained on the training posts and
+drawings, and each is scored per slice of the test posts.
 """
 from __future__ import annotations
 
@@ -59,11 +60,21 @@ def run(model: str = "emoreact-emoji-s", pretrained: str | None = None, per_slic
 
 
 def _manifest(root: Path, train_rows: list[dict], test_rows: list[dict]) -> Path:
-    """Writes one manifest of both post sets (paths relative to it) with train/val/test splits; gives it."""
+    """Writes one manifest of both post sets (paths relative to it) with train/val/test splits, and the demo's
+    own drawings of the training posts' styles as pictures without words (what an image head learns from);
+    gives it."""
+    from emoreact.demo import DEMO_DIR
+    from emoreact.postset import STYLES
+
     path = root / "posts.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, ["path", "labels", "split", "caption"], lineterminator="\n")
         writer.writeheader()
+        with (DEMO_DIR / "manifest.csv").open(newline="", encoding="utf-8") as demo:
+            drawings = [row for row in csv.DictReader(demo) if row["style"] in STYLES["train"]]
+        for n, row in enumerate(drawings):
+            writer.writerow({"path": str(DEMO_DIR / row["path"]), "labels": row["labels"], "caption": "",
+                             "split": "val" if n % VAL_EVERY == VAL_EVERY - 1 else "train"})
         for n, row in enumerate(train_rows):
             writer.writerow({"path": f"train/{row['path']}", "labels": row["labels"], "caption": row["caption"],
                              "split": "val" if n % VAL_EVERY == VAL_EVERY - 1 else "train"})
