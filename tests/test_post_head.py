@@ -214,3 +214,44 @@ def test_cli_embed_backfill_adds_captions_to_stored_images(tmp_path):
     assert json.loads(result.output)["backfill"]["images_with_words"] == 1
     with Store.open(tmp_path / "store") as store:
         assert store.text_count() == 1
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("shape", ["tall screenshot", "page of tiny text"])
+def test_a_hostile_picture_for_ocr_gets_a_bounded_answer(post_client, shape):
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from helpers import upload
+
+    pytest.importorskip("rapidocr")
+    if shape == "tall screenshot":
+        image = Image.new("RGB", (800, 20_000), "white")
+        pen = ImageDraw.Draw(image)
+        for y in range(0, 20_000, 60):
+            pen.text((20, y), f"line {y // 60}: so sad today, nothing works", fill="black")
+    else:
+        image = Image.new("RGB", (1200, 1200), "white")
+        pen = ImageDraw.Draw(image)
+        for y in range(0, 1200, 9):
+            pen.text((2, y), "tiny words " * 20, fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    response = post_client.post("/api/predict", data=upload(("shot.png", buffer.getvalue())))
+    assert response.status_code == 200
+    read = response.get_json()["results"][0]["text"]["ocr"]
+    assert len(read) <= 32 and sum(len(line["text"]) for line in read) <= 1000  # OcrSettings' caps
+
+
+def test_neighbours_of_a_captioned_post_work_as_for_any_image(post_client, post_store):
+    with Store.open(post_store) as store:
+        captioned = next(i for i, t in zip(store.live_ids().tolist(), store.texts(store.live_ids().tolist())) if t)
+    response = post_client.get(f"/api/neighbours?id={captioned}&k=3")
+    assert response.status_code == 200 and len(response.get_json()["neighbours"]) == 3
+
+
+def test_the_zero_shot_prior_reaches_the_text_head_too(post_store, tmp_path):
+    train(post_store, tmp_path / "head", head="linear", device="cpu", zero_shot_prior=True, search=False)
+    head = EmotionHead.load(tmp_path / "head")
+    assert head.reads_text and head.prior_ is not None and head.text_head_.prior_ is not None

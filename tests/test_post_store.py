@@ -213,3 +213,23 @@ def test_ocr_on_without_the_extra_names_it(monkeypatch, post_store, post_heads):
     monkeypatch.setattr(ocr, "engine_problem", lambda: "rapidocr is not installed")
     with pytest.raises(ModelLoadError, match='pip install "emoreact\\[ocr\\]"'):
         load(post_store, post_heads[0], device="cpu", ocr="on")
+
+
+@pytest.mark.long
+def test_a_backfill_with_ocr_reads_the_words_of_stored_images_and_counts_those_gone(tmp_path, label_config):
+    pytest.importorskip("rapidocr")
+    from emoreact.backfill import backfill_words
+
+    (tmp_path / "src").mkdir()
+    _words_image(tmp_path / "src" / "meme.png", "I HATE MONDAYS")
+    _words_image(tmp_path / "src" / "gone.png", "LOST")
+    (tmp_path / "src" / "m.csv").write_text("path\nmeme.png\ngone.png\n")
+    embed_source(tmp_path / "src" / "m.csv", tmp_path / "store", TINY, device="cpu", config=FAST_EMBED)
+    (tmp_path / "src" / "gone.png").unlink()
+    report = backfill_words(None, tmp_path / "store", label_config, ocr="on", device="cpu")
+    assert report.images_with_words == 1 and report.unreadable == 1
+    with Store.open(tmp_path / "store") as store:
+        by_path = {Path(item.path).name: item.id for item in store.items()}
+        [words] = store.texts([by_path["meme.png"]])
+        assert "HATE" in " ".join(line["text"] for line in words["ocr"]).upper()
+        assert store.texts([by_path["gone.png"]]) == [None]
