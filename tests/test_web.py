@@ -356,7 +356,7 @@ def test_an_unexpected_failure_is_json_500_without_a_traceback(make_app, predict
         store, head, backbone, labels, max_pixels = (predictor.store, predictor.head, predictor.backbone,
                                                      predictor.labels, predictor.max_pixels)
 
-        def predict_files(self, files, k):
+        def predict_files(self, files, k, captions=None):
             raise RuntimeError("secret internal detail /srv/model")
 
     client = create_app(WebConfig(loader=lambda config: Broken())).test_client()
