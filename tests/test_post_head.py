@@ -255,3 +255,12 @@ def test_the_zero_shot_prior_reaches_the_text_head_too(post_store, tmp_path):
     train(post_store, tmp_path / "head", head="linear", device="cpu", zero_shot_prior=True, search=False)
     head = EmotionHead.load(tmp_path / "head")
     assert head.reads_text and head.prior_ is not None and head.text_head_.prior_ is not None
+
+
+@pytest.mark.parametrize("caption", ["0", "null", '"quoted"', "[1, 2]", "true"])
+def test_a_caption_that_reads_as_json_is_kept_as_the_text_sent(post_client, caption):
+    from helpers import upload
+
+    response = post_client.post("/api/predict", data={**upload(("a.png", _png(("neutral",), 5))), "caption": caption})
+    assert response.status_code == 200
+    assert response.get_json()["results"][0]["text"]["caption"] == caption

@@ -35,7 +35,7 @@ def predict(form: s.ImageForm, query: s.KQuery):
     if form.k is not None and query.k is not None:
         _k(query.k, minimum=0)  # the form's k wins, but a query k out of range is still an error
     k = _k(form.k if form.k is not None else query.k, minimum=0)
-    captions = form.caption or None
+    captions = request.form.getlist("caption") or None  # the text as sent (see schemas.CaptionText)
     if captions is not None and len(captions) != len(form.image):
         abort(400, f"{len(captions)} captions for {len(form.image)} images: send no 'caption' field, or one per "
                    "image in the order of the images (an empty one for an image without)")

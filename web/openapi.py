@@ -40,6 +40,8 @@ def finish_document(app: OpenAPI, config: WebConfig, labels: list[str] | None) -
             form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
             if form is not None:
                 _declare_image_part(form)
+                if path == "/api/predict":  # a caption is text as typed, never a number or JSON
+                    form["encoding"]["caption"] = {"contentType": "text/plain"}
     doc["paths"]["/api/feedback"]["post"]["requestBody"] = _feedback_body(schemas)
     _tighten(doc, config, labels)
 

@@ -35,6 +35,10 @@ def _written_in_digits(value):
 
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
 Whole = Annotated[int, BeforeValidator(_written_in_digits)]
+# flask-openapi3 hands a form's text fields over JSON-decoded where they parse ("0" as 0, "null" as None): a
+# caption is any text, so whatever it became is accepted here, and the view reads the text as sent
+# (`request.form.getlist("caption")`).
+CaptionText = Annotated[str, BeforeValidator(lambda value: value if isinstance(value, str) else repr(value))]
 
 
 class ErrorBody(BaseModel):
@@ -48,7 +52,7 @@ class ImageForm(BaseModel):
 
     image: list[Upload] = Field(description="one or more image files (JPEG, PNG, WebP or GIF), "
                                                  "each in its own part named 'image'")
-    caption: list[str] = Field([], description="the caption posted with each image, in the order of "
+    caption: list[CaptionText] = Field([], description="the caption posted with each image, in the order of "
                                                         "the images: none at all, or one part named 'caption' "
                                                         "per image (an empty one for an image without)")
     k: Whole | None = Field(None, ge=0, description="neighbours per image (default: the server's)")
