@@ -246,7 +246,8 @@ class Predictor:
             results.append(PREDICTION.answer(
                 image=name, predicted_emotions=predicted, allowed_emojis=list(fit), blocked_emojis=blocked,
                 emotion_scores=dict(zip(self.labels, p.tolist())), reaction_scores=fit, novelty=new,
-                unsure=None if new is None else new >= self.unsure_above, neighbours=near))
+                unsure=None if new is None else new >= self.unsure_above, neighbours=near,
+                neighbours_exact=None if self.store is None else self.store.index_settings.exact))
         return results
 
     def predict_images(self, images: list, names: list[str], k: int = 5) -> list[dict]:

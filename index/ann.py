@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -74,10 +74,23 @@ class IndexSettings:
     recall_at_10: float | None = None  # measured at tuning, against exact search
     removed_applied: int = 0     # removals (rows of the removed table) already taken out of the index
     build_seconds: float | None = None
+    # The adaptive search (index/adaptive.py), tuned with nprobe/candidates; None/0: every query alike
+    far_below: float | None = None   # a query whose best re-ranked similarity is below this is searched again...
+    far_nprobe: int = 0              # ...probing this many lists
+    far_candidates: int = 0          # ...and re-ranking this many proposals
+    far_recall_at_10: float | None = None  # measured at tuning on queries unlike the stored rows
 
     @property
     def approximate(self) -> bool:
         return not is_flat(self.factory)
+
+    @property
+    def exact(self) -> bool:
+        """Tells whether a search returns the exact neighbours: a flat index, or an approximate one
+        probing every list and re-ranking every row (only ever set by hand, on a small store)."""
+        lists = _lists(self.factory) if self.approximate and "IVF" in self.factory else None
+        return not self.approximate or (lists is not None and self.nprobe >= lists
+                                        and self.candidates >= self.indexed_rows)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -206,22 +219,25 @@ def rerank(queries: np.ndarray, proposals: np.ndarray, k: int,
 
 def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query_ids: np.ndarray,
          truth: np.ndarray, rows_of: Callable[[np.ndarray], np.ndarray], k: int = 10,
-         target: float = RECALL_TARGET + TUNING_MARGIN) -> IndexSettings:
-    """Gives `settings` with the cheapest (nprobe, candidates) whose recall@k on `queries` (stored rows
-    `query_ids`, whose exact neighbours besides themselves are `truth` (Q, k)) reaches `target`; when
-    none does, the most accurate setting tried, with a warning."""
+         target: float = RECALL_TARGET + TUNING_MARGIN, nprobes: Sequence[int] = NPROBES,
+         pools: Sequence[int] = CANDIDATES) -> IndexSettings:
+    """Gives `settings` with the cheapest (nprobe, candidates) of `nprobes` x `pools` whose recall@k on
+    `queries` (stored rows `query_ids`, -1 for a query not stored, whose exact neighbours besides
+    themselves are `truth` (Q, k)) reaches `target`; when none does, the most accurate setting tried,
+    with a warning."""
     ivf = faiss.extract_index_ivf(index)
     lists = ivf.nlist
     sizes = list_sizes(ivf)
     reaching: dict[int, tuple[int, float]] = {}  # candidates -> (smallest nprobe, its recall)
     scanned: dict[int, float] = {}  # nprobe -> codes a query scans, on average over these queries
-    best_seen = (0.0, NPROBES[0], CANDIDATES[-1])
-    for nprobe in [p for p in NPROBES if p <= lists]:
-        trial = settings.with_(nprobe=nprobe, candidates=CANDIDATES[-1])
+    tried = [p for p in nprobes if p <= lists] or [lists]
+    best_seen = (0.0, tried[0], pools[-1])
+    for nprobe in tried:
+        trial = settings.with_(nprobe=nprobe, candidates=pools[-1])
         configure(index, trial)
         scanned[nprobe] = codes_scanned(ivf, sizes, queries, nprobe)
-        _, proposals = index.search(queries, CANDIDATES[-1] + 1)
-        for pool in CANDIDATES:
+        _, proposals = index.search(queries, pools[-1] + 1)
+        for pool in pools:
             if pool in reaching:
                 continue
             _, ids = rerank(queries, proposals[:, :pool + 1], k + 1, rows_of)
@@ -229,7 +245,7 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
             best_seen = max(best_seen, (got, nprobe, pool))
             if got >= target:
                 reaching[pool] = (nprobe, got)
-        if len(reaching) == len(CANDIDATES):
+        if len(reaching) == len(pools):
             break
     if not reaching:
         got, nprobe, pool = best_seen

@@ -231,7 +231,8 @@ function showResult(card, result) {
       reactionList(result.allowed_emojis, result.reaction_scores || {}, unsure), "allowed-section"),
     section("Blocked reactions", emojiList(result.blocked_emojis, "blocked", "Nothing is blocked."),
       "blocked-section"),
-    section(`Nearest indexed images (${result.neighbours.length})`, neighbourGrid(result.neighbours), "near"),
+    section(`Nearest indexed images (${result.neighbours.length}${result.neighbours_exact === false ?
+      ", approximate search: nearer ones may exist" : ""})`, neighbourGrid(result.neighbours), "near"),
   );
   verdict.replaceChildren(...parts);
   verdict.classList.toggle("unsure", unsure);
