@@ -20,6 +20,7 @@ builds the index the store chooses for N (or `--index KIND`), then
 - the exact baseline in the same run: a flat inner-product index over the same vectors (fp16 codes beyond
   4M vectors, so that it fits in RAM; still exact on the stored values), single queries;
 - adding 1% more images: the incremental index update against the full build.
+"""
 from __future__ import annotations
 
 import json
