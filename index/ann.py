@@ -231,16 +231,18 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
     reaching: dict[int, tuple[int, float]] = {}  # candidates -> (smallest nprobe, its recall)
     scanned: dict[int, float] = {}  # nprobe -> codes a query scans, on average over these queries
     tried = [p for p in nprobes if p <= lists] or [lists]
+    known = _ExactScores(rows_of, len(queries))  # each (query, row) product read once over all trials
     best_seen = (0.0, tried[0], pools[-1])
     for nprobe in tried:
         trial = settings.with_(nprobe=nprobe, candidates=pools[-1])
         configure(index, trial)
         scanned[nprobe] = codes_scanned(ivf, sizes, queries, nprobe)
         _, proposals = index.search(queries, pools[-1] + 1)
+        exact = known.scores(queries, proposals)
         for pool in pools:
             if pool in reaching:
                 continue
-            _, ids = rerank(queries, proposals[:, :pool + 1], k + 1, rows_of)
+            ids = _best_of_prefix(proposals, exact, pool + 1, k + 1)
             got = recall_excluding_self(ids, query_ids, truth, k)
             best_seen = max(best_seen, (got, nprobe, pool))
             if got >= target:
@@ -265,6 +267,41 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
     chosen = settings.with_(nprobe=nprobe, candidates=pool, recall_at_10=round(got, 4))
     configure(index, chosen)  # the index is saved as it will serve, not at the last trial's breadth
     return chosen
+
+
+class _ExactScores:
+    """The exact inner products of each query with the rows proposed for it so far, each row read once."""
+
+    def __init__(self, rows_of: Callable[[np.ndarray], np.ndarray], count: int) -> None:
+        self.rows_of = rows_of
+        self.ids = [np.zeros(0, np.int64) for _ in range(count)]  # per query: ids read, ascending
+        self.exact = [np.zeros(0, np.float32) for _ in range(count)]  # and their exact scores
+
+    def scores(self, queries: np.ndarray, proposals: np.ndarray) -> np.ndarray:
+        """Gives (Q, P) float32 exact scores of `proposals` (Q, P) ids (-inf where -1)."""
+        out = np.full(proposals.shape, -np.inf, np.float32)
+        for q, (query, row) in enumerate(zip(queries, proposals)):
+            new = np.setdiff1d(row[row >= 0], self.ids[q])
+            if len(new):
+                ids = np.concatenate([self.ids[q], new])
+                exact = np.concatenate([self.exact[q], self.rows_of(new) @ query])
+                order = np.argsort(ids, kind="stable")
+                self.ids[q], self.exact[q] = ids[order], exact[order].astype(np.float32)
+            if len(self.ids[q]):
+                where = np.minimum(np.searchsorted(self.ids[q], row), len(self.ids[q]) - 1)
+                out[q] = np.where(row >= 0, self.exact[q][where], -np.inf)
+        return out
+
+
+def _best_of_prefix(proposals: np.ndarray, exact: np.ndarray, pool: int, k: int) -> np.ndarray:
+    """Gives (Q, k) ids: the best k by exact score among each query's first `pool` proposals (-1: none), as
+    `rerank` orders them."""
+    ids = np.full((len(proposals), k), -1, np.int64)
+    for q, (row, scores) in enumerate(zip(proposals[:, :pool], exact[:, :pool])):
+        keep = row >= 0
+        best = np.argsort(-scores[keep], kind="stable")[:k]
+        ids[q, :len(best)] = row[keep][best]
+    return ids
 
 
 def list_sizes(ivf: faiss.IndexIVF) -> np.ndarray:

@@ -19,7 +19,10 @@ IVF = "IVF32_HNSW32,RaBitQ"  # a small approximate index of the production kind
 @pytest.fixture(scope="module")
 def ivf_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("adaptive") / "store"
-    write_store(path, 4000, MIX, index=IVF).close()
+    with pytest.MonkeyPatch.context() as patch:  # the same tuning on fewer queries: seconds, not tens
+        patch.setattr(ann, "TUNING_QUERIES", 400)
+        patch.setattr(adaptive, "FAR_QUERIES", 400)
+        write_store(path, 3000, MIX, index=IVF).close()
     return path
 
 
@@ -83,7 +86,7 @@ def test_a_store_without_the_adaptive_settings_searches_exactly_as_before(ivf_st
 def test_an_nprobe_override_never_narrows_the_second_pass():
     assert adaptive.parameters(64, IVF, nprobe=32).nprobe == 64
     assert adaptive.parameters(64, IVF, nprobe=128).nprobe == 128
-    hnsw = adaptive.parameters(64, IVF, nprobe=32)._keep
+    [hnsw] = adaptive.parameters(64, IVF, nprobe=32).referenced_objects
     assert hnsw.efSearch == 128  # the quantizer searches as broadly as ann.configure would set it
 
 
