@@ -30,7 +30,7 @@ def main(store_path: str, queries_path: str, warmup_path: str | None = None) -> 
         open_rss = rss_mib()
         warmup = {}
         if warmup_path:
-            times, _ = _answer(store, np.load(warmup_path))
+            times, _, _ = _answer(store, np.load(warmup_path))
             warmup = {"warmup_queries": len(times), "warmup_p50_ms": _percentile(times, 50),
                       "warmup_p95_ms": _percentile(times, 95)}
         times, found, scores = _answer(store, queries)
