@@ -29,7 +29,8 @@ Search settings (`nprobe`, and `candidates`, how many proposals are re-ranked) a
 time: for each pool size the smallest nprobe reaching the recall target on held-out stored vectors
 (their own entry excluded), then the cheapest of those by a cost model (codes scanned plus
 re-ranked candidates, deterministic on any machine); both are stored in the store manifest and can
-be overridden per open.
+be overridden per open. Then the adaptive search's second pass, for queries unlike the stored rows,
+is tuned the same way (index/adaptive.py) and recorded beside them.
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ class IndexSettings:
     removed_applied: int = 0     # removals (rows of the removed table) already taken out of the index
     build_seconds: float | None = None
     # The adaptive search (index/adaptive.py), tuned with nprobe/candidates; None/0: every query alike
-    far_below: float | None = None   # a query whose best re-ranked similarity is below this is searched again...
+    far_below: float | None = None   # a query whose signal (adaptive.signal) is below this is searched again...
+    far_weight: float = 0.0          # ...the signal being its best re-ranked similarity less this x its last list's
     far_nprobe: int = 0              # ...probing this many lists
     far_candidates: int = 0          # ...and re-ranking this many proposals
     far_recall_at_10: float | None = None  # measured at tuning on queries unlike the stored rows

@@ -37,7 +37,7 @@ def test_the_build_tunes_a_second_pass_for_queries_unlike_the_stored_rows(ivf_st
     assert settings.far_candidates > settings.candidates and settings.far_nprobe >= settings.nprobe
     assert settings.far_recall_at_10 >= 0.9  # on the tuning's own far queries
     recorded = json.loads((ivf_store / "manifest.json").read_text())["index"]  # beside nprobe and candidates
-    assert {"far_below", "far_nprobe", "far_candidates", "far_recall_at_10"} <= set(recorded)
+    assert {"far_below", "far_weight", "far_nprobe", "far_candidates", "far_recall_at_10"} <= set(recorded)
 
 
 def test_on_new_topics_the_adaptive_search_agrees_with_brute_force_at_least_as_well_as_the_fixed_one(ivf_store):

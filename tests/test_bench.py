@@ -38,6 +38,15 @@ def test_index_bench_reports_recall_latency_and_memory_beside_exact_search(tmp_p
     assert result["exact_p95_ms"] >= 0 and "speedup_p95" in result and result["server_rss_mib"] > 0
     assert result["warmup_p95_ms"] >= result["warmup_p50_ms"] > 0  # 1,000 other queries, answered first
     assert result["add_1pct_seconds"] >= 0 and result["index_after_add"] == "IVF16_HNSW32,RaBitQ"  # ms on 3,000 rows
+    assert set(result["by_query"]) == {"held_out", "near_copies", "new_topics"}  # each kind, as served and fixed
+    for figures in result["by_query"].values():
+        for search in ("adaptive", "fixed") if result["far_below"] is not None else ("adaptive",):
+            assert 0 < figures[search]["recall_at_10"] <= 1 and figures[search]["p95_ms"] >= figures[search]["p50_ms"] > 0
+            assert figures[search]["similarity_gap_p95"] >= figures[search]["similarity_gap_mean"] >= 0
+    new_topics = result["by_query"]["new_topics"]
+    assert new_topics["best_cosine_median"] < result["by_query"]["near_copies"]["best_cosine_median"]
+    if result["far_below"] is not None:  # the second pass only adds candidates: never fewer true neighbours
+        assert new_topics["adaptive"]["recall_at_10"] >= new_topics["fixed"]["recall_at_10"]
     from emoreact.bench.synthetic_store import Mixture
     from emoreact.index import Store
 
@@ -46,6 +55,7 @@ def test_index_bench_reports_recall_latency_and_memory_beside_exact_search(tmp_p
     kept.close()
     flat = index_bench.run(size=500, dim=64, index="flat")
     assert flat["index"] == "Flat" and flat["recall_at_10"] == 1.0  # exact search agrees with brute force
+    assert all(f["adaptive"]["recall_at_10"] == 1.0 and f["fixed"] is None for f in flat["by_query"].values())
 
 
 def test_codes_bench_measures_rabitq_and_pq_on_the_same_lists(tmp_path):
