@@ -8,7 +8,7 @@ ordinary query misses many of them (bench/RESULTS.md: recall@10 0.74 where held-
 
 Measured on the bench's 400k store, what such queries lack is mostly re-ranked candidates, then lists:
 at 80 candidates, probing 8x the lists gains nothing, while 8x the candidates takes recall from 0.74
-to 0.94. So the rule is: search as tuned (`nprobe`, `candidates`), re-rank exactly, and when the
+to 0.92 (16x: 0.94). So the rule is: search as tuned (`nprobe`, `candidates`), re-rank exactly, and when the
 query's `signal` is below `far_below`, search again with `far_nprobe` lists and `far_candidates`
 proposals, given per query through FAISS's `SearchParametersIVF` (nothing global changes, so
 concurrent searches stay independent), and re-rank the new proposals only. A query above the
@@ -21,7 +21,7 @@ hardly nearer than the centroids around it. On the bench's 400k store, sending 3
 queries to the second pass sends 65% of new-topic queries there by the best similarity alone, 93%
 with weight 0.5. Also measured and not kept: the best centroid's similarity alone (10% of new topics
 at 3% of held-out), the spread of the re-ranked scores (tight near-copy groups look alike), query
-quantisation at 8 bits or centred (recall within 0.01 of 4 bits), and re-ranking in chunks until
+quantisation at 8 bits or centred (recall within 0.01 of 4 bits at 640 candidates), and re-ranking in chunks until
 the next proposal's estimate cannot beat the k-th exact score (as many rows read for the same recall).
 
 Tuning (`tune_far`, after `ann.tune`): for each weight of FAR_WEIGHTS, the threshold is the
@@ -50,11 +50,12 @@ FAR_SHARE = 0.03           # share of ordinary queries (stored rows) sent to the
                            # sometimes pushed the bench's held-out p95 into the second pass's latency)
 FAR_WEIGHTS = (0.0, 0.25, 0.5, 0.75)  # weights of the last probed list's similarity in `signal`, tried at tuning
 FAR_RECALL_TARGET = 0.95   # recall@10 the second pass is tuned to on far queries (the bar is 0.90)
-FAR_QUERIES = 500          # far queries drawn for tuning, half as many as the stored rows: the exact pass over the store grows by half
+FAR_QUERIES = 500          # far queries drawn for tuning (the exact pass over the store grows by half); 1,000
+                           # chose the same settings on the bench's 400k store
 FAR_NPROBE_MAX = (2, 16)   # the second pass probes at most 2x the lists, or 16 if more: past 2x, recall of
                            # far queries barely grows (0.947 at 2x, 0.952 at 4x, 640 candidates, 400k store),
-                           # while at up to 4x the cost model chose more lists and fewer candidates (96, 320),
-                           # which left the bench's new topics, which need candidates more, at 0.88 against 0.91
+                           # while at up to 4x (and a 0.93 target) the cost model chose more lists and fewer
+                           # candidates (96, 320): the bench's new topics, which need candidates, got 0.88
 
 
 def applies(index: faiss.Index, settings: IndexSettings) -> bool:
