@@ -22,10 +22,11 @@ import click  # noqa: E402
 
 import emoreact  # noqa: E402
 from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402
-from emoreact.embed.config import EmbedConfig  # noqa: E402
+from emoreact.embed.config import OCR_MODES, EmbedConfig  # noqa: E402
 from emoreact.embed.engines import ENGINES  # noqa: E402 - the names only: an engine loads when it runs
-from emoreact.heads.config import KINDS, LOSSES, SCHEDULES, TASKS, HeadConfig  # noqa: E402
+from emoreact.heads.config import INPUTS, KINDS, LOSSES, SCHEDULES, TASKS, HeadConfig  # noqa: E402
 from emoreact.labels import load_label_config  # noqa: E402
+from emoreact.predictor_config import PredictorConfig  # noqa: E402
 from emoreact.web.config import MiB, WebConfig  # noqa: E402
 
 # Each command imports what it needs (torch, faiss, open_clip ...) when it runs, so that `--help` and
@@ -133,7 +134,7 @@ def info() -> None:
 @click.option("--engine", default="local", show_default=True, type=click.Choice(list(ENGINES)),
               help="local: this machine's processes; ray: a Ray cluster (pip install \"emoreact[ray]\").")
 @click.option("--ray-address", default=None, help="ray: the cluster to join (auto: the one `ray start` began); "
-                                                   "default: a local Ray.")
+                                                   "default: RAY_ADDRESS, else a local Ray of its own.")
 @click.option("--gpus-per-worker", default=None, type=click.FloatRange(0),
               help="ray: GPUs each model worker holds; 0 for CPU workers (default: 1 on a cluster with GPUs).")
 @_setting(EmbedConfig, "shard_size", "--shard-size", show_default=True, type=click.IntRange(1))
@@ -143,6 +144,12 @@ def info() -> None:
 @click.option("--allow-readd", is_flag=True, help="Embed files whose content was removed (`remove`) again.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--wait", is_flag=True, help="If another job is writing the store, wait for it instead of failing.")
+@_setting(EmbedConfig, "ocr", "--ocr", show_default=True, type=click.Choice(OCR_MODES),
+          help="Read the words in each image (pip install \"emoreact[ocr]\"): on; auto, when the extra is "
+               "installed; off. Words (and a manifest's caption column) are stored as text vectors.")
+@click.option("--backfill", is_flag=True, help="Add words to the images already stored without them: captions "
+                                                "from SOURCE's caption column, and with --ocr on the text read in "
+                                                "their files. Nothing is re-embedded.")
 @click.option("--near-duplicate-threshold", default=str(_default(EmbedConfig, "near_duplicate_threshold")),
               show_default=True,
               callback=lambda ctx, param, value: _threshold_or_off(value), metavar="COSINE|off",
@@ -151,11 +158,20 @@ def info() -> None:
 @_labels_option
 @_friendly
 def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, engine, ray_address,
-          gpus_per_worker, shard_size, index_kind, allow_readd, no_progress, wait, near_duplicate_threshold,
-          labels_path) -> None:
-    """Embed images from SOURCE (folder, CSV/JSONL manifest, FI/EmoSet/Emotion6/AffectNet) into a store."""
+          gpus_per_worker, shard_size, index_kind, allow_readd, no_progress, wait, ocr, backfill,
+          near_duplicate_threshold, labels_path) -> None:
+    """Embed images from SOURCE (folder, CSV/JSONL manifest with path, labels, split, caption columns,
+    FI/EmoSet/Emotion6/AffectNet) into a store."""
     from emoreact.rayutil import RayConfig
 
+    if backfill:
+        from emoreact.backfill import backfill_words
+        from emoreact.labels import load_label_config
+
+        report = backfill_words(source, store_path, load_label_config(labels_path), ocr=ocr, device=device,
+                                pretrained=pretrained, wait=wait, progress=not no_progress)
+        click.echo(json.dumps({**report.to_json(), "store": str(store_path)}))
+        return
     ray_config = RayConfig(address=ray_address, workers=workers or None, gpus_per_worker=gpus_per_worker)
     report = emoreact.embed_source(source, store_path, model, pretrained, labels=labels_path, source_format=fmt,
                                    device=device, batch_size=batch_size,
@@ -163,7 +179,7 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
                                    shard_size=shard_size, progress=not no_progress, wait=wait,
                                    index=_index_choice(index_kind), allow_readd=allow_readd,
                                    near_duplicate_threshold=near_duplicate_threshold, engine=engine,
-                                   ray_config=ray_config)
+                                   ray_config=ray_config, ocr=ocr)
     click.echo(json.dumps({**report.to_json(), "store": str(store_path)}, ensure_ascii=False))
 
 
@@ -187,6 +203,9 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
 @_setting(HeadConfig, "seed", "--seed", show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
+@_setting(HeadConfig, "inputs", "--inputs", show_default=True, type=click.Choice(INPUTS),
+          help="auto: a post head reading the picture and the words (caption, text in the image) when the store "
+               "holds enough posts with words, else image only; image: image only.")
 @_setting(HeadConfig, "max_train_rows", "--max-train-rows", show_default=True, type=click.IntRange(0),
           help="Most labelled training images the head is fitted on; past it each label keeps a seeded "
                "sample (the store is read in blocks, so memory is bounded by this). 0 keeps them all.")
@@ -257,19 +276,29 @@ def evaluate(store_path, head_path, split, out) -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (shown with --out).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--pretrained", default=None, help="Weights of the store's model, if moved since embedding.")
+@click.option("--caption", default=None, help="The caption posted with IMAGE (one image file).")
+@_setting(PredictorConfig, "ocr", "--ocr", show_default=True, type=click.Choice(OCR_MODES),
+          help="Read the words in each image: auto, when the head reads words and the ocr extra is installed; "
+               "on; off.")
 @_labels_option
 @_friendly
-def predict(images, store_path, head_path, k, out, batch_size, no_progress, device, pretrained, labels_path) -> None:
+def predict(images, store_path, head_path, k, out, batch_size, no_progress, device, pretrained, caption, ocr,
+            labels_path) -> None:
     """Predict emotions and emoji reactions for IMAGES: files, folders or CSV/JSONL manifests (every image they
-    list). One JSON object per image per line, or a file with --out; exits 1 if an image could not be read."""
+    list, with its caption column). One JSON object per image per line, or a file with --out; exits 1 if an
+    image could not be read."""
     from emoreact.outputs import output_format
     from emoreact.cli_predict import image_paths, predict_to_file
 
     if out is not None:
         output_format(out)  # a wrong suffix fails before the model loads
-    predictor = emoreact.load(store_path, head_path, device=device, labels=labels_path, pretrained=pretrained)
+    if caption is not None and (len(images) != 1 or not Path(images[0]).is_file()
+                                or Path(images[0]).suffix.lower() in (".csv", ".jsonl")):
+        raise click.UsageError("--caption goes with one image file; for many images give a CSV/JSONL manifest "
+                               "with a caption column")
+    predictor = emoreact.load(store_path, head_path, device=device, labels=labels_path, pretrained=pretrained, ocr=ocr)
     with predictor:
-        paths = image_paths(images, predictor.head.label_config)
+        paths = image_paths(images, predictor.head.label_config, caption)
         if out is not None:
             summary = predict_to_file(predictor, paths, out, batch_size=batch_size, k=k, progress=not no_progress)
             click.echo(json.dumps(summary))
@@ -370,6 +399,8 @@ def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
 @_setting(WebConfig, "micro_batch", "--micro-batch/--no-micro-batch",
           help="Run concurrent requests' model calls as one batch (default: on a GPU only).")
 @_setting(WebConfig, "pretrained", "--pretrained", help="Weights of the store's model, if moved since embedding.")
+@_setting(WebConfig, "ocr", "--ocr", show_default=True, type=click.Choice(OCR_MODES),
+          help="Read the words in uploads: auto, when the head reads words and the ocr extra is installed; on; off.")
 @_setting(WebConfig, "api_keys", "--api-keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
           help="File of API keys, one `name:key` or `name:key:admin` per line. Feedback needs a key, "
                "retraining an admin key; without this file neither is possible.")
@@ -421,7 +452,8 @@ def serve(store_path, head_path, host, port, threads, max_upload_mb, labels_path
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: this process; ray: vectors added by Ray tasks, merged here (pip install \"emoreact[ray]\").")
 @click.option("--ray-address", default=None, help="ray: the cluster to join (auto: the one `ray start` began); "
-                                                   "default: a local Ray. Every node must see the store's path.")
+                                                   "default: RAY_ADDRESS, else a local Ray of its own. "
+                                                   "Every node must see the store's path.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="ray: tasks, each adding a run of shards (default: one per CPU of the cluster).")
 @_friendly
@@ -478,12 +510,13 @@ def removed(store_path) -> None:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup"]))
+@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup", "posts"]))
 @click.option("--device", default="auto", show_default=True)
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Backbone for embed/api (random weights).")
+@click.option("--model", default=None,
+              help=f"Backbone: embed/api {DEFAULT_MODEL} with random weights; posts the bundled emoreact-emoji-s.")
 @click.option("--size", default=None, type=click.IntRange(1),
-              help="Images (embed: 256), vectors (head: 100000, index and codes: 1000000, dedup: 50000) or "
-                   "seconds per level (api: 10).")
+              help="Images (embed: 256), vectors (head: 100000, index and codes: 1000000, dedup: 50000), "
+                   "seconds per level (api: 10) or posts per slice (posts: 60).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
               help="embed: measure each pipeline this many times, in turn, and keep its best.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
@@ -498,12 +531,20 @@ def removed(store_path) -> None:
 @click.option("--keep", default=None, type=click.Path(file_okay=False),
               help="index: write the synthetic store here and keep it (default: a temporary folder, deleted); "
                    "if it already holds a store, measure that one again (no generation, build or growth). "
-                   "codes: measure the store here instead of generating one.")
+                   "codes: measure the store here instead of generating one. posts: keep the post set and store here.")
 @_friendly
 def bench(what, device, model, size, rounds, engine, index_kind, batch_size, workers, keep) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
     from emoreact.bench import api_bench, codes_bench, dedup_bench, embed_bench, head_bench, index_bench
 
+    if what == "posts":
+        from emoreact.bench import posts_bench
+
+        result = posts_bench.run(model or "emoreact-emoji-s", per_slice=size or 60,
+                                 device="cpu" if device == "auto" else device, keep=keep)
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    model = model or DEFAULT_MODEL
     if what == "embed":
         result = embed_bench.run(model, images=size or 256, batch_size=batch_size, workers=workers, device=device,
                                  rounds=rounds, engine=engine)

@@ -11,19 +11,20 @@ from emoreact.outputs import ResultWriter, output_format
 from emoreact.results import PREDICTION, UNREADABLE
 
 
-def image_paths(sources: list[str | Path], labels: LabelConfig) -> list[str]:
-    """Gives the image files of `sources` in order: a file as itself, a folder or a .csv/.jsonl manifest
-    as every image it lists (read as `embed` reads it; only paths are read, no image yet)."""
+def image_paths(sources: list[str | Path], labels: LabelConfig, caption: str | None = None) -> list[tuple[str, str | None]]:
+    """Gives the (image file, caption) posts of `sources` in order: a file as itself with `caption`, a folder
+    or a .csv/.jsonl manifest as every image it lists with its caption column (read as `embed` reads it;
+    only paths and captions are read, no image yet)."""
     from emoreact.embed import read_source
 
-    paths: list[str] = []
+    posts: list[tuple[str, str | None]] = []
     for source in sources:
         source = Path(source)
         if source.is_dir() or source.suffix.lower() in (".csv", ".jsonl"):
-            paths += [str(record.path) for record in read_source(source, labels)]
+            posts += [(str(record.path), record.caption) for record in read_source(source, labels)]
         else:
-            paths.append(str(source))
-    return paths
+            posts.append((str(source), caption))
+    return posts
 
 
 def predict_to_file(predictor, images: list, out: str | Path, *, batch_size: int = 64, k: int = 5,

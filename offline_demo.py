@@ -1,7 +1,9 @@
 """The offline demo: the shipped emoji set, the bundled emoji CLIP, and an honest quality report.
 
-`run_demo` builds a store from demo/ (train: Noto + Twemoji, test: OpenMoji), trains a head with
-the zero-shot prior and evaluates it. `style_evaluation` measures what docs/usage.md reports:
+`run_demo` builds a store from demo/ (train: Noto + Twemoji, test: OpenMoji) and posts made from the
+same art (captioned pictures and memes with drawn words, emoreact/postset.py), trains a head with the
+zero-shot prior (a post head: it reads the words too) and evaluates it, per slice of posts beside an
+image-only head. `style_evaluation` measures what docs/usage.md reports:
 leave-one-style-out, zero-shot only, and the few-label regime with and without the prior.
 
 A use case over `pipeline` (`emoreact demo` calls it), beside web/ in the layers; the `emoreact.demo`
@@ -21,9 +23,11 @@ import numpy as np
 
 from emoreact.demo import DEMO_DIR
 from emoreact.embed import EmbedConfig, ModelSpec, Record, load_backbone
-from emoreact.heads import HeadConfig, LabelConfig, fit_head, label_text_embeddings, report, zero_shot_head
+from emoreact.heads import (EmotionHead, HeadConfig, LabelConfig, fit_head, label_text_embeddings, report,
+                            zero_shot_head)
 from emoreact.index import Store, atomic_write_text
 from emoreact.pipeline import embed_records, train_from_store
+from emoreact.postset import make_posts, post_records, slice_scores
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,9 @@ VAL_SHARE = 15  # percent of the training styles' images kept for validation, ch
 # candidates differ by 0.01-0.02 macro-F1, less than that split's noise; searching picked other
 # widths and lost 0.02-0.05 on the held-out styles (docs/usage.md, "The offline demo").
 DEMO_HEAD = HeadConfig(kind="mlp", zero_shot_prior=True, search=False)
+DEMO_POSTS = 16  # posts per slice made for training and as many for testing (postset.make_posts); reading
+# their words is most of what posts add to the demo's time
+POST_VAL_EVERY = 2  # every 2nd training post validates: the post head's fusion needs 20 posts with words there
 MIN_SUPPORT = 10  # per-label F1 targets apply to labels with at least this many test images
 CLIP_HELDOUT_MOD = 10  # tools/train_emoji_clip.py never trained on emojis with sha256(hexcode) % 10 == 0
 
@@ -74,14 +81,41 @@ def run_demo(out: Path, labels: LabelConfig, spec: ModelSpec = DEMO_MODEL, devic
     start = time.perf_counter()
     backbone = load_backbone(spec, device)
     embed_records(demo_records(demo_dir), out / "store", backbone, labels, EmbedConfig(workers=0, progress=False))
+    test_posts = _embed_posts(out, backbone, labels)
     _, metrics = train_from_store(out / "store", out / "head", DEMO_HEAD, labels,
                                   device, spec.pretrained)
     quality = style_evaluation(out / "store", labels, backbone)
     summary = {"seconds": round(time.perf_counter() - start, 1), "model_id": backbone.spec.model_id,
                "store": str(out / "store"), "head": str(out / "head"), "test_split": "openmoji",
-               "test_macro_f1": metrics["macro_f1"], "quality": quality}
+               "test_macro_f1": metrics["macro_f1"], "inputs": metrics["inputs"], "quality": quality,
+               "posts": _posts_report(out, labels, device, spec.pretrained, test_posts)}
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _embed_posts(out: Path, backbone, labels: LabelConfig) -> list[dict]:
+    """Makes the demo's posts from its own art (training posts: Noto and Twemoji art, training phrases; test
+    posts: OpenMoji art, test phrases) and adds them to the demo store, reading drawn words where the `ocr`
+    extra is installed; gives the test posts' rows."""
+    train_rows = make_posts(out / "posts" / "train", seed=1, per_slice=DEMO_POSTS, phrases="train")
+    test_rows = make_posts(out / "posts" / "test", seed=2, per_slice=DEMO_POSTS, phrases="test")
+    records = (post_records(train_rows, out / "posts" / "train",
+                            lambda n, _: "val" if n % POST_VAL_EVERY == POST_VAL_EVERY - 1 else "train")
+               + post_records(test_rows, out / "posts" / "test", lambda n, _: "test"))
+    embed_records(records, out / "store", backbone, labels, EmbedConfig(workers=0, progress=False, ocr="auto",
+                                                                        near_duplicate_threshold=None))
+    return test_rows
+
+
+def _posts_report(out: Path, labels: LabelConfig, device: str, pretrained: str, test_rows: list[dict]) -> dict:
+    """Gives per-slice macro-F1 of the demo's head and of an image-only head trained alike, on the test posts."""
+    train_from_store(out / "store", out / "image-head", replace(DEMO_HEAD, inputs="image"), labels, device,
+                     pretrained)
+    with Store.open(out / "store", with_index=False) as store:
+        words = store.text_count()
+        scores = slice_scores(store, {"image_only": EmotionHead.load(out / "image-head"),
+                                      "post": EmotionHead.load(out / "head")}, test_rows, out / "posts" / "test")
+    return {"posts_with_words": words, "test_posts": len(test_rows), "macro_f1_by_slice": scores}
 
 
 def style_evaluation(store_path: Path, labels: LabelConfig, backbone, few_shot: int = 2,
@@ -92,6 +126,9 @@ def style_evaluation(store_path: Path, labels: LabelConfig, backbone, few_shot: 
     few-label comparison); `tools/demo_head_kinds.py` passes a linear one to compare."""
     with Store.open(store_path) as store:
         vectors, items = store.vectors(), store.items()
+    # The demo's own drawings only (one folder per style): not the posts made from them.
+    drawings = [n for n, it in enumerate(items) if Path(it.path).parent.name in STYLES]
+    vectors, items = vectors[drawings], [items[n] for n in drawings]
     names = labels.names
     y = np.array([[name in (it.labels or ()) for name in names] for it in items], np.float32)
     style = np.array([Path(it.path).parent.name for it in items])

@@ -10,11 +10,14 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, Engine, ModelSpec, RayConfig,
                             default_pretrained, engine_for, load_backbone, read_source, resolve_device, run_engine,
                             same_model, source_root)
-from emoreact.heads import (EmotionHead, HeadConfig, fit_head, label_text_embeddings, report, write_plots,
-                            zero_shot_head)
+from emoreact.heads import (MIN_POSTS, EmotionHead, HeadConfig, add_text_channel, fit_head, label_text_embeddings,
+                            report, write_plots, zero_shot_head)
+from emoreact.heads.losses import resolve_task
 from emoreact.index import Store, StoreError, atomic_write_text, read_relabel_manifest
 from emoreact.labels import LabelConfig, load_label_config
 from emoreact.options import with_options
@@ -165,9 +168,18 @@ def _train_on(store: Store, out: Path, config: HeadConfig, labels: LabelConfig, 
         head = zero_shot_head(labels, store.model_id, text, scale, x_val if len(x_val) else None, y_val)
     else:
         require_training_images(store, data)
+        posts = config.inputs == "auto" and store.text_count() > 0
+        t_train = data.text(store, "train") if posts else None
+        t_val = (data.text(store, "val") if len(data.x_val) else t_train) if posts else None
+        if posts:  # the task of the posts, not of the pictures alone (a picture shows one emotion, a post two)
+            config = replace(config, task=resolve_task(config.task, data.y_train, y_val))
+        x_img, y_img, xv_img, yv_img = _picture_rows(data.x_train, data.y_train, x_val, y_val, t_train, t_val)
         # copy=False: the training sample is standardised in place, not copied (it is not used again).
-        head, history = fit_head(config, labels, store.model_id, data.x_train, data.y_train, x_val, y_val,
+        head, history = fit_head(config, labels, store.model_id, x_img, y_img, xv_img, yv_img,
                                  text=text, logit_scale=scale, device=dev, moments=data.moments, copy=False)
+        if posts:
+            # x_val is read raw: fit_head standardises x_train in place only when x_val is other memory.
+            add_text_channel(head, t_train, data.y_train, x_val, t_val, y_val, text, scale, dev)
     del x_val, y_val
     pre = store.manifest.get("preprocess", {})
     head.backbone = {"model": pre.get("model"), "pretrained": pre.get("pretrained")} if pre.get("model") else None
@@ -177,6 +189,21 @@ def _train_on(store: Store, out: Path, config: HeadConfig, labels: LabelConfig, 
     del data  # the training sample: evaluation reads the store again, block by block
     scores = score_splits(store, head, (split,), overrides=overrides)[split]
     return head, _evaluate(head, scores, split, out, history, _note_for(split), extra)
+
+
+def _picture_rows(x_train, y_train, x_val, y_val, t_train, t_val) -> tuple:
+    """Gives the (x_train, y_train, x_val, y_val) the image head learns from. A post's label may come from its
+    words (a neutral picture captioned "so sad" is sad), so with posts in the store the image head learns from
+    the posts without words, whose labels can only come from the picture, when each split has MIN_POSTS of
+    them; otherwise, and always for a store without words, from every image."""
+    if t_train is None:
+        return x_train, y_train, x_val, y_val
+    plain, plain_val = ~np.any(t_train != 0, axis=1), ~np.any(t_val != 0, axis=1)
+    if plain.sum() < MIN_POSTS or len(np.unique(y_train[plain], axis=0)) < 2:
+        return x_train, y_train, x_val, y_val
+    if plain_val.sum() >= MIN_POSTS:
+        x_val, y_val = x_val[plain_val], y_val[plain_val]
+    return x_train[plain], y_train[plain], x_val, y_val
 
 
 def evaluate_head(store_path: str | Path, head_path: str | Path, split: str | None = None,
@@ -215,7 +242,8 @@ def _evaluate(head: EmotionHead, scores: SplitScores, split: str, out: Path,
         return {"split": split, "count": 0, **caveat}
     metrics = {"split": split, **caveat, "model_id": head.model_id, "head": head.config.kind,
                "alpha": head.alpha_, "temperature": [round(float(t), 4) for t in head.temperature_],
-               **report(probs, y, head.thresholds_, head.labels, head.task_, scores.uncalibrated, head.fallback_)}
+               **report(probs, y, head.thresholds_, head.labels, head.task_, scores.uncalibrated, head.fallback_,
+                        scores.chosen), "inputs": head.inputs}
     plots = write_plots(out, head.labels, metrics, probs, y, history)
     metrics["plots"] = [p.name for p in plots]
     if history:

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from emoreact.embed import (DEFAULT_MAX_PIXELS, Backbone, ImageError, ModelLoadError, ModelSpec, decode_image,
-                            decode_pil, load_backbone, same_model)
-from emoreact.heads import EmotionHead, emoji_policy, rank_reactions
+from emoreact.embed import (DEFAULT_MAX_PIXELS, Backbone, ImageError, ModelLoadError, ModelSpec, clean_caption,
+                            decode_image, decode_pil, load_backbone, ocr_reader, ocr_text, same_model, text_vectors)
+from emoreact.heads import EmotionHead, deciding_channel, emoji_policy, rank_reactions
 from emoreact.index import Store, StoreError
 from emoreact.labels import LabelConfig, load_label_config
 
@@ -31,6 +31,7 @@ from .predictor_config import PredictorConfig
 from .results import NEIGHBOUR, PREDICTION, UNREADABLE
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]  # what `predict` takes, alone or in a list
+PostInput = Union[ImageInput, tuple]  # what `predict_many` takes: an image, or (image, caption)
 
 
 def load(store: str | Path | None = None, head: str | Path | None = None, config: PredictorConfig | None = None,
@@ -57,7 +58,13 @@ def load(store: str | Path | None = None, head: str | Path | None = None, config
     labels = config.labels
     if labels is not None:
         trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
-    return Predictor(backbone, opened, trained, config.max_pixels, owns_store=True, unsure_above=config.unsure_above)
+    try:
+        return Predictor(backbone, opened, trained, config.max_pixels, owns_store=True,
+                         unsure_above=config.unsure_above, ocr=config.ocr)
+    except BaseException:  # e.g. --ocr on without the extra: the store opened above is closed again
+        if opened is not None:
+            opened.close()
+        raise
 
 
 def load_for_neighbours(store: str | Path, config: PredictorConfig | None = None, **options) -> "Predictor":
@@ -103,7 +110,8 @@ class Predictor:
 
     def __init__(self, backbone: Backbone, store: Store | None, head: EmotionHead | None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, *, owns_store: bool = False,
-                 unsure_above: float = DEFAULT_UNSURE_ABOVE, novelty: NoveltyCalibration | None = None) -> None:
+                 unsure_above: float = DEFAULT_UNSURE_ABOVE, novelty: NoveltyCalibration | None = None,
+                 ocr: str = "off") -> None:
         if store is not None and head is not None and (head.model_id != store.model_id or head.dim != store.dim):
             raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
                              f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
@@ -118,14 +126,30 @@ class Predictor:
         self.novelty = novelty if novelty is not None or store is None or head is None \
             else NoveltyCalibration.from_store(store)
         self.batch_observer = None  # called with (images, seconds) after each model call (the server's metrics)
+        self.ocr_mode = ocr
+        # OCR (embed.ocr): "on" needs the extra now; "auto" reads words only for a head that reads them.
+        wanted = ocr == "on" or (ocr == "auto" and head is not None and head.reads_text)
+        self._ocr = ocr_reader(ocr) if wanted else None
 
     def with_store(self, store: Store) -> "Predictor":
         """Gives a predictor with this one's backbone, head and novelty calibration over another (re-opened)
         store, which it owns; this one is left as it is (close it once no request uses it)."""
         twin = Predictor(self.backbone, store, self.head, self.max_pixels, owns_store=True,
-                         unsure_above=self.unsure_above, novelty=self.novelty)
+                         unsure_above=self.unsure_above, novelty=self.novelty, ocr="off")
+        twin.ocr_mode, twin._ocr = self.ocr_mode, self._ocr
         twin.batch_observer = self.batch_observer
         return twin.batch_calls(self._batching) if self._batching is not None else twin
+
+    @property
+    def reads_words(self) -> bool:
+        """Tells whether this predictor reads the words in images (OCR on, or auto for a head that reads words)."""
+        return self._ocr is not None
+
+    def warm(self) -> "Predictor":
+        """Loads now what would otherwise load in the first call that needs it (the OCR models); gives self."""
+        if self._ocr is not None:
+            self._ocr.warm()
+        return self
 
     def batch_calls(self, batching: Callable) -> "Predictor":
         """Gives this predictor with its model calls going through `batching(encode)`, an object called
@@ -156,25 +180,37 @@ class Predictor:
 
     # ---- the Python API ------------------------------------------------------------------
 
-    def predict(self, images: ImageInput | list[ImageInput], k: int = 5) -> dict | list[dict]:
-        """Gives the result dict for one image (a path, encoded bytes or a PIL image), or a list of them
-        for a list. One bad image raises ImageError; in a list it gets {"image", "error", "kind"}."""
+    def predict(self, images: ImageInput | list[ImageInput], k: int = 5,
+                caption: str | list[str | None] | None = None) -> dict | list[dict]:
+        """Gives the result dict for one image (a path, encoded bytes or a PIL image) with its `caption`,
+        or a list of them for a list (with a list of captions, or none). One bad image raises ImageError;
+        in a list it gets {"image", "error", "kind"}."""
         if isinstance(images, (list, tuple)):
-            return self._predict_chunk(list(images), k)
+            captions = list(caption) if isinstance(caption, (list, tuple)) else [caption] * len(images)
+            if len(captions) != len(images):
+                raise ValueError(f"{len(captions)} captions for {len(images)} images; give one per image, or none")
+            return self._predict_chunk(list(images), k, captions)
+        if caption is not None and not isinstance(caption, str):
+            raise TypeError(f"caption must be a string or None, not {type(caption).__name__}")
         name, image = self.decode(images)
-        return self.predict_images([image], [name], k)[0]
+        return self.predict_images([image], [name], k, [caption])[0]
 
-    def predict_many(self, images: Iterable[ImageInput], batch_size: int = 64, k: int = 5,
+    def predict_many(self, images: Iterable[PostInput], batch_size: int = 64, k: int = 5,
                      progress: bool = False) -> Iterator[dict]:
         """Yields one result per image, in order, reading `batch_size` images at a time: memory does not
-        grow with the number of images. Bad images give {"image", "error", "kind"}, never an exception."""
+        grow with the number of images. An item is an image or an (image, caption) pair. Bad images give
+        {"image", "error", "kind"}, never an exception."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         total = len(images) if hasattr(images, "__len__") else None
         iterator = iter(images)
         with tqdm(total=total, unit="img", disable=not progress, desc="predict") as bar:
             while chunk := list(islice(iterator, batch_size)):
-                yield from self._predict_chunk(chunk, k)
+                pairs = [item if isinstance(item, tuple) else (item, None) for item in chunk]
+                for _, caption in pairs:
+                    if caption is not None and not isinstance(caption, str):
+                        raise TypeError(f"a caption must be a string or None, not {type(caption).__name__}")
+                yield from self._predict_chunk([image for image, _ in pairs], k, [caption for _, caption in pairs])
                 bar.update(len(chunk))
 
     def decode(self, image: ImageInput) -> tuple[str, Image.Image]:
@@ -192,7 +228,8 @@ class Predictor:
             return str(image), decode_image(data, self.max_pixels, self._min_side)
         raise TypeError(f"cannot predict a {type(image).__name__}; pass a file path, encoded bytes or a PIL image")
 
-    def _predict_chunk(self, images: list[ImageInput], k: int) -> list[dict]:
+    def _predict_chunk(self, images: list[ImageInput], k: int, captions: list[str | None] | None = None) -> list[dict]:
+        captions = captions or [None] * len(images)
         decoded, errors = [], {}
         for i, image in enumerate(images):
             try:
@@ -200,7 +237,8 @@ class Predictor:
             except ImageError as exc:
                 name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
                 errors[i] = UNREADABLE.answer(image=name, error=str(exc), kind=exc.kind)
-        good = self.predict_images([im for _, _, im in decoded], [name for _, name, _ in decoded], k)
+        good = self.predict_images([im for _, _, im in decoded], [name for _, name, _ in decoded], k,
+                                   [captions[i] for i, _, _ in decoded])
         by_index = dict(zip([i for i, _, _ in decoded], good)) | errors
         return [by_index[i] for i in range(len(images))]
 
@@ -219,13 +257,32 @@ class Predictor:
             self.batch_observer(len(batch), time.perf_counter() - started)
         return vectors
 
-    def predict_vectors(self, vectors: np.ndarray, names: list[str], k: int = 5) -> list[dict]:
+    def read_words(self, images: list, captions: list[str | None]) -> list[dict]:
+        """Gives each post's words, {"caption": cleaned or None, "ocr": [lines]}, reading the RGB PIL
+        images' text when OCR is on for this predictor."""
+        read = [self._ocr.read(image).lines for image in images] if self._ocr is not None else [[]] * len(images)
+        return [{"caption": clean_caption(caption), "ocr": [line.to_json() for line in lines]}
+                for caption, lines in zip(captions, read)]
+
+    def text_vectors(self, posts: list[dict]) -> np.ndarray:
+        """Gives the (N, D) float32 text vectors of posts' words (zero rows for posts without)."""
+        with self._lock:  # the text tower is the same model: one forward pass at a time
+            return text_vectors(self.backbone.encode_texts, self.backbone.dim, [p["caption"] for p in posts],
+                                [ocr_text(p["ocr"]) for p in posts])
+
+    def predict_vectors(self, vectors: np.ndarray, names: list[str], k: int = 5,
+                        posts: list[dict] | None = None, text: np.ndarray | None = None) -> list[dict]:
         """Gives one result dict per vector: emotions, scores, emojis ranked best first with their fit
-        scores, novelty and unsure (null without a store) and, with a store, k neighbours."""
+        scores, novelty and unsure (null without a store), with a store k neighbours, and each post's words
+        (`posts`, from `read_words`) with their (N, D) `text` vectors (zero rows: no words) and the channels."""
         if self.head is None:
             raise ValueError("this predictor has no head, so no emotions; load it with emoreact.load(head=HEAD)")
-        probs = self.head.predict_proba(vectors)
-        chosen = self.head.decide(probs)  # by the head's task: single-label heads always keep their top label
+        posts = posts or [{"caption": None, "ocr": []}] * len(vectors)
+        if text is None and self.head.reads_text and any(p["caption"] or p["ocr"] for p in posts):
+            text = self.text_vectors(posts)
+        probs = self.head.predict_proba(vectors, text=text)
+        chosen = self.head.decide(probs, text)  # by the head's task: single-label heads always keep their top label
+        image_scores, text_scores = self.head.channels(vectors, text)
         novelty = [None] * len(vectors)
         if self.store is not None:
             # Novelty needs each image's nearest indexed image, even when no neighbours are asked for.
@@ -238,8 +295,10 @@ class Predictor:
             neighbours = [None] * len(vectors)
         config = self.head.label_config
         results = []
-        for name, p, c, near, new in zip(names, probs, chosen, neighbours, novelty):
+        for n, (name, p, c, near, new) in enumerate(zip(names, probs, chosen, neighbours, novelty)):
             predicted = [label for label, on in zip(self.labels, c) if on]
+            read = None if text_scores is None or np.isnan(text_scores[n]).any() else text_scores[n]
+            channel = dict(zip(self.labels, deciding_channel(image_scores[n], read)))
             predicted.sort(key=lambda label: -p[self.labels.index(label)])
             allowed, blocked = emoji_policy(predicted, config)
             fit = rank_reactions(allowed, predicted, dict(zip(self.labels, p.tolist())), config)
@@ -247,16 +306,24 @@ class Predictor:
                 image=name, predicted_emotions=predicted, allowed_emojis=list(fit), blocked_emojis=blocked,
                 emotion_scores=dict(zip(self.labels, p.tolist())), reaction_scores=fit, novelty=new,
                 unsure=None if new is None else new >= self.unsure_above, neighbours=near,
-                neighbours_exact=None if self.store is None else self.store.index_settings.exact))
+                neighbours_exact=None if self.store is None else self.store.index_settings.exact, text=posts[n],
+                channels={"image": dict(zip(self.labels, image_scores[n].tolist())),
+                          "text": None if read is None else dict(zip(self.labels, read.tolist()))},
+                decided_by={label: channel[label] for label in predicted}))
         return results
 
-    def predict_images(self, images: list, names: list[str], k: int = 5) -> list[dict]:
-        """Gives results for decoded RGB PIL images."""
-        return self.predict_vectors(self.embed(images), names, k) if images else []
+    def predict_images(self, images: list, names: list[str], k: int = 5,
+                       captions: list[str | None] | None = None) -> list[dict]:
+        """Gives results for decoded RGB PIL images with their captions (None: none)."""
+        if not images:
+            return []
+        posts = self.read_words(images, captions or [None] * len(images))
+        return self.predict_vectors(self.embed(images), names, k, posts)
 
-    def predict_files(self, named_bytes: list[tuple[str, bytes]], k: int = 5) -> list[dict]:
-        """Gives a result per (name, bytes); an undecodable file gets {"image", "error", "kind"}."""
-        results = self._predict_chunk([data for _, data in named_bytes], k)
+    def predict_files(self, named_bytes: list[tuple[str, bytes]], k: int = 5,
+                      captions: list[str | None] | None = None) -> list[dict]:
+        """Gives a result per (name, bytes) with its caption; an undecodable file gets {"image", "error", "kind"}."""
+        results = self._predict_chunk([data for _, data in named_bytes], k, captions)
         for (name, _), result in zip(named_bytes, results):
             result["image"] = name
         return results

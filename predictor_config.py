@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from emoreact.embed import DEFAULT_MAX_PIXELS
+from emoreact.embed.config import OCR_MODES
 from emoreact.novelty import DEFAULT_UNSURE_ABOVE
 
 if TYPE_CHECKING:
@@ -28,10 +29,14 @@ class PredictorConfig:
     unsure_above: float = DEFAULT_UNSURE_ABOVE  # novelty at which a result is flagged unsure (emoreact.novelty)
     nprobe: int | None = None  # lists an approximate index probes per query; None: as tuned at build time
     candidates: int | None = None  # proposals re-ranked exactly per query; None: as tuned at build time
+    ocr: str = "auto"  # read the words in uploads (embed.ocr): auto, when the head reads words and the `ocr`
+    #                    extra is installed; on, always (the extra must be installed); off, never
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels}")
+        if self.ocr not in OCR_MODES:
+            raise ValueError(f"ocr must be one of {OCR_MODES}, got {self.ocr!r}")
         if not 0 < self.unsure_above <= 1:
             raise ValueError(f"unsure_above must be in (0, 1], got {self.unsure_above}")
 

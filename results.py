@@ -14,9 +14,11 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 # The kinds a field may have: Python type, Arrow type (given the head's labels) and JSON rounding.
-STR, INT, SCORE, BOOL, STRINGS, LABEL_SCORES, EMOJI_SCORES, NEIGHBOURS = (
-    "str", "int", "score", "bool", "strings", "label_scores", "emoji_scores", "neighbours")
+STR, INT, SCORE, BOOL, STRINGS, LABEL_SCORES, EMOJI_SCORES, NEIGHBOURS, POST_TEXT, CHANNELS, LABEL_CHANNELS = (
+    "str", "int", "score", "bool", "strings", "label_scores", "emoji_scores", "neighbours", "post_text", "channels",
+    "label_channels")
 DIGITS = 4  # scores in JSON answers are rounded to this many digits (files keep float32)
+CHANNEL_NAMES = ("image", "text")  # the channels an answer's `channels` holds (heads/fusion.py)
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,18 @@ def _rounded(kind: str, value):
         return round(float(value), DIGITS)
     if kind in (LABEL_SCORES, EMOJI_SCORES):
         return {k: round(float(v), DIGITS) for k, v in value.items()}
+    if kind == CHANNELS:
+        return {k: _rounded(LABEL_SCORES, v) for k, v in value.items()}
+    if kind == POST_TEXT:
+        return {"caption": value["caption"], "ocr": [{"text": line["text"], "score": round(float(line["score"]), DIGITS),
+                                                       "box": [[round(float(c), 1) for c in point] for point in line["box"]]}
+                                                      for line in value["ocr"]]}
     return value
 
 
 _PYTHON = {STR: str, INT: int, SCORE: float, BOOL: bool, STRINGS: list[str],
-           LABEL_SCORES: dict[str, float], EMOJI_SCORES: dict[str, float], NEIGHBOURS: None}
+           LABEL_SCORES: dict[str, float], EMOJI_SCORES: dict[str, float], NEIGHBOURS: None,
+           POST_TEXT: None, CHANNELS: dict[str, dict[str, float] | None], LABEL_CHANNELS: dict[str, str]}
 
 
 def _arrow_type(kind: str, labels: list[str]):
@@ -110,6 +119,13 @@ def _arrow_type(kind: str, labels: list[str]):
 
     if kind == NEIGHBOURS:
         return pa.list_(pa.struct([pa.field(f.name, _arrow_type(f.kind, labels)) for f in NEIGHBOUR.columns()]))
+    if kind == POST_TEXT:
+        line = pa.struct([("text", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.list_(pa.float32())))])
+        return pa.struct([("caption", pa.string()), ("ocr", pa.list_(line))])
+    if kind == CHANNELS:
+        return pa.struct([(name, _arrow_type(LABEL_SCORES, labels)) for name in CHANNEL_NAMES])
+    if kind == LABEL_CHANNELS:
+        return pa.map_(pa.string(), pa.string())
     return {STR: pa.string(), INT: pa.int64(), SCORE: pa.float32(), BOOL: pa.bool_(),
             STRINGS: pa.list_(pa.string()),
             LABEL_SCORES: pa.struct([(name, pa.float32()) for name in labels]),  # one column per label
@@ -122,9 +138,24 @@ def _model(record: Record):
 
     definitions = {}
     for f in record.fields:
-        python = list[NEIGHBOUR.model()] if f.kind == NEIGHBOURS else _PYTHON[f.kind]
+        python = {NEIGHBOURS: list[NEIGHBOUR.model()] if f.kind == NEIGHBOURS else None,
+                  POST_TEXT: _post_text_model() if f.kind == POST_TEXT else None}.get(f.kind) or _PYTHON[f.kind]
         definitions[f.name] = (python | None if f.nullable else python, Field(description=f.doc))
     return create_model(record.name, __doc__=record.doc, **definitions)
+
+
+@lru_cache(maxsize=None)
+def _post_text_model():
+    from pydantic import Field, create_model
+
+    line = create_model("OcrLine", __doc__="A line of text read in the image.",
+                        text=(str, Field(description="the words read")),
+                        score=(float, Field(description="the OCR engine's confidence, 0 to 1")),
+                        box=(list[list[float]], Field(description="its four corners [x, y] in the image's pixels")))
+    return create_model("PostText", __doc__="The words of a post: its caption and the text read in its image.",
+                        caption=(str | None, Field(description="the caption as given, cleaned (null: none)")),
+                        ocr=(list[line], Field(description="lines read in the image, in reading order "
+                                                           "(empty: none, or OCR off)")))
 
 
 # ---- the fields, each defined once ---------------------------------------------------------
@@ -158,6 +189,11 @@ PREDICTION = Record("Prediction", "One image's answer, the same object `cli.py p
                                           "approximate index's, exact similarities but nearer images may be missing "
                                           "(its measured recall@10 is in the store manifest; more likely when "
                                           "novelty is high) (left out without a store)", omitted_when_none=True),
+    ResultField("text", POST_TEXT, "the post's words: its caption and the lines read in its image"),
+    ResultField("channels", CHANNELS, "each channel's own score per label: image (the picture alone) and text "
+                                      "(the words alone; null when the post has none or the head reads no words)"),
+    ResultField("decided_by", LABEL_CHANNELS, "per predicted emotion, the channel whose own score for it is "
+                                              "higher: image or text"),
 ), leading_columns=("image", "emotion_scores", "predicted_emotions", "allowed_emojis", "reaction_scores",
                     "blocked_emojis"))
 

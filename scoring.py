@@ -53,8 +53,10 @@ def score(store: str | Path, head: str | Path, out: str | Path, split: str | Non
         with ResultWriter(out, schema, _STRING_LEAVES) as writer, tqdm(total=len(opened) if split is None else None, unit="img",
                                                        desc="score", disable=not progress) as bar:
             for block in prefetched(batches(opened, batch_rows, split)):
-                probs = trained.predict_proba(block.vectors, overwrite_x=True)  # the block is ours: no copies
-                answer = reactions(probs, trained.decide(probs), trained.label_config)
+                # A post head reads each post's stored words too; the block is ours, so it may be overwritten.
+                text = opened.text_vectors_of(block.ids) if trained.reads_text else None
+                probs = trained.predict_proba(block.vectors, overwrite_x=True, text=text)
+                answer = reactions(probs, trained.decide(probs, text), trained.label_config)
                 if fmt == "parquet":
                     writer.write_table(_table(block, probs, answer, trained.labels, schema))
                 else:

@@ -38,6 +38,12 @@ class TrainingData:
     labelled: dict[str, int] = field(default_factory=dict)  # labelled images per split in the store
     multi: bool = False  # some labelled image has two or more labels
     overridden: int = 0  # images whose override names other labels than the stored ones
+    ids_train: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,) the sampled rows' ids
+    ids_val: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def text(self, store: Store, split: str) -> np.ndarray:
+        """Gives the (n, D) float32 text vectors of the sampled rows of `split` (zero rows: no words)."""
+        return store.text_vectors_of(self.ids_train if split == "train" else self.ids_val)
 
     def rows_note(self) -> dict:
         """Gives {"train_rows": {"labelled", "used"}, "val_rows": ...} for the metrics."""
@@ -52,6 +58,7 @@ class SplitScores:
     probs: np.ndarray  # calibrated
     uncalibrated: np.ndarray
     targets: np.ndarray  # {0, 1}
+    chosen: np.ndarray  # (N, L) bool: the head's decisions (a post head's by the fusion, for posts with words)
 
 
 def row_labels(block, overrides: dict[int, tuple[str, ...]] | None = None) -> list:
@@ -96,9 +103,10 @@ def read_training_data(store: Store, label_names: list[str], *, max_train_rows: 
     # A sample that kept every training row standardises on those rows, as an in-memory read does
     # (the same head, to the last bit); a capped one on the statistics of all of them.
     stats = moments.mean_std() if samples["train"].sampled else None
-    _, x_train, y_train = samples["train"].result()
-    _, x_val, y_val = samples["val"].result()
-    return TrainingData(x_train, y_train, x_val, y_val, stats, labelled, multi, overridden)
+    ids_train, x_train, y_train = samples["train"].result()
+    ids_val, x_val, y_val = samples["val"].result()
+    return TrainingData(x_train, y_train, x_val, y_val, stats, labelled, multi, overridden,
+                        np.asarray(ids_train, np.int64), np.asarray(ids_val, np.int64))
 
 
 def require_training_images(store: Store, data: TrainingData) -> None:
@@ -129,11 +137,14 @@ def score_splits(store: Store, head: EmotionHead, splits: tuple[str, ...], *,
         for split in splits:
             rows = np.flatnonzero(has_labels & (block_splits == split))
             if len(rows):
-                parts[split].append((*head_scores(head, block.vectors[rows]), y[rows]))
+                text = store.text_vectors_of(block.ids[rows]) if head.reads_text else None
+                probs, raw = head_scores(head, block.vectors[rows], text)
+                parts[split].append((probs, raw, y[rows], head.decide(probs, text)))
     out = {}
     for split, chunks in parts.items():
         empty = np.zeros((0, len(head.labels)), np.float32)
-        out[split] = SplitScores(*(np.concatenate([c[k] for c in chunks]) if chunks else empty for k in range(3)))
+        out[split] = SplitScores(*(np.concatenate([c[k] for c in chunks]) if chunks else empty for k in range(3)),
+                                 np.concatenate([c[3] for c in chunks]) if chunks else empty.astype(bool))
     return out
 
 
@@ -168,10 +179,15 @@ def _part(block, rows: slice):
 
 
 @torch.inference_mode()
-def head_scores(head: EmotionHead, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gives ((N, L) calibrated, (N, L) uncalibrated) scores of (N, D) float32 vectors from one forward pass."""
+def head_scores(head: EmotionHead, x: np.ndarray, text: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Gives ((N, L) calibrated, (N, L) uncalibrated) scores of (N, D) float32 vectors from one forward pass
+    (a post head fuses the posts whose (N, D) `text` vectors hold words; their scores are the fusion's)."""
     logits = head.logits(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
-    return head.logits_to_proba(head.calibrate(logits)).numpy(), head.logits_to_proba(logits).numpy()
+    calibrated, raw = head.logits_to_proba(head.calibrate(logits)).numpy(), head.logits_to_proba(logits).numpy()
+    words = head.words(text, len(x))
+    if words.any():
+        calibrated[words] = raw[words] = head.predict_proba(x[words], text=text[words])
+    return calibrated, raw
 
 
 def _changed(block, labels: list, override_ids: np.ndarray) -> int:

@@ -1,4 +1,5 @@
-"""Turning images into unit-norm CLIP embeddings: model loading, safe decoding, readers, the job and its engines."""
+"""Turning images into unit-norm CLIP embeddings: model loading, safe decoding, readers, the job and its engines;
+reading the words in images (OCR, the `ocr` extra)."""
 from typing import TYPE_CHECKING
 
 from emoreact.lazy import lazy_exports
@@ -30,12 +31,23 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "EngineError": "emoreact.rayutil",
     "RayConfig": "emoreact.rayutil",
     "require_ray": "emoreact.rayutil",
+    "OcrLine": "ocr",
+    "OcrReader": "ocr",
+    "OcrResult": "ocr",
+    "OcrSettings": "ocr",
+    "OcrUnavailable": "ocr",
+    "ocr_reader": "ocr",
     "READERS": "readers",
     "Record": "readers",
     "SourceError": "readers",
     "detect_format": "readers",
     "read_source": "readers",
     "source_root": "readers",
+    "MAX_CAPTION_CHARS": "texts",
+    "clean_caption": "texts",
+    "has_words": "texts",
+    "ocr_text": "texts",
+    "text_vectors": "texts",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
@@ -48,5 +60,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, decode_image, decode_pil
     from .config import EmbedConfig
     from .job import EmbedReport, run_embed_job, split_for
+    from .ocr import OcrLine, OcrReader, OcrResult, OcrSettings, OcrUnavailable, ocr_reader
     from .models import Backbone, available_models, default_pretrained, load_backbone, resolve_device
     from .readers import READERS, Record, SourceError, detect_format, read_source, source_root
+    from .texts import MAX_CAPTION_CHARS, clean_caption, has_words, ocr_text, text_vectors

@@ -9,6 +9,9 @@ from emoreact.index import NEAR_DUPLICATE_THRESHOLD
 from .images import DEFAULT_MAX_PIXELS
 
 
+OCR_MODES = ("auto", "on", "off")  # reading the words in images (embed/ocr.py): when the extra is there, always, never
+
+
 @dataclass(frozen=True)
 class EmbedConfig:
     """Knobs of the embedding job."""
@@ -27,5 +30,11 @@ class EmbedConfig:
     wait: bool = False  # another job is writing the store: wait for it to finish instead of failing at once
     allow_readd: bool = False  # embed files whose content was removed from the store (`cli.py remove`) again
     index: str | None = None  # index kind: auto, flat, ivf or a FAISS factory string; None keeps the store's choice
+    ocr: str = "off"  # read the words in each image (embed.ocr): off, auto (when the `ocr` extra is installed) or
+    # on (it must be); off by default because reading costs far more than embedding on a CPU (docs/performance.md)
     decode_ahead: int = 2  # fast path on a GPU: batches decoded and preprocessed ahead, on their own CUDA stream,
     # while the model runs the current one; 0 decodes each batch in turn
+
+    def __post_init__(self) -> None:
+        if self.ocr not in OCR_MODES:
+            raise ValueError(f"ocr must be one of {OCR_MODES}, got {self.ocr!r}")

@@ -26,8 +26,9 @@ from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
 from .identity import ModelSpec
 from .images import ImageError, decode_image_with_size
 from .models import Backbone, load_backbone
+from .ocr import ocr_reader
 from .readers import Record
-from .writer import ShardWriter, split_for  # noqa: F401 - split_for is public through this module too
+from .writer import ShardWriter, post_text_vectors, split_for  # noqa: F401 - split_for is public here too
 
 
 @dataclass
@@ -44,6 +45,7 @@ class EmbedReport:
     nodes: int = 1  # machines that ran the model
     workers: int = 1  # model workers: processes (local, one per device) or Ray actors
     images_per_node: dict = field(default_factory=dict)  # Ray: images each node embedded, by node
+    ray_cluster: dict = field(default_factory=dict)  # Ray: the cluster's address, authenticated, ray_version
 
     @property
     def images_per_second(self) -> float:
@@ -56,30 +58,32 @@ class EmbedReport:
                 "near_duplicates_moved": {"groups": self.near_duplicate_groups_moved,
                                           "images": self.near_duplicate_images_moved},
                 "engine": self.engine, "nodes": self.nodes, "workers": self.workers,
-                **({"images_per_node": dict(self.images_per_node)} if self.images_per_node else {})}
+                **({"images_per_node": dict(self.images_per_node)} if self.images_per_node else {}),
+                **({"ray_cluster": dict(self.ray_cluster)} if self.ray_cluster else {})}
 
 
 class _ImageFiles(Dataset):
     """Reads, hashes, decodes and preprocesses one record; never raises for a bad file."""
 
     def __init__(self, records: list[Record], transform, known: set[str], max_pixels: int,
-                 fast_jpeg: bool = False, min_side: int | None = None) -> None:
+                 fast_jpeg: bool = False, min_side: int | None = None, ocr=None) -> None:
         self.records, self.transform, self.known, self.max_pixels = records, transform, known, max_pixels
-        self.fast_jpeg, self.min_side = fast_jpeg, min_side
+        self.fast_jpeg, self.min_side, self.ocr = fast_jpeg, min_side, ocr
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
         return read_item(i, self.records[i].path, self.known, self.transform, self.max_pixels, self.min_side,
-                         self.fast_jpeg)
+                         self.fast_jpeg, self.ocr)
 
 
 def read_item(i: int, path: Path, known: Container[str], transform, max_pixels: int, min_side: int | None,
-              fast_jpeg: bool = False) -> dict:
+              fast_jpeg: bool = False, ocr=None) -> dict:
     """Gives record `i`'s item for the writer: its hash and `known`, an `error`, the raw `jpeg` bytes (fast
-    path), or the preprocessed `tensor` (3, H, W) float32 with the image's `size` and `bytes`. Never raises
-    for a bad file: every engine reads, hashes and decodes a file through this one function."""
+    path), or the preprocessed `tensor` (3, H, W) float32 with the image's `size` and `bytes` and, with an
+    `ocr` reader (embed.ocr), the `ocr` lines read in it. Never raises for a bad file: every engine reads,
+    hashes and decodes a file through this one function."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -87,13 +91,17 @@ def read_item(i: int, path: Path, known: Container[str], transform, max_pixels: 
     sha = hashlib.sha256(data).hexdigest()
     if sha in known:
         return {"i": i, "sha": sha, "known": True}
-    if fast_jpeg and fast_path_eligible(data, max_pixels):
+    if fast_jpeg and ocr is None and fast_path_eligible(data, max_pixels):
         return {"i": i, "sha": sha, "jpeg": data, "bytes": len(data)}
     try:
-        image, size = decode_image_with_size(data, max_pixels, min_side)
+        # Words are read at full size: a JPEG decoded at the model's scale loses small text.
+        image, size = decode_image_with_size(data, max_pixels, None if ocr is not None else min_side)
     except ImageError as exc:
         return {"i": i, "sha": sha, "error": str(exc)}
-    return {"i": i, "sha": sha, "tensor": transform(image), "size": size, "bytes": len(data)}
+    item = {"i": i, "sha": sha, "tensor": transform(image), "size": size, "bytes": len(data)}
+    if ocr is not None:
+        item["ocr"] = [line.to_json() for line in ocr.read(image).lines]
+    return item
 
 
 def _collate(items: list[dict]) -> tuple[list[dict], torch.Tensor | None]:
@@ -147,7 +155,8 @@ class LocalEngine:
         report = EmbedReport()
         fast = config.fast_jpeg if config.fast_jpeg is not None else backbone.device.type == "cuda"
         min_side = max(backbone.preprocess.image_size) if config.reduced_jpeg_decode else None
-        dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast, min_side)
+        dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast, min_side,
+                              ocr_reader(config.ocr))
         loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
                             collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if config.workers else None)
@@ -160,7 +169,7 @@ class LocalEngine:
                 if good:
                     vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device)
                                                                   for _, item in good]))
-                    writer.add(good, vectors.cpu().numpy())
+                    writer.add(good, vectors.cpu().numpy(), post_text_vectors(backbone, good))
                 bar.update(len(batch))
         bar.close()
         writer.flush()

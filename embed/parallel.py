@@ -8,6 +8,7 @@ merge skips what an interrupted merge had already added.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -86,27 +87,33 @@ def _merge(records: list[Record], store: Store, parts: list[Store], config: Embe
     hash the store already `known` (added by an interrupted merge) are not added twice."""
     done, skipped, sizes = {}, {}, {}
     for part in parts:
-        vectors = part.vectors()
-        done |= {item.path: (item, vectors[item.id]) for item in part.items()}
+        vectors, items = part.vectors(), part.items()
+        ids = np.array([item.id for item in items], np.int64)
+        words = dict(zip(ids.tolist(), part.texts(ids.tolist())))
+        texts = part.text_vectors_of(ids)
+        done |= {item.path: (item, vectors[item.id], words[item.id], texts[n]) for n, item in enumerate(items)}
         sizes |= part.file_sizes()
         skipped |= {path: (sha, reason) for path, sha, reason in part.skipped_hashes()}
     report = EmbedReport()
     seen: dict[str, str] = {}
-    rows, vectors, skips = [], [], []
+    rows, vectors, texts, skips = [], [], [], []
     for record in records:
         path = str(record.path)
         if path in done and done[path][0].sha256 in known:
             report.already_present += 1
         elif path in done:
-            item, vector = done[path]
+            item, vector, words, text = done[path]
             if item.sha256 in seen:
                 skips.append((path, item.sha256, f"duplicate of {seen[item.sha256]}"))
                 continue
             seen[item.sha256] = path
             rows.append({"path": path, "sha256": item.sha256, "labels": record.labels,
                          "split": record.split or split_for(item.sha256), "split_fixed": bool(record.split),
-                         "width": item.width, "height": item.height, "bytes": sizes[path]})
+                         "width": item.width, "height": item.height, "bytes": sizes[path],
+                         "caption": words["caption"] if words else None,
+                         "ocr": json.dumps(words["ocr"]) if words and words["ocr"] else None})
             vectors.append(vector)
+            texts.append(text)
         elif path in skipped:
             sha, reason = skipped[path]
             if reason.startswith("duplicate of") and sha in seen:
@@ -115,19 +122,19 @@ def _merge(records: list[Record], store: Store, parts: list[Store], config: Embe
         else:
             report.already_present += 1
         if len(rows) >= config.shard_size:
-            _commit(store, report, rows, vectors, skips)
-            rows, vectors, skips = [], [], []
-    _commit(store, report, rows, vectors, skips)
+            _commit(store, report, rows, vectors, texts, skips)
+            rows, vectors, texts, skips = [], [], [], []
+    _commit(store, report, rows, vectors, texts, skips)
     for part in parts:
         part.close()
     return report
 
 
-def _commit(store: Store, report: EmbedReport, rows: list[dict], vectors: list[np.ndarray],
+def _commit(store: Store, report: EmbedReport, rows: list[dict], vectors: list[np.ndarray], texts: list[np.ndarray],
             skips: list[tuple[str, str | None, str]]) -> None:
     # Skips go with the shard after them: a duplicate's original is always in it or before it.
     if rows:
-        store.add(rows, np.stack(vectors), skips)
+        store.add(rows, np.stack(vectors), skips, np.stack(texts) if np.any(texts) else None)
     else:
         store.add_skipped(skips)
     report.added += len(rows)

@@ -16,6 +16,7 @@ the index build on Ray (`emoreact.rayutil`, `emoreact.index.ray_build`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -30,11 +31,13 @@ from emoreact.index import Store
 from emoreact.index.faults import ENV as FAULT_ENV
 from emoreact.index.faults import ONCE_ENV as FAULT_ONCE_ENV
 from emoreact.index.faults import fault_point
-from emoreact.rayutil import EngineError, RayConfig, connected, node_names, require_ray
+from emoreact.rayutil import EngineError, RayConfig, connected, node_names, require_ray, resolve_address
 
 from .identity import ModelSpec, is_local_path
 from .config import EmbedConfig
 from .job import EmbedReport, read_item
+from .ocr import ocr_reader
+from .texts import ocr_text, text_vectors
 from .models import Backbone, load_backbone
 from .readers import Record
 from .writer import ShardWriter
@@ -62,7 +65,9 @@ class RayEngine:
     def __init__(self, device: str = "auto", ray_config: RayConfig | None = None) -> None:
         self._ray = require_ray()  # at once: not after reading the source and loading a model
         self.device = device  # the workers' device: auto, cpu or cuda
-        self.ray_config = ray_config or RayConfig()
+        ray_config = ray_config or RayConfig()
+        # the cluster chosen at once too ("local": a Ray of its own), so that a stale one fails before any work
+        self.ray_config = replace(ray_config, address=resolve_address(ray_config.address) or "local")
 
     def backbone(self, spec: ModelSpec) -> Backbone:
         """Gives the model on the CPU: it names the model and preprocesses; each worker loads its own."""
@@ -71,10 +76,12 @@ class RayEngine:
     def embed(self, records: list[Record], store: Store, backbone: Backbone, config: EmbedConfig,
               known: set[str]) -> EmbedReport:
         """Adds the records not in `known` to `store`, shard by shard, from the cluster's results (see
-        `engines.Engine`); the report names the engine, its nodes and workers and the images per node."""
+        `engines.Engine`); the report names the engine, its nodes and workers, the images per node and the
+        cluster (its address, whether it asks for a token, its Ray)."""
         ray = self._ray
         report = EmbedReport(engine="ray", nodes=0, workers=0)
-        with connected(ray, self.ray_config.address):
+        with connected(ray, self.ray_config.address) as cluster:
+            report.ray_cluster = cluster.to_json()
             plan = _plan(ray, self.ray_config, self.device)
             report.workers = plan.workers
             writer = ShardWriter(store, records, report, config.shard_size)
@@ -93,7 +100,9 @@ class RayEngine:
                 expected += len(items)
                 good = writer.sort(items)
                 if good:
-                    writer.add(good, batch["vector"][[item["row"] for _, item in good]])
+                    rows = [item["row"] for _, item in good]
+                    words = batch["has_words"][rows]
+                    writer.add(good, batch["vector"][rows], batch["text_vector"][rows] if words.any() else None)
                 per_node.update(str(batch["node"][item["row"]]) for _, item in good)
                 nodes.update(str(node) for node in batch["node"])
                 bar.update(len(items))
@@ -135,7 +144,7 @@ def _plan(ray, config: RayConfig, device: str) -> _Plan:
 
 def _dataset(ray, records: list[Record], known: set[str], backbone: Backbone, config: EmbedConfig, plan: _Plan):
     """Gives the lazy Ray dataset: records -> decode tasks -> model actors, in input order."""
-    rows = [{"i": i, "path": str(record.path)} for i, record in enumerate(records)]
+    rows = [{"i": i, "path": str(record.path), "caption": record.caption or ""} for i, record in enumerate(records)]
     blocks = max(1, -(-len(rows) // config.batch_size))
     min_side = max(backbone.preprocess.image_size) if config.reduced_jpeg_decode else None
     dataset = ray.data.from_items(rows, override_num_blocks=blocks)
@@ -143,7 +152,7 @@ def _dataset(ray, records: list[Record], known: set[str], backbone: Backbone, co
     dataset.context.enable_progress_bars = False  # the driver shows its own bar with images/s
     dataset.context.wait_for_min_actors_s = plan.start_timeout_s  # or the first worker up takes every batch
     decode_args = {"known": _HashSet(known), "transform": backbone.transform,
-                   "max_pixels": config.max_pixels, "min_side": min_side}
+                   "max_pixels": config.max_pixels, "min_side": min_side, "ocr": config.ocr}
     dataset = dataset.map_batches(_decode_batch, batch_size=config.batch_size, fn_kwargs=decode_args,
                                   num_cpus=plan.decode_cpus)
     faults = {k: os.environ[k] for k in (FAULT_ENV, FAULT_ONCE_ENV) if os.environ.get(k)}
@@ -169,9 +178,11 @@ class _HashSet:
         return at < len(self._digests) and self._digests[at:at + 1].tobytes() == digest
 
 
-def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int | None) -> dict:
-    """Gives a batch of decoded records as columns: one row per record, pixels (3, H, W) for the good ones."""
-    items = [read_item(int(i), Path(path), known, transform, max_pixels, min_side)
+def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int | None, ocr: str = "off") -> dict:
+    """Gives a batch of decoded records as columns: one row per record, pixels (3, H, W) for the good ones,
+    the caption as given and the words read in the image (OCR lines as JSON, "" when none were read)."""
+    reader = ocr_reader(ocr)  # loaded once per worker process
+    items = [read_item(int(i), Path(path), known, transform, max_pixels, min_side, ocr=reader)
              for i, path in zip(batch["i"], batch["path"])]
     empty = np.zeros((3, 0, 0), np.float32)  # no pixels: the file is known or bad
     return {"i": np.array([item["i"] for item in items], np.int64),
@@ -181,6 +192,8 @@ def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int 
             "reason": np.array([item.get("error", "") for item in items]),
             "size": np.array([item.get("size", (0, 0)) for item in items], np.int64).reshape(-1, 2),
             "bytes": np.array([item.get("bytes", 0) for item in items], np.int64),
+            "caption": np.asarray(batch["caption"]) if "caption" in batch else np.full(len(items), ""),
+            "ocr": np.array([json.dumps(item["ocr"]) if item.get("ocr") is not None else "" for item in items]),
             "pixels": [item["tensor"].numpy() if "tensor" in item else empty for item in items]}
 
 
@@ -205,8 +218,16 @@ class _Encoder:
         if ok.any():
             pixels = torch.from_numpy(np.stack(list(batch["pixels"][ok])))
             vectors[ok] = self.backbone.encode_images(pixels).cpu().numpy()
+        blank = [""] * len(ok)
+        captions = [str(c) or None for c in batch.get("caption", blank)]
+        read = [ocr_text(json.loads(o)) if o else None for o in batch.get("ocr", blank)]
+        texts = np.zeros((len(ok), self.backbone.dim), np.float16)
+        words = ok & np.array([bool(c or r) for c, r in zip(captions, read)], bool)
+        if words.any():
+            texts[words] = text_vectors(self.backbone.encode_texts, self.backbone.dim,
+                                        [c for c, w in zip(captions, words) if w], [r for r, w in zip(read, words) if w])
         out = {key: value for key, value in batch.items() if key != "pixels"}
-        return {**out, "vector": vectors, "node": np.full(len(ok), self.node)}
+        return {**out, "vector": vectors, "text_vector": texts, "has_words": words, "node": np.full(len(ok), self.node)}
 
 
 def _items(batch: dict) -> list[dict]:
@@ -220,6 +241,8 @@ def _items(batch: dict) -> list[dict]:
             item["error"] = str(batch["reason"][row])
         else:
             item.update(size=tuple(int(v) for v in batch["size"][row]), bytes=int(batch["bytes"][row]))
+            if "ocr" in batch and batch["ocr"][row]:
+                item["ocr"] = json.loads(batch["ocr"][row])
         items.append(item)
     return items
 

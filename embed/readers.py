@@ -16,6 +16,8 @@ from emoreact.index import SPLITS
 from emoreact.labels import ConfigError, LabelConfig
 from emoreact.manifests import read_rows
 
+from .texts import clean_caption
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
@@ -34,6 +36,7 @@ class Record:
     path: Path
     labels: tuple[str, ...] | None  # our label names; None when the source has no labels
     split: str | None = None  # train/val/test when the source fixes it
+    caption: str | None = None  # the post's caption (a manifest's `caption` column), cleaned by texts.clean_caption
 
 
 def detect_format(source: Path) -> str:
@@ -160,7 +163,8 @@ def _read_affectnet(root: Path, config: LabelConfig) -> Iterator[Record]:
 
 
 def _read_manifest(path: Path, config: LabelConfig) -> Iterator[Record]:
-    """CSV (header: path,labels[,split]) or JSONL ({"path", "labels", "split"}); paths relative to it."""
+    """CSV (header: path,labels[,split][,caption]) or JSONL ({"path", "labels", "split", "caption"}); paths
+    relative to it. A caption is cleaned as `texts.clean_caption` says (an empty one is none)."""
     rows = read_rows(path, SourceError, columns=("path",))
     for number, row in rows:
         where = f"{path}, line {number}"
@@ -170,8 +174,13 @@ def _read_manifest(path: Path, config: LabelConfig) -> Iterator[Record]:
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLITS:
             raise SourceError(f"{where}: split {split!r} is not one of {SPLITS}")
+        caption = row.get("caption")
+        if caption is not None and not isinstance(caption, (str, int, float)):
+            raise SourceError(f"{where}: caption must be text, got a {type(caption).__name__}; "
+                              "write the caption as a string")
         file = Path(row["path"])
-        yield Record(file if file.is_absolute() else path.parent / file, labels, split)
+        yield Record(file if file.is_absolute() else path.parent / file, labels, split,
+                     clean_caption(caption))
 
 
 def _manifest_labels(raw: object, config: LabelConfig, where: str) -> tuple[str, ...] | None:

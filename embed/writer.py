@@ -7,6 +7,7 @@ them exactly as a single process would, so the local and Ray engines write the s
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 from emoreact.index import Store
 
 from .readers import Record
+from .texts import ocr_text, text_vectors
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class ShardWriter:
         self.store, self.records, self.report, self.shard_size = store, records, report, shard_size
         self._rows: list[dict] = []
         self._vectors: list[np.ndarray] = []
+        self._texts: list[np.ndarray | None] = []  # per added batch: its text vectors, None when it has no words
         self._duplicates: list[tuple[str, str, str]] = []  # copies of images in self._rows
         self._pending: set[str] = set()  # hashes in self._rows
         self._seen: dict[str, str] = {}  # hash -> path of the original, over the whole job
@@ -87,10 +90,12 @@ class ShardWriter:
         reason = self._reasons.get(sha)
         return (path, sha, reason) if reason else None  # no reason: a removed image's tombstone
 
-    def add(self, good: list[tuple[Record, dict]], vectors: np.ndarray) -> None:
-        """Queues the originals `sort` gave with their (n, D) vectors; commits a shard once it is full."""
+    def add(self, good: list[tuple[Record, dict]], vectors: np.ndarray, text_vectors: np.ndarray | None = None) -> None:
+        """Queues the originals `sort` gave with their (n, D) vectors and, for posts with words, their (n, D)
+        text vectors (zero rows for those without); commits a shard once it is full."""
         if good:
             self._vectors.append(np.asarray(vectors, dtype=np.float16))
+            self._texts.append(None if text_vectors is None else np.asarray(text_vectors, dtype=np.float16))
             self._rows += [_row(record, item) for record, item in good]
             self.report.added += len(good)
         if len(self._rows) >= self.shard_size:
@@ -99,9 +104,13 @@ class ShardWriter:
     def flush(self) -> None:
         """Commits the queued rows and vectors together with the skip rows of their duplicates."""
         if self._rows:
-            self.store.add(self._rows, np.concatenate(self._vectors), self._duplicates)
+            texts = None
+            if any(t is not None for t in self._texts):
+                texts = np.concatenate([t if t is not None else np.zeros_like(v)
+                                        for t, v in zip(self._texts, self._vectors)])
+            self.store.add(self._rows, np.concatenate(self._vectors), self._duplicates, texts)
             count_skipped(self.report, self._duplicates)
-        self._rows, self._vectors, self._duplicates, self._pending = [], [], [], set()
+        self._rows, self._vectors, self._texts, self._duplicates, self._pending = [], [], [], [], set()
 
 
 def count_skipped(report, skipped: list[tuple[str, str | None, str]]) -> None:
@@ -129,4 +138,15 @@ def reason_kind(reason: str) -> str:
 def _row(record: Record, item: dict) -> dict:
     return {"path": str(record.path), "sha256": item["sha"], "labels": record.labels,
             "split": record.split or split_for(item["sha"]), "split_fixed": bool(record.split),
-            "width": item["size"][0], "height": item["size"][1], "bytes": item["bytes"]}
+            "width": item["size"][0], "height": item["size"][1], "bytes": item["bytes"],
+            "caption": record.caption, "ocr": json.dumps(item["ocr"]) if item.get("ocr") is not None else None}
+
+
+def post_text_vectors(backbone, good: list[tuple[Record, dict]]) -> np.ndarray | None:
+    """Gives the (n, D) text vectors of a batch's originals (zero rows for posts without words), or None when
+    none has words: each post's caption and the text read in its image, through the backbone's text tower."""
+    captions = [record.caption for record, _ in good]
+    read = [ocr_text(item.get("ocr")) for _, item in good]
+    if not any(captions) and not any(read):
+        return None
+    return text_vectors(backbone.encode_texts, backbone.dim, captions, read)

@@ -36,6 +36,10 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "rank_reactions": "policy",
     "calibrate_prior": "train",
     "fit_head": "train",
+    "add_text_channel": "train",
+    "Fusion": "fusion",
+    "MIN_POSTS": "fusion",
+    "deciding_channel": "fusion",
     "zero_shot_head": "train",
     "label_text_embeddings": "zeroshot",
 }
@@ -53,5 +57,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .model import EmotionHead, HeadError
     from .plots import write_plots
     from .policy import emoji_policy, rank_reactions
-    from .train import calibrate_prior, fit_head, zero_shot_head
+    from .fusion import MIN_POSTS, Fusion, deciding_channel
+    from .train import add_text_channel, calibrate_prior, fit_head, zero_shot_head
     from .zeroshot import label_text_embeddings

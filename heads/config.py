@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 TASKS = ("auto", "single", "multi")
+INPUTS = ("auto", "image")  # what a head reads: auto, a post's words too when the store has them; image only
 LOSSES = ("bce", "weighted_bce", "focal")  # single-label: cross-entropy, class-weighted unless bce
 SCHEDULES = ("cosine", "step", "plateau", "none")
 # L2 strengths (the loss is a mean over images): 8 values, strong to weak, 10x apart.
@@ -42,8 +43,12 @@ class TrainingSettings:
     # the memory of `train` on a store of any size (docs/usage.md, "Train and evaluate a head").
     max_train_rows: int | None = 500_000
     max_val_rows: int | None = 100_000  # the most validation images, sampled uniformly; None keeps all
+    inputs: str = "auto"  # auto: a post head (heads/fusion.py) when the store holds enough posts with words
+    #                       (a caption or text read in the image), else image only; image: image only
 
     def __post_init__(self) -> None:
+        if self.inputs not in INPUTS:
+            raise ValueError(f"unknown inputs {self.inputs!r}; choose one of {INPUTS}")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
         if self.loss not in LOSSES:

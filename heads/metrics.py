@@ -127,11 +127,13 @@ def confusion(pred: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def report(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str],
-           task: str = "multi", uncalibrated: np.ndarray | None = None, fallback: str = "top") -> dict:
+           task: str = "multi", uncalibrated: np.ndarray | None = None, fallback: str = "top",
+           pred: np.ndarray | None = None) -> dict:
     """Gives a JSON-ready dict: top-1 accuracy (single-label), macro/micro F1, mAP, ECE (before and
     after calibration when `uncalibrated` scores are given), a confusion matrix, and per-label
-    precision/recall/F1/AP/support/threshold."""
-    pred = decide(probs, thresholds, task, fallback)
+    precision/recall/F1/AP/support/threshold. `pred`: the (N, L) decisions when they were made otherwise
+    than by `thresholds` alone (a post head decides posts with words by its fusion's thresholds)."""
+    pred = decide(probs, thresholds, task, fallback) if pred is None else pred
     p, r, f1, support = precision_recall_fscore_support(targets, pred, average=None, zero_division=0)
     micro = precision_recall_fscore_support(targets, pred, average="micro", zero_division=0)
     present = support > 0

@@ -19,6 +19,7 @@ from emoreact import __version__
 from emoreact.index import atomic_write_bytes, atomic_write_text, read_manifest
 from emoreact.labels import ConfigError, LabelConfig, load_label_config, parse_label_config
 from .config import HeadConfig, TrainingSettings, head_kind
+from .fusion import Fusion
 from .metrics import FALLBACKS, decide
 
 HEAD_FORMAT = "emoreact-head"
@@ -105,6 +106,10 @@ class EmotionHead:
         self.offset_ = np.zeros(len(self.labels), np.float32)
         self.l2_: list[float] | None = None  # linear head: the L2 strength chosen per label
         self.search_: list[dict] = []  # what the regularisation search tried, with validation scores
+        # A post head (heads/fusion.py) also reads a post's words: a text head over its text vector and the
+        # fusion of the two channels. None: an image-only head, which judges every post by its picture.
+        self.text_head_: EmotionHead | None = None
+        self.fusion_: Fusion | None = None
         self.fitted_ = False
 
     @property
@@ -112,13 +117,30 @@ class EmotionHead:
         """Gives "single" or "multi": how labels are decided (kept in the manifest)."""
         return self.task_
 
+    @property
+    def inputs(self) -> list[str]:
+        """Gives what the head reads: ["image"], or for a post head ["image", "text", "has_text"]."""
+        return ["image"] if self.fusion_ is None else ["image", "text", "has_text"]
+
+    @property
+    def reads_text(self) -> bool:
+        return self.fusion_ is not None
+
     @torch.inference_mode()
-    def predict_proba(self, x: np.ndarray, calibrated: bool = True, *, overwrite_x: bool = False) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, calibrated: bool = True, *, overwrite_x: bool = False,
+                      text: np.ndarray | None = None) -> np.ndarray:
         """Gives (N, L) float32 scores in [0, 1] for (N, D) unit-norm vectors (rows sum to 1 for a
         softmax head); `calibrated=False` skips the temperature (for before/after reports).
 
+        `text`: the posts' (N, D) text vectors, zero rows for posts without words; a post head fuses the
+        two channels for posts with words (heads/fusion.py), an image-only head ignores them.
         overwrite_x=True lets a writable float32 `x` be standardised in place (its values are lost):
         the same scores without two (N, D) temporaries, for batch scoring of stored vectors."""
+        words = self.words(text, len(x))
+        if words.any():
+            image, fused = self.channel_logits(x), self.predict_proba(x, calibrated)
+            fused[words] = self.fusion_.proba(image[words], self.text_head_.channel_logits(text[words]))
+            return fused
         if not self.fitted_:
             raise HeadError("this head is not trained; call fit_head(...) or load a saved head first")
         x = np.asarray(x, dtype=np.float32)
@@ -134,9 +156,41 @@ class EmotionHead:
             logits = self.logits(tensor)
         return self.logits_to_proba(self.calibrate(logits) if calibrated else logits).numpy()
 
-    def decide(self, probs: np.ndarray) -> np.ndarray:
-        """Gives (N, L) bool labels for `predict_proba` scores, by this head's task and thresholds."""
-        return decide(probs, self.thresholds_, self.task_, self.fallback_)
+    def decide(self, probs: np.ndarray, text: np.ndarray | None = None) -> np.ndarray:
+        """Gives (N, L) bool labels for `predict_proba` scores, by this head's task and thresholds (the
+        fusion's, for the posts whose `text` vectors hold words, when this is a post head)."""
+        chosen = decide(probs, self.thresholds_, self.task_, self.fallback_)
+        words = self.words(text, len(probs))
+        if words.any():
+            chosen[words] = self.fusion_.decide(probs[words])
+        return chosen
+
+    def words(self, text: np.ndarray | None, count: int) -> np.ndarray:
+        """Gives (N,) bool: the posts whose words this head reads (none for an image-only head)."""
+        if text is None or self.fusion_ is None:
+            return np.zeros(count, bool)
+        text = np.asarray(text, np.float32)
+        if text.shape != (count, self.dim):
+            raise HeadError(f"expected text vectors of shape ({count}, {self.dim}), got {text.shape}")
+        return np.any(text != 0, axis=1)
+
+    @torch.inference_mode()
+    def channel_logits(self, x: np.ndarray) -> np.ndarray:
+        """Gives (N, L) calibrated logits of this head alone (one channel of a post head)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        return self.calibrate(self.logits(tensor)).numpy()
+
+    def channels(self, x: np.ndarray, text: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Gives each channel's own scores: ((N, L) the picture's, (N, L) the words' or None for an image-only
+        head; rows of posts without words are NaN)."""
+        image = self.predict_proba(x)
+        if self.fusion_ is None:
+            return image, None
+        words = self.words(text, len(x))
+        read = np.full_like(image, np.nan)
+        if words.any():
+            read[words] = self.text_head_.predict_proba(text[words])
+        return image, read
 
     def logits(self, x: torch.Tensor, head_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Gives (N, L) blended, uncalibrated logits; `head_logits` may be passed to reuse a forward pass."""
@@ -179,6 +233,10 @@ class EmotionHead:
                     "torch_version": torch.__version__}
         if self.backbone:
             manifest["backbone"] = self.backbone
+        manifest["inputs"] = self.inputs
+        if self.fusion_ is not None:  # the text head first: a manifest naming the fusion finds it there
+            self.text_head_.save(folder / "text")
+            manifest["fusion"] = self.fusion_.to_json()
         atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         return folder
 
@@ -221,6 +279,12 @@ class EmotionHead:
             raise HeadError(f"{folder / 'manifest.json'}: task {head.task_!r} or calibration does not fit "
                             f"{len(head.labels)} labels; retrain the head")
         head.backbone = manifest.get("backbone")
+        if manifest.get("fusion") is not None:
+            try:
+                head.fusion_ = Fusion.from_json(manifest["fusion"], len(head.labels))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise HeadError(f"{folder / 'manifest.json'}: its fusion is invalid ({exc}); retrain the head") from exc
+            head.text_head_ = cls.load(folder / "text", head.model_id, head.dim)
         head.fitted_ = True
         return head
 

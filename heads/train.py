@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from emoreact.labels import LabelConfig
 from .calibration import fit_temperature
 from .config import head_kind
+from .fusion import MIN_POSTS, fit_fusion
 from .losses import resolve_task, soft_targets
 from .metrics import THRESHOLD_GRID, choose_fallback, f1_per_threshold, top1_macro_f1, tune, tune_thresholds
 from .model import EmotionHead, HeadConfig, ZeroShotPrior
@@ -114,6 +115,27 @@ def fit_head(config: HeadConfig, labels: LabelConfig, model_id: str,
     log.info("trained %s %s-label head in %.2fs (%s), alpha %.1f", config.kind, task,
              time.perf_counter() - start, head.search_[-1] if head.search_ else "", head.alpha_)
     return head, history
+
+
+def add_text_channel(head: EmotionHead, t_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                     t_val: np.ndarray, y_val: np.ndarray, text: np.ndarray | None = None, logit_scale: float = 100.0,
+                     device: str = "cpu") -> bool:
+    """Makes a trained image head a post head (heads/fusion.py): trains a text head of its kind and settings
+    on the (N, D) text vectors of the training posts with words, then fits the fusion on the validation
+    posts with words (x_val: their image vectors). Rows of zeros are posts without words. Gives False,
+    changing nothing, when fewer than MIN_POSTS posts of either split have words."""
+    train, val = np.any(t_train != 0, axis=1), np.any(t_val != 0, axis=1)
+    if train.sum() < MIN_POSTS or val.sum() < MIN_POSTS or len(np.unique(y_train[train], axis=0)) < 2:
+        log.info("no text channel: %d training and %d validation posts have words (%d of each needed)",
+                 int(train.sum()), int(val.sum()), MIN_POSTS)
+        return False
+    reader, _ = fit_head(replace(head.config, task=head.task_), head.label_config, head.model_id, t_train[train],
+                         y_train[train], t_val[val], y_val[val], text=text, logit_scale=logit_scale, device=device)
+    head.text_head_ = reader
+    head.fusion_ = fit_fusion(head.channel_logits(x_val[val]), reader.channel_logits(t_val[val]), y_val[val],
+                              head.task_)
+    log.info("text channel: trained on %d posts with words, fused on %d", int(train.sum()), int(val.sum()))
+    return True
 
 
 def _tune_on_validation(head: EmotionHead, x_val: np.ndarray, y_val: np.ndarray) -> None:

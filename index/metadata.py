@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import StoreError
 from .relabel import KEYS, Relabel, check, planned
-from .schema import IMAGE, SCHEMA
+from .schema import IMAGE, SCHEMA, TEXT
 from .shards import Shard
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class Metadata:
         self._lock = threading.RLock()  # one connection shared by server threads; a transaction may query
         self._has_removed = self._has_table("removed")  # stores before removal lack it
         self._sets = self.has_column("shards", "vector_set")  # format 1 stores: every shard is an image shard
+        self._has_texts = self._has_table("texts")  # stores before format 3 hold no words
 
     # ---- images ---------------------------------------------------------------------------
 
@@ -93,6 +94,20 @@ class Metadata:
             sql += " UNION SELECT sha256 FROM removed"
         return {r[0] for r in self._query(sql)}
 
+    # ---- a post's words ---------------------------------------------------------------------
+
+    def texts(self, ids: list[int]) -> dict[int, tuple[str | None, str | None]]:
+        """Gives id -> (caption, OCR lines as JSON) for those of `ids` that have words stored."""
+        if not self._has_texts:
+            return {}
+        return {r[0]: (r[1], r[2]) for r in self._where("SELECT id, caption, ocr FROM texts", "id", ids)}
+
+    def text_count(self) -> int:
+        """Gives the number of live images with words stored (a caption or OCR lines)."""
+        if not self._has_texts:
+            return 0
+        return self._scalar("SELECT COUNT(*) FROM texts JOIN images USING (id)")
+
     # ---- shards ---------------------------------------------------------------------------
 
     def shards(self, vector_set: str = IMAGE) -> list[Shard]:
@@ -123,11 +138,16 @@ class Metadata:
 
     # ---- writing ----------------------------------------------------------------------------
 
-    def add(self, shard: Shard, rows: list[dict], skipped: list[tuple], vector_set: str = IMAGE) -> None:
-        """Commits a shard, the images whose vectors it holds and `skipped` entries in one transaction."""
+    def add(self, shard: Shard, rows: list[dict], skipped: list[tuple], vector_set: str = IMAGE,
+            text_shard: Shard | None = None) -> None:
+        """Commits a shard, the images whose vectors it holds, their words (rows' `caption`/`ocr`, with
+        `text_shard` holding their text vectors) and `skipped` entries in one transaction."""
         with self._lock, self._conn:
             self._conn.execute("INSERT INTO shards (name, first_id, count, vector_set) VALUES (?, ?, ?, ?)",
                                (shard.name, shard.first_id, shard.count, vector_set))
+            if text_shard is not None:
+                self._add_texts(text_shard, {shard.first_id + i: (r.get("caption"), r.get("ocr"))
+                                             for i, r in enumerate(rows)})
             self._conn.executemany(
                 "INSERT INTO images (id, path, sha256, labels, split, split_fixed, width, height, bytes, shard) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -135,6 +155,18 @@ class Metadata:
                   r["split"], int(r.get("split_fixed", True)), r["width"], r["height"], r["bytes"], shard.name)
                  for i, r in enumerate(rows)])
             self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", skipped)
+
+    def add_texts(self, text_shard: Shard, texts: dict[int, tuple[str | None, str | None]]) -> None:
+        """Commits a text shard and the words (id -> (caption, OCR JSON)) of the images it covers: what a
+        backfill adds to images stored without words."""
+        with self._lock, self._conn:
+            self._add_texts(text_shard, texts)
+
+    def _add_texts(self, text_shard: Shard, texts: dict[int, tuple[str | None, str | None]]) -> None:
+        self._conn.execute("INSERT INTO shards (name, first_id, count, vector_set) VALUES (?, ?, ?, ?)",
+                           (text_shard.name, text_shard.first_id, text_shard.count, TEXT))
+        self._conn.executemany("INSERT OR REPLACE INTO texts (id, caption, ocr) VALUES (?, ?, ?)",
+                               [(i, caption, ocr) for i, (caption, ocr) in texts.items() if caption or ocr])
 
     def add_skipped(self, entries: list[tuple[str, str | None, str]]) -> None:
         with self._lock, self._conn:
@@ -147,6 +179,8 @@ class Metadata:
             self._conn.executemany("INSERT INTO removed (id, sha256, removed_at, removed_by, reason, applied) "
                                    "VALUES (?, ?, ?, ?, ?, 0)", [(it.id, it.sha256, when, by, reason) for it in items])
             self._conn.executemany("DELETE FROM images WHERE id = ?", [(it.id,) for it in items])
+            if self._has_texts:
+                self._conn.executemany("DELETE FROM texts WHERE id = ?", [(it.id,) for it in items])
             # other paths with the same content were recorded as its duplicates: no trace of them either
             self._conn.executemany("DELETE FROM skipped WHERE sha256 = ?", [(it.sha256,) for it in items])
 
@@ -185,6 +219,12 @@ class Metadata:
                 found.setdefault(n, []).append(image_id)
         self._conn.execute("DROP TABLE temp.relabel_keys")
         return found
+
+    def add_table(self, sql: str) -> None:
+        """Creates a table unless it is there (a migration step)."""
+        with self._lock, self._conn:
+            self._conn.executescript(sql)
+        self._has_texts = self._has_table("texts")
 
     def has_column(self, table: str, column: str) -> bool:
         return column in {row[1] for row in self._query(f"PRAGMA table_info({table})")}

@@ -9,6 +9,8 @@ is redone by the next writer, since the manifest records the version only after 
     1  0.3.0: one vector set, the images' (STORE/vectors/)
     2  shards belong to a named vector set (`shards.vector_set`, the manifest's `vector_sets`), so that
        later sets (captions, another model's vectors) sit beside the images' own
+    3  a post's words: the `texts` table (caption, OCR lines) and the `text` vector set (STORE/vectors-text/),
+       whose shards cover the image shards' id ranges where any row of one has words (rows without are zero)
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ from typing import Callable
 
 from .manifest import ManifestFile
 from .metadata import Metadata
-from .schema import IMAGE
+from .schema import IMAGE, TEXT, TEXTS
 
 log = logging.getLogger(__name__)
 
 FORMAT = "emoreact-store"
-VERSION = 2  # what this EmoReact writes
+VERSION = 3  # what this EmoReact writes
 OLDEST = 1  # the oldest version it reads (and migrates when writing)
 
 
@@ -38,8 +40,15 @@ def _named_vector_sets(metadata: Metadata, manifest: dict) -> dict:
     return {**manifest, "vector_sets": vector_sets(manifest)}
 
 
+def _texts(metadata: Metadata, manifest: dict) -> dict:
+    metadata.add_table(TEXTS)
+    sets = vector_sets(manifest)
+    return {**manifest, "vector_sets": {**sets, TEXT: {"dim": int(manifest["dim"]), "folder": "vectors-text"}}}
+
+
 STEPS: dict[int, Callable[[Metadata, dict], dict]] = {  # version reached -> its step (metadata, manifest) -> manifest
     2: _named_vector_sets,
+    3: _texts,
 }
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
-from emoreact.rayutil import EngineError, RayConfig, connected, node_names, node_placements, require_ray
+from emoreact.rayutil import (EngineError, RayCluster, RayConfig, connected, node_names, node_placements,
+                              require_ray, resolve_address)
 
 from . import ann, building
 from .ann import IndexSettings
@@ -31,19 +33,22 @@ class RayIndexBuilder:
     """A `Store.reindex` builder, `(store, factory) -> (index, settings)`, that adds the store's vectors on a
     Ray cluster (see the module docstring).
 
-    After a build, `added_per_node_` gives the vectors each node added, by node name."""
+    After a build, `added_per_node_` gives the vectors each node added, by node name, and `cluster_` the
+    cluster (`rayutil.RayCluster`: its address, whether it asks for a token, its Ray)."""
 
     def __init__(self, ray_config: RayConfig = RayConfig()) -> None:
         self._ray = require_ray()  # at once: before the store is locked or anything trained
-        self.ray_config = ray_config
+        # the cluster chosen at once too ("local": a Ray of its own), so that a stale one fails before any work
+        self.ray_config = replace(ray_config, address=resolve_address(ray_config.address) or "local")
         self.added_per_node_: dict[str, int] = {}
+        self.cluster_: RayCluster | None = None
 
     def __call__(self, store: Store, factory: str) -> tuple[faiss.Index, IndexSettings]:
         """Gives (index, settings) as `building.build_for_store` does, the adding done by Ray tasks."""
         if ann.is_flat(factory):  # nothing to train and a flat add is a copy: a cluster would only add transfers
             log.info("a %s index is built in this process, not on Ray", factory)
             return building.build_for_store(store, factory)
-        with connected(self._ray, self.ray_config.address):
+        with connected(self._ray, self.ray_config.address) as self.cluster_:
             index, settings, per_node = _build_on_ray(self._ray, store, factory, self.ray_config)
             names = node_names(self._ray)
         self.added_per_node_ = {names.get(node, node): count for node, count in sorted(per_node.items())}

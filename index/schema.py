@@ -1,7 +1,11 @@
-"""The store's SQLite schema and the words it is written in: splits and vector set names."""
+"""The store's SQLite schema and the words it is written in: splits and vector set names.
+
+`TEXTS` is created by the format-3 migration step (migrations.py), not with the other tables, so
+that the version a store is at says which tables it has."""
 
 SPLITS = ("train", "val", "test")  # the values of images.split
 IMAGE = "image"  # the vector set every store has: one vector per image, row = image id
+TEXT = "text"  # a post's words (caption and OCR text) through the same CLIP's text tower, row = image id (format 3)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -34,4 +38,12 @@ CREATE TABLE IF NOT EXISTS removed (      -- removed images: the log, and tombst
     applied INTEGER NOT NULL DEFAULT 0   -- 1 once the vector row is zeroed and the index no longer holds it
 );
 CREATE INDEX IF NOT EXISTS removed_sha256 ON removed (sha256);
+"""
+
+TEXTS = """
+CREATE TABLE IF NOT EXISTS texts (       -- a post's words (format 3): a row for each image that has any
+    id INTEGER PRIMARY KEY,              -- the image's id
+    caption TEXT,                        -- the caption given with the image (NULL: none)
+    ocr TEXT                             -- JSON list of {"text", "score", "box"} read in the image (NULL: not read)
+);
 """

@@ -26,10 +26,12 @@ class Shard:
 class ShardReader:
     """Gives stored vectors by id or by block from memory-mapped shards; safe to share between threads.
 
-    `shards` are in id order, each starting where the previous one ends; `error` is the exception
-    type raised (naming the file) for a missing, truncated or misshapen shard."""
+    `shards` are in id order, each starting where the previous one ends (with `gaps`, at or after it:
+    rows in no shard read as zeros, as in the text set, which has no shard where no image has words);
+    `error` is the exception type raised (naming the file) for a missing, truncated or misshapen shard."""
 
-    def __init__(self, folder: Path, shards: list[Shard], dim: int, error: type[Exception]) -> None:
+    def __init__(self, folder: Path, shards: list[Shard], dim: int, error: type[Exception],
+                 gaps: bool = False) -> None:
         self.folder, self.dim, self._error = folder, dim, error
         self.shards = list(shards)
         self._starts = [s.first_id for s in self.shards]
@@ -38,7 +40,7 @@ class ShardReader:
         self._lock = threading.Lock()
         expected = 0
         for shard in self.shards:
-            if shard.first_id != expected:
+            if shard.first_id != expected and not (gaps and shard.first_id > expected):
                 raise error(f"{folder / shard.name}: starts at id {shard.first_id}, expected {expected}; "
                             "the store is damaged")
             expected += shard.count
@@ -67,8 +69,16 @@ class ShardReader:
         straight into one shared buffer, converted to float32 once: the loop does a system call a row
         and little else (~1.5 µs a row from the page cache)."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        row_bytes = 2 * self.dim
+        if not self.shards:
+            return np.zeros((len(ids), self.dim), np.float32)
         where = np.searchsorted(self._starts, ids, side="right") - 1
+        ends = np.array([s.first_id + s.count for s in self.shards], np.int64)
+        held = (where >= 0) & (ids < ends[np.maximum(where, 0)])
+        if not held.all():  # rows in a gap (a set with gaps) are zero
+            out = np.zeros((len(ids), self.dim), np.float32)
+            out[held] = self.rows_of(ids[held]) if held.any() else out[held]
+            return out
+        row_bytes = 2 * self.dim
         fd_of = np.zeros(len(self.shards), np.int64)
         row0_of = np.zeros(len(self.shards), np.int64)  # file offset where id 0 would lie, per shard
         for n in np.unique(where).tolist():

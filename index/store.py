@@ -6,6 +6,8 @@
                                removed images (tombstones by content hash, who/when/why)
     STORE/vectors/NNNNNN.npy   the `image` vector set: (n, D) float16 unit-norm shards, rows in id order
                                (removed rows zeroed)
+    STORE/vectors-text/        the `text` vector set (format 3): a post's words through the text tower, shards
+                               only where images have words (rows without are zero); the words in `texts`
     STORE/index-NNNNNN.faiss   the index the manifest names (see index/ann.py for the kinds)
 
 `Store` is made of parts, each with its own state and tests: `Metadata` (every query), a `VectorSet`
@@ -18,6 +20,7 @@ memory-mapped shards (`blocks()`, `vector()`) and an index that, when approximat
 """
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -34,7 +37,7 @@ from .items import Block, Item, item
 from .manifest import ManifestFile
 from .metadata import Metadata
 from .relabel import Relabel
-from .schema import IMAGE
+from .schema import IMAGE, TEXT
 from .shards import Shard
 from .vectors import BLOCK_ROWS, VectorSet
 from .writelock import lock_for_writing
@@ -113,7 +116,7 @@ class Store:
             migrations.migrate(metadata, manifest, written=manifest.path.exists())
             store = cls(root, manifest, metadata)
             store._writer = Writer(metadata, store._sets[IMAGE], store._index_file, manifest, lock,
-                                   store._build_with(None), store.live_blocks)
+                                   store._build_with(None), store.live_blocks, store._sets.get(TEXT))
             store._writer.resume()
             store._count()
             return store
@@ -198,6 +201,42 @@ class Store:
         """Gives the live images (of `split`, or all; with id >= `first`) in id order, a block of at most
         `block_rows` at a time, each block's vectors read from one memory-mapped shard."""
         return self._sets[IMAGE].blocks(block_rows, split, first)
+
+    # ---- a post's words -------------------------------------------------------------------------
+
+    @property
+    def has_texts(self) -> bool:
+        """Tells whether this store can hold words (format 3 on); `text_count()` says how many images have."""
+        return TEXT in self._sets
+
+    def text_count(self) -> int:
+        """Gives the number of live images with words (a caption or text read in the image)."""
+        return self._metadata.text_count()
+
+    def text_vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Gives the (len(ids), D) float32 text vectors of `ids`: unit-norm, or zero for an image without words."""
+        ids = np.asarray(ids, np.int64)
+        if TEXT not in self._sets:
+            return np.zeros((len(ids), self.dim), np.float32)
+        return self._sets[TEXT].rows_of(ids)
+
+    def texts(self, ids: list[int]) -> list[dict | None]:
+        """Gives, per id, {"caption", "ocr": [{"text", "score", "box"}]} or None (no words stored)."""
+        found = self._metadata.texts([int(i) for i in ids])
+        return [None if int(i) not in found else
+                {"caption": found[int(i)][0], "ocr": json.loads(found[int(i)][1]) if found[int(i)][1] else []}
+                for i in ids]
+
+    def shards_without_texts(self) -> list[Shard]:
+        """Gives the image shards none of whose images has words stored (what a backfill may add words to)."""
+        covered = self._sets[TEXT].covered() if TEXT in self._sets else set()
+        return [s for s in self.shards() if s.first_id not in covered]
+
+    def add_texts(self, first_id: int, texts: dict[int, tuple[str | None, str | None]],
+                  text_vectors: np.ndarray) -> None:
+        """Adds words (id -> (caption, OCR lines as JSON)) and their (count, D) text vectors to the images of
+        the image shard starting at `first_id` (see `shards_without_texts`), in one commit."""
+        self._writing().add_texts(first_id, texts, text_vectors)
 
     def live_ids(self) -> np.ndarray:
         """Gives the (N,) int64 ids of the live images, ascending."""
@@ -287,14 +326,16 @@ class Store:
 
     # ---- writing (a store opened for writing) ------------------------------------------------
 
-    def add(self, rows: list[dict], vectors: np.ndarray, skipped: list[tuple[str, str | None, str]] = ()) -> None:
+    def add(self, rows: list[dict], vectors: np.ndarray, skipped: list[tuple[str, str | None, str]] = (),
+            text_vectors: np.ndarray | None = None) -> None:
         """Appends images (dicts with path, sha256, labels, split, width, height, bytes, and split_fixed: False
-        when the split came from the hash) and their vectors, with `skipped` entries in the same transaction
-        (how a duplicate is never recorded without its original)."""
+        when the split came from the hash; optionally caption and ocr, the OCR lines as JSON) and their
+        vectors, with `skipped` entries in the same transaction (how a duplicate is never recorded without
+        its original). `text_vectors`: the rows' (n, D) text vectors, zero for a row without words."""
         if not rows:
             self.add_skipped(list(skipped))
             return
-        self._writing().add(rows, vectors, skipped)
+        self._writing().add(rows, vectors, skipped, text_vectors)
 
     def add_skipped(self, entries: list[tuple[str, str | None, str]]) -> None:
         """Records (path, sha256 or None, reason) for files that could not be embedded."""

@@ -18,6 +18,7 @@ from .errors import StoreError
 from .faults import fault_point
 from .items import Block, labels_of
 from .metadata import Metadata
+from .schema import IMAGE
 from .shards import Shard, ShardReader, overwrite_rows
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class VectorSet:
     def reader(self) -> ShardReader:
         """Gives the reader over the committed shards (shared between threads)."""
         if self._reader is None:
-            self._reader = ShardReader(self.folder, self._metadata.shards(self.name), self.dim, StoreError)
+            self._reader = ShardReader(self.folder, self._metadata.shards(self.name), self.dim, StoreError,
+                                       gaps=self.name != IMAGE)
         return self._reader
 
     def shards(self) -> list[Shard]:
@@ -54,7 +56,13 @@ class VectorSet:
         reader = self.reader()
         if not reader.shards:
             return np.zeros((0, self.dim), np.float32)
+        if self.name != IMAGE:  # a set with gaps: up to its last row
+            return reader.rows_of(np.arange(reader.shards[-1].first_id + reader.shards[-1].count))
         return np.concatenate([np.asarray(reader.block(s), dtype=np.float32) for s in reader.shards])
+
+    def covered(self) -> set[int]:
+        """Gives the first ids of this set's shards (a text shard covers the image shard starting there)."""
+        return {s.first_id for s in self.reader().shards}
 
     def blocks(self, block_rows: int = BLOCK_ROWS, split: str | None = None, first: int = 0) -> Iterator[Block]:
         """Gives the live images (of `split`, or all; with id >= `first`) in id order with their rows of this
@@ -77,7 +85,9 @@ class VectorSet:
 
     def write(self, first_id: int, vectors: np.ndarray) -> Shard:
         """Writes rows `first_id ..` as a new shard file (float16) and gives it; the caller commits it."""
-        shard = Shard(f"{first_id:09d}.npy", first_id, len(vectors))
+        # Shard names are unique across sets (the metadata's key): the image set's keep 0.3's plain form.
+        prefix = "" if self.name == IMAGE else f"{self.name}-"
+        shard = Shard(f"{prefix}{first_id:09d}.npy", first_id, len(vectors))
         with atomic_path(self.folder / shard.name) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, vectors.astype(np.float16), allow_pickle=False)

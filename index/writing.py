@@ -26,14 +26,16 @@ log = logging.getLogger(__name__)
 
 
 class Writer:
-    """Writes one store through its parts: `metadata`, the image `vectors`, the `index_file` and the `manifest`.
+    """Writes one store through its parts: `metadata`, the image `vectors`, the `index_file` and the `manifest`,
+    and the `texts` vector set (a post's words; None for a store that has none, which is then read-only).
 
     `build(factory)` builds a new index over the live images and `blocks(first)` gives the live
     (ids, vectors) from an id on: the store's reading side, lent so that the index can be made."""
 
     def __init__(self, metadata: Metadata, vectors: VectorSet, index_file: IndexFile, manifest: ManifestFile,
-                 lock: WriterLock, build: Build, blocks: Blocks) -> None:
+                 lock: WriterLock, build: Build, blocks: Blocks, texts: VectorSet | None = None) -> None:
         self.metadata, self.vectors, self.index_file, self.manifest = metadata, vectors, index_file, manifest
+        self.texts = texts
         self._lock = lock
         self._build, self._blocks = build, blocks
 
@@ -41,6 +43,8 @@ class Writer:
         """Clears what a killed job left (orphan shards, temporary and unused files) and finishes a removal
         killed after its commit."""
         self.vectors.drop_leftovers()
+        if self.texts is not None:
+            self.texts.drop_leftovers()
         for path in self.index_file.folder.glob(".*.tmp"):  # at scale a temporary index is gigabytes
             log.info("removing %s, left by an interrupted job", path)
             path.unlink(missing_ok=True)
@@ -48,14 +52,40 @@ class Writer:
         if self.metadata.removed_ids(applied=False):
             self.apply_removals()
 
-    def add(self, rows: list[dict], vectors: np.ndarray, skipped: list[tuple]) -> None:
-        """Appends images and their vectors as one shard (file first, then its rows and `skipped`, committed)."""
+    def add(self, rows: list[dict], vectors: np.ndarray, skipped: list[tuple],
+            text_vectors: np.ndarray | None = None) -> None:
+        """Appends images and their vectors as one shard (file first, then its rows and `skipped`, committed).
+        With `text_vectors` (rows of zeros for images without words) their words go in the same commit."""
         if vectors.shape != (len(rows), self.vectors.dim):
             raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(rows)}, {self.vectors.dim})")
-        shard = self.vectors.write(self.metadata.rows_written(self.vectors.name), vectors)
-        self.metadata.add(shard, rows, list(skipped), self.vectors.name)
+        first = self.metadata.rows_written(self.vectors.name)
+        text_shard = None
+        if text_vectors is not None and np.any(text_vectors):
+            if text_vectors.shape != vectors.shape:
+                raise ValueError(f"text vectors have shape {text_vectors.shape}, expected {vectors.shape}")
+            text_shard = self._text_set().write(first, text_vectors)
+        shard = self.vectors.write(first, vectors)
+        self.metadata.add(shard, rows, list(skipped), self.vectors.name, text_shard)
         self.vectors.changed()
+        if text_shard is not None:
+            self.texts.changed()
         fault_point("after_shard_rows")
+
+    def add_texts(self, first_id: int, texts: dict[int, tuple[str | None, str | None]],
+                  text_vectors: np.ndarray) -> None:
+        """Adds words to the images of the image shard starting at `first_id`, which has none yet: its text
+        shard (rows of zeros where an image has no words) first, then the words, committed together."""
+        if first_id in self._text_set().covered():
+            raise ValueError(f"the images from id {first_id} on have words already")
+        shard = self._text_set().write(first_id, text_vectors)
+        self.metadata.add_texts(shard, texts)
+        self.texts.changed()
+
+    def _text_set(self) -> VectorSet:
+        if self.texts is None:
+            raise ValueError("this store has no text vector set; open it with Store.open_for_writing, "
+                             "which migrates it to the current format")
+        return self.texts
 
     def relabel(self, entries: list[Relabel]) -> dict:
         return self.metadata.relabel(list(self.manifest.data["labels"]), entries)
@@ -109,6 +139,8 @@ class Writer:
         if not pending:
             return
         self.vectors.zero_rows(pending)
+        if self.texts is not None:
+            self.texts.zero_rows(pending)
         settings, index = self.index_file.for_update()
         if index is not None and isinstance(index, faiss.IndexFlatIP) and not isinstance(index, faiss.IndexIDMap2):
             self.update_index(None, force=True)  # ids were positions

@@ -18,7 +18,7 @@ if Path(emoreact.__file__).resolve().parent != ROOT:
 
 from emoreact.embed import EmbedConfig, ModelSpec  # noqa: E402
 from emoreact.heads import HeadConfig, load_label_config  # noqa: E402
-from synthetic import COLOURS, make_manifest  # noqa: E402
+from synthetic import COLOURS, PHRASES, make_manifest, make_post_manifest  # noqa: E402
 
 TINY_MODEL = str(Path(__file__).with_name("tiny-clip.json"))
 TINY = ModelSpec(model=TINY_MODEL, pretrained="none")
@@ -146,6 +146,47 @@ def linear_head(tmp_path_factory, store_path, label_config) -> Path:
     out = tmp_path_factory.mktemp("linear") / "head"
     train_from_store(store_path, out, HeadConfig(kind="linear", search=False), label_config, "cpu")
     return out
+
+
+# ---- posts: pictures with captions ------------------------------------------------------------
+
+EMOTIONS = [label for label in LABELS if label not in ("neutral", "other")]
+
+
+def _posts():
+    """Pictures that show their label; neutral pictures whose caption carries it; happy pictures with a sad
+    caption (both labels), spread over the three splits."""
+    posts = []
+    for n in range(14):
+        split = "train" if n < 8 else "val" if n < 11 else "test"  # 21 validation posts with words
+        for label in LABELS:
+            posts.append(((label,), None, (label,), split))
+        for label in EMOTIONS:
+            posts.append((("neutral",), PHRASES[label][n % 2], (label,), split))
+        posts.append((("happy",), PHRASES["sad"][n % 2], ("happy", "sad"), split))
+    return posts
+
+
+@pytest.fixture(scope="session")
+def post_store(tmp_path_factory):
+    """A store of captioned posts (tests/synthetic.py PHRASES): see `_posts`."""
+    from emoreact import embed_source
+
+    root = tmp_path_factory.mktemp("posts")
+    embed_source(make_post_manifest(root / "source", _posts(), seed=3), root / "store", TINY, device="cpu",
+                 config=FAST_EMBED)
+    return root / "store"
+
+
+@pytest.fixture(scope="session")
+def post_heads(post_store, tmp_path_factory):
+    """(post head, image-only head, their test metrics) trained on the post store."""
+    from emoreact import train
+
+    out = tmp_path_factory.mktemp("heads")
+    fused = train(post_store, out / "post", head="linear", device="cpu")
+    plain = train(post_store, out / "image", head="linear", device="cpu", inputs="image")
+    return out / "post", out / "image", fused, plain
 
 
 # ---- the fast tier ------------------------------------------------------------------------

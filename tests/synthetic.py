@@ -59,3 +59,35 @@ def make_manifest(root: Path, items: list[tuple[tuple[str, ...], str | None]], s
             draw(labels, seed * 100_000 + n).save(root / name, quality=92)
             writer.writerow([name, "|".join(labels), split or ""])
     return root / "manifest.csv"
+
+
+# Phrases whose words carry a label, for posts whose emotion is in their caption (random-weight test models
+# learn them by heart: each phrase is its own vector).
+PHRASES = {
+    "happy": ["best day ever", "so happy right now"], "sad": ["we lost him yesterday", "so sad today"],
+    "angry": ["i hate this so much", "absolutely furious"], "fear": ["i am so scared", "terrifying night"],
+    "surprise": ["did not see that coming", "wait what"], "disgust": ["eww gross", "this is disgusting"],
+    "neutral": ["just a tuesday", "a photo"], "other": ["misc stuff", "random post"],
+}
+
+
+def make_post_manifest(root: Path, posts: list[tuple[tuple[str, ...], str | None, tuple[str, ...], str | None]],
+                       seed: int = 0, suffix: str = ".csv") -> Path:
+    """Writes images and a manifest (path, labels, split, caption) for (picture labels, caption, post labels,
+    split) posts: the image shows the picture labels, the post is labelled with the post labels; gives it."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, (shown, caption, labels, split) in enumerate(posts):
+        name = f"post{n:05d}.png"
+        draw(shown, seed * 100_000 + n).save(root / name)
+        rows.append({"path": name, "labels": "|".join(labels), "split": split or "", "caption": caption or ""})
+    path = root / f"manifest{suffix}"
+    if suffix == ".jsonl":
+        import json
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "labels", "split", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -71,7 +71,8 @@ def test_predict_gives_the_same_result_for_a_path_bytes_and_a_pil_image(clf, tmp
     assert by_path["image"] == str(path) and by_bytes["image"] == "<bytes>"
     assert _without_name(by_path) == _without_name(by_string) == _without_name(by_bytes) == _without_name(by_pil)
     assert set(by_path) == {"image", "predicted_emotions", "allowed_emojis", "blocked_emojis", "emotion_scores",
-                            "reaction_scores", "novelty", "unsure", "neighbours", "neighbours_exact"}
+                            "reaction_scores", "novelty", "unsure", "neighbours", "neighbours_exact", "text",
+                            "channels", "decided_by"}
     assert by_path["neighbours_exact"] is True  # the test store's index is flat: its neighbours are exact
 
 

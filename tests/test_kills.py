@@ -48,7 +48,10 @@ def snapshot(path: Path) -> dict:
     """Gives what must not depend on kills: vectors, paths and splits by hash, skipped files, count."""
     store = Store.open(path)
     vectors = store.vectors()
+    texts = store.text_vectors_of(store.live_ids())
+    words = dict(zip(store.live_ids().tolist(), store.texts(store.live_ids().tolist())))
     state = {"images": {it.sha256: (it.path, it.split, vectors[it.id].tobytes()) for it in store.items()},
+             "words": {it.sha256: (words[it.id], texts[n].tobytes()) for n, it in enumerate(store.items())},
              "ids": [it.sha256 for it in store.items()], "skipped": sorted(store.skipped()), "count": len(store)}
     store.close()
     return state
@@ -63,19 +66,25 @@ def assert_like_uninterrupted(path: Path, clean: dict) -> None:
     assert not list(path.glob("**/*.tmp")), "temporary files left behind"
     with sqlite3.connect(path / "metadata.sqlite") as conn:
         shards = {row[0] for row in conn.execute("SELECT name FROM shards")}
-    assert {p.name for p in (path / "vectors").iterdir()} == shards, "orphan shard files left behind"
+    files = {p.name for p in (path / "vectors").iterdir()} | {p.name for p in (path / "vectors-text").glob("*")}
+    assert files == shards, "orphan shard files left behind"
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    """40 images, and byte-identical copies of some, each sorted right after its original."""
+    """A manifest of 40 images, and byte-identical copies of some, each listed right after its original;
+    every third has a caption (so that text shards are written with the image shards)."""
     folder = tmp_path_factory.mktemp("kills") / "src"
     folder.mkdir()
+    lines = ["path,caption"]
     for n in range(UNIQUE):
         draw(("happy", "sad")[n % 2:n % 2 + 1], seed=70_000 + n).save(folder / f"{n:03d}.png")
+        lines.append(f"{n:03d}.png,{'so sad today' if n % 3 == 0 else ''}")
         if n % 4 == 0:
             shutil.copy(folder / f"{n:03d}.png", folder / f"{n:03d}b.png")
-    return folder
+            lines.append(f"{n:03d}b.png,")
+    (folder / "posts.csv").write_text("\n".join(lines) + "\n")
+    return folder / "posts.csv"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@ worker is retried by Ray; without the extra, `--engine ray` fails at once naming
 (`reindex --engine ray`): the recall of the single-process build, exactly the live ids, tasks on both nodes.
 
 Ray starts slowly, so the tests share one local Ray (2 CPUs) per module; the two-node cluster test has its
-own. Kills are named fault points (index/faults.py), never timing.
+own. Ray runs on loopback only, with this run's home and temporary folder (tests/ray_clusters.py). Kills are
+named fault points (index/faults.py), never timing. Clusters started by `ray start` are in test_ray_cluster.py.
 """
 import importlib.util
 import json
@@ -24,6 +25,7 @@ from emoreact import embed_source
 from emoreact.bench.synthetic_store import Mixture, held_out_queries, write_store
 from emoreact.embed import EmbedConfig, RayConfig
 from emoreact.index import Store, ann, brute_force_search
+from ray_clusters import LOOPBACK, assert_loopback, isolated_ray
 from synthetic import draw
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -64,11 +66,13 @@ def local(source, tmp_path_factory, label_config) -> dict:
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """Ray, shut down at the end of the module."""
+    """Ray, shut down at the end of the module; its home (where a local Ray writes its token) and temporary
+    folder are this run's."""
     import ray
 
-    yield ray
-    ray.shutdown()
+    with isolated_ray():
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture()
@@ -76,7 +80,9 @@ def ray_local(ray_session):
     """One local Ray of 2 CPUs, started by the first test that needs it and kept for the next ones (the
     cluster test, which replaces it, runs last)."""
     if not ray_session.is_initialized():
-        ray_session.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray_session.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                         _node_ip_address=LOOPBACK)
+        assert_loopback(ray_session)
     return ray_session
 
 
@@ -86,10 +92,11 @@ def two_nodes(ray_session):
     from ray.cluster_utils import Cluster
 
     ray_session.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": LOOPBACK})
+    cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)
     ray_session.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
+    assert_loopback(ray_session)
     yield cluster
     ray_session.shutdown()
     cluster.shutdown()

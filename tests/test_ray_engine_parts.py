@@ -1,11 +1,14 @@
 """The Ray engine's parts, in this process and without Ray: the plan checked against the cluster's resources,
 the decode step, the model worker (`_Encoder`), the results turned back into the writer's items, the known
-hashes, the spec the workers load. Ray itself (the dataset, the actor pool, the driver's loop) is in
-test_ray_engine.py, marked `ray`.
+hashes, the spec the workers load, which cluster a job joins (Ray's bootstrap file, RAY_ADDRESS). Ray itself
+(the dataset, the actor pool, the driver's loop) is in test_ray_engine.py and test_ray_cluster.py, marked `ray`.
 
 Where a part only reads from Ray (the cluster's resources, the worker's node id), a stand-in gives just that.
 """
+import logging
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -208,3 +211,82 @@ def test_the_workers_spec_names_local_files_by_absolute_path(tmp_path, monkeypat
     for kept in (ModelSpec("ViT-B-32", "laion2b_s34b_b79k"), ModelSpec(TINY_MODEL, "none"),
                  ModelSpec("hf-hub:org/repo", "hf-hub:org/repo")):
         assert _portable(kept) == kept  # names, random weights, hub references and absolute paths stay
+
+
+# ---- which cluster a job joins: Ray's bootstrap file, RAY_ADDRESS, a port where nothing answers -----------------
+
+@pytest.fixture()
+def ray_tmpdir(tmp_path, monkeypatch) -> Path:
+    """Ray's temporary folder (and so its bootstrap file) in this test's folder, with no RAY_ADDRESS."""
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path
+
+
+def dead_address() -> str:
+    """Gives a loopback host:port where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.2", 0))
+        return f"127.0.0.2:{probe.getsockname()[1]}"
+
+
+def name_in_bootstrap_file(address: str) -> Path:
+    from emoreact.rayutil import bootstrap_file
+
+    file = bootstrap_file()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(address)  # what `ray start` writes, and leaves behind when its head is killed
+    return file
+
+
+def test_without_an_address_a_stale_bootstrap_file_gives_a_warning_and_a_local_ray(ray_tmpdir, caplog):
+    from emoreact.rayutil import resolve_address
+
+    stale = dead_address()
+    file = name_in_bootstrap_file(stale)
+    with caplog.at_level(logging.WARNING, logger="emoreact.rayutil"):
+        assert resolve_address(None) is None  # a local Ray, not the dead cluster
+    assert f"Ray's bootstrap file {file} names {stale}, where no Ray cluster answers" in caplog.text
+    assert "`ray stop` removes the stale file" in caplog.text
+
+
+def test_without_an_address_a_live_cluster_in_the_file_is_not_joined(ray_tmpdir, caplog):
+    from emoreact.rayutil import resolve_address
+
+    with socket.socket() as head:
+        head.bind(("127.0.0.2", 0))
+        head.listen()
+        name_in_bootstrap_file(f"127.0.0.2:{head.getsockname()[1]}")
+        with caplog.at_level(logging.INFO, logger="emoreact.rayutil"):
+            assert resolve_address(None) is None
+    assert "this job starts its own local Ray (--ray-address auto joins that cluster)" in caplog.text
+
+
+def test_auto_fails_at_once_on_a_stale_or_missing_bootstrap_file(ray_tmpdir):
+    from emoreact.rayutil import resolve_address
+
+    with pytest.raises(EngineError, match=r"--ray-address auto: no Ray cluster was started on this machine"):
+        resolve_address("auto")
+    stale = dead_address()
+    name_in_bootstrap_file(stale)
+    with pytest.raises(EngineError, match=re.escape(f"names {stale}, where no Ray cluster answers: its head stopped "
+                                                    "without `ray stop`. Run `ray stop`")):
+        resolve_address("auto")
+
+
+def test_ray_address_is_joined_when_no_address_is_given_and_local_always_starts_one(ray_tmpdir, monkeypatch):
+    from emoreact.rayutil import resolve_address
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
+    assert resolve_address(None) == "10.1.2.3:6379"
+    assert resolve_address("local") is None
+    assert resolve_address("10.9.9.9:6379") == "10.9.9.9:6379"
+
+
+def test_an_address_where_nothing_answers_fails_at_once_naming_it(ray_tmpdir):
+    from emoreact.rayutil import check_cluster
+
+    dead = dead_address()
+    with pytest.raises(EngineError, match=re.escape(f"no Ray cluster at --ray-address '{dead}': nothing answers")):
+        check_cluster(None, dead)

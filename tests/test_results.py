@@ -9,7 +9,9 @@ LABELS = ["happy", "sad"]
 
 def _values(record: Record) -> dict:
     sample = {"str": "x", "int": 1, "score": 0.123456, "bool": True, "strings": ["a"],
-              "label_scores": {"happy": 0.5, "sad": 0.25}, "emoji_scores": {"😢": 0.75}, "neighbours": []}
+              "label_scores": {"happy": 0.5, "sad": 0.25}, "emoji_scores": {"😢": 0.75}, "neighbours": [],
+              "post_text": {"caption": "so sad", "ocr": [{"text": "EWW", "score": 0.98765, "box": [[1, 2]] * 4}]},
+              "channels": {"image": {"happy": 0.5, "sad": 0.25}, "text": None}, "label_channels": {"sad": "text"}}
     return {f.name: sample[f.kind] for f in record.fields}
 
 
@@ -61,3 +63,15 @@ def test_a_bad_record_is_refused():
         ResultField("x", "complex", "no such kind")
     with pytest.raises(ValueError, match="unique"):
         Record("Twice", "a field twice", (PREDICTION.fields[0], PREDICTION.fields[0]))
+
+
+def test_a_posts_words_and_channels_round_like_scores_and_fill_their_arrow_columns():
+    import pyarrow as pa
+
+    answer = PREDICTION.answer(**_values(PREDICTION))
+    assert answer["text"] == {"caption": "so sad", "ocr": [{"text": "EWW", "score": 0.9877, "box": [[1.0, 2.0]] * 4}]}
+    assert answer["channels"] == {"image": {"happy": 0.5, "sad": 0.25}, "text": None}
+    table = pa.Table.from_pylist([answer], schema=PREDICTION.arrow_schema(LABELS))
+    row = table.to_pylist()[0]
+    assert row["text"]["ocr"][0]["text"] == "EWW" and row["channels"]["text"] is None
+    assert dict(row["decided_by"]) == {"sad": "text"}

@@ -70,7 +70,8 @@ def test_a_0_3_0_store_grows_and_removes_after_its_writer_migrates_it(tmp_path):
     source = make_manifest(tmp_path / "more", [((LABELS[n % 8],), "train") for n in range(6)], seed=77)
     embed_source(source, root, TINY, device="cpu", config=FAST_EMBED)
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["format_version"] == VERSION and manifest["vector_sets"] == {"image": {"dim": 64, "folder": "vectors"}}
+    assert manifest["format_version"] == VERSION and manifest["vector_sets"] == {
+        "image": {"dim": 64, "folder": "vectors"}, "text": {"dim": 64, "folder": "vectors-text"}}
     with Store.open(root) as store:
         assert len(store) == 29 and store.rows == 30 and store.known_hashes() >= {store.items([0])[0].sha256}
         new = store.items()[-1]

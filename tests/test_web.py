@@ -163,7 +163,7 @@ def test_chunked_upload_without_content_length_over_the_limit_is_413(make_app):
 
 def test_an_over_long_form_field_is_413_in_plain_words(client):
     response = client.post("/api/predict", data={**upload(("a.png", encoded())), "k": "1" * 600_000})
-    assert_error(response, 413, "over-long text field")
+    assert_error(response, 413, "a text field over 256 KiB", "caption")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -356,7 +356,7 @@ def test_an_unexpected_failure_is_json_500_without_a_traceback(make_app, predict
         store, head, backbone, labels, max_pixels = (predictor.store, predictor.head, predictor.backbone,
                                                      predictor.labels, predictor.max_pixels)
 
-        def predict_files(self, files, k):
+        def predict_files(self, files, k, captions=None):
             raise RuntimeError("secret internal detail /srv/model")
 
     client = create_app(WebConfig(loader=lambda config: Broken())).test_client()

@@ -35,8 +35,12 @@ def predict(form: s.ImageForm, query: s.KQuery):
     if form.k is not None and query.k is not None:
         _k(query.k, minimum=0)  # the form's k wins, but a query k out of range is still an error
     k = _k(form.k if form.k is not None else query.k, minimum=0)
+    captions = form.caption or None
+    if captions is not None and len(captions) != len(form.image):
+        abort(400, f"{len(captions)} captions for {len(form.image)} images: send no 'caption' field, or one per "
+                   "image in the order of the images (an empty one for an image without)")
     files = [(_filename(f, i), f.read()) for i, f in enumerate(form.image)]
-    results = [_with_status(r) for r in predictor().predict_files(files, k)]
+    results = [_with_status(r) for r in predictor().predict_files(files, k, captions)]
     failed = [r for r in results if "error" in r]
     if len(failed) < len(results):
         return jsonify(results=results)

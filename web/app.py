@@ -35,6 +35,7 @@ Every error answers JSON `{"error": "..."}`: 400 bad request (no file, not an im
 Keys: send `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Feedback needs a key, retraining an
 admin key; reads are open unless the server runs with `--require-key-for-read`."""
 
+_MAX_TEXT_FIELD = 256 * 1024  # bytes of one text form field (a caption); over werkzeug's 64 KiB read chunk, which it also bounds
 _SPARE_FORM_PARTS = 8  # form parts allowed beyond max_files: k, and fields a client adds that are ignored
 _MISSING = {  # what to say when a required field is absent
     "image": "no image was sent: attach one or more files in the multipart form field 'image'",
@@ -51,9 +52,12 @@ def create_app(config: WebConfig | Mapping | None = None) -> OpenAPI:
                   validation_error_model=ErrorBody, validation_error_callback=_validation_error)
     # Werkzeug enforces this on every body, streamed (chunked) ones included, before a view reads it.
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
-    # A form holds at most max_files images and k; werkzeug stops parsing at the first part over this
+    # A form holds at most max_files images, their captions and k; werkzeug stops parsing at the first part over this
     # and answers 413, so thousands of tiny parts cost no more than a normal upload.
-    app.config["MAX_FORM_PARTS"] = config.max_files + _SPARE_FORM_PARTS
+    app.config["MAX_FORM_PARTS"] = 2 * config.max_files + _SPARE_FORM_PARTS  # an image and its caption each
+    # A text field (a caption) over this answers 413 before it is read whole; a caption is cut to
+    # MAX_CAPTION_CHARS characters anyway (embed/texts.py), so this only bounds what is parsed.
+    app.config["MAX_FORM_MEMORY_SIZE"] = _MAX_TEXT_FIELD
     app.json.sort_keys = False  # emotion_scores stay in label order, as the CLI prints them
     app.json.ensure_ascii = False  # emojis as emojis
     keys = load_api_keys(config.api_keys) if config.api_keys is not None else ()
@@ -126,8 +130,9 @@ def _message(exc: HTTPException) -> str:
         limit = resources().config.max_upload_bytes
         if request.content_length is not None and request.content_length <= limit:
             parts = current_app.config["MAX_FORM_PARTS"]
-            return (f"the form has more than {parts} parts or an over-long text field; send at most "
-                    f"{resources().config.max_files} images in the field 'image' and k as a number")
+            return (f"the form has more than {parts} parts or a text field over {describe_size(_MAX_TEXT_FIELD)}; "
+                    f"send at most {resources().config.max_files} images in the field 'image', at most one "
+                    "caption each in the field 'caption', and k as a number")
         return (f"the upload is larger than the limit of {describe_size(limit)} per request; "
                 "send fewer or smaller images")
     return f"{exc.name}: {exc.description}"

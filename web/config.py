@@ -31,6 +31,7 @@ def load_predictor(config: "WebConfig") -> "Predictor":
     if config.store is None or config.head is None:
         raise ValueError("the web app needs both a store and a head; pass --store STORE --head HEAD")
     loaded = predictor.load(config.store, config.head, config)
+    loaded.warm()  # the OCR models load now, not in the first request that has words to read
     batch = config.micro_batch if config.micro_batch is not None else loaded.backbone.device.type == "cuda"
     return loaded.batch_calls(MicroBatcher) if batch else loaded
 

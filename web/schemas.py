@@ -48,6 +48,9 @@ class ImageForm(BaseModel):
 
     image: list[Upload] = Field(description="one or more image files (JPEG, PNG, WebP or GIF), "
                                                  "each in its own part named 'image'")
+    caption: list[str] = Field([], description="the caption posted with each image, in the order of "
+                                                        "the images: none at all, or one part named 'caption' "
+                                                        "per image (an empty one for an image without)")
     k: Whole | None = Field(None, ge=0, description="neighbours per image (default: the server's)")
 
 

@@ -1,4 +1,5 @@
-// EmoReact upload page: one request per image to /api/predict, two at a time, results as they come;
+// EmoReact upload page: one request per image (with the caption box's text) to /api/predict, two at a time,
+// results as they come, with the words read and the channel (picture or words) that drove each emotion;
 // a moderator corrects a result with POST /api/feedback, using a key kept for this browser tab only.
 "use strict";
 
@@ -119,22 +120,28 @@ function addFiles(fileList) {
   if (!files.length) return;
   showNotice("");
   const results = document.getElementById("results");
+  const caption = document.getElementById("caption-input").value;
   for (const file of files) {
-    const card = makeCard(file);
+    const card = makeCard(file, caption);
     results.prepend(card);
     if (file.size > page.limits.maxUpload) {
       showError(card, "Too large to upload",
         `This file is ${mib(file.size)}; the server takes at most ${mib(page.limits.maxUpload)} per upload.`);
       continue;
     }
-    page.queue.push({ file, card });
+    page.queue.push({ file, card, caption });
   }
   document.getElementById("clear").disabled = false;
   pump();
 }
 
-function makeCard(file) {
+function makeCard(file, caption) {
   const card = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
+  if (caption.trim()) {
+    const posted = card.querySelector(".posted-caption");
+    posted.textContent = caption.trim();
+    posted.hidden = false;
+  }
   const img = card.querySelector(".frame img");
   const url = URL.createObjectURL(file);
   img.addEventListener("load", () => {
@@ -157,16 +164,17 @@ function pump() {
   while (page.running < PARALLEL && page.queue.length) {
     const job = page.queue.shift();
     page.running += 1;
-    predict(job.file, job.card).finally(() => {
+    predict(job.file, job.card, job.caption).finally(() => {
       page.running -= 1;
       pump();
     });
   }
 }
 
-async function predict(file, card) {
+async function predict(file, card, caption) {
   const form = new FormData();
   form.append("image", file, file.name);
+  if (caption && caption.trim()) form.append("caption", caption);
   const k = Number(document.getElementById("k-input").value);
   if (Number.isInteger(k) && k >= 0) form.append("k", String(Math.min(k, page.limits.kMax)));
   let response;
@@ -225,12 +233,17 @@ function showResult(card, result) {
   const parts = [];
   if (unsure) parts.push(unsureBox(result));
   parts.push(
-    section(unsure ? "Emotions (a guess)" : "Detected emotions", emotionChips(result.predicted_emotions), "detected"),
+    section(unsure ? "Emotions (a guess)" : "Detected emotions",
+      emotionChips(result.predicted_emotions, result.decided_by || {}), "detected"),
     section("Emotion scores", scoreBars(result.emotion_scores, result.predicted_emotions), "scores"),
     section(unsure ? "Possible reactions (none is certain)" : "Suggested reactions, best first",
       reactionList(result.allowed_emojis, result.reaction_scores || {}, unsure), "allowed-section"),
     section("Blocked reactions", emojiList(result.blocked_emojis, "blocked", "Nothing is blocked."),
       "blocked-section"),
+  );
+  const words = wordsRead(result.text);
+  if (words) parts.push(section("Words in the post", words, "words"));
+  parts.push(
     section(`Nearest indexed images (${result.neighbours.length}${result.neighbours_exact === false ?
       ", approximate search: nearer ones may exist" : ""})`, neighbourGrid(result.neighbours), "near"),
   );
@@ -243,13 +256,36 @@ function showResult(card, result) {
   });
 }
 
+function wordsRead(text) {
+  if (!text || (!text.caption && !(text.ocr || []).length)) return null;
+  const box = el("div", "words-read");
+  if (text.caption) {
+    const line = el("p", "caption-line");
+    line.append(el("span", "muted", "Caption: "), el("q", "", text.caption));
+    box.append(line);
+  }
+  if ((text.ocr || []).length) {
+    box.append(el("p", "muted", "Read in the image:"));
+    const list = el("ul", "ocr-lines");
+    for (const line of text.ocr) {
+      const item = el("li", "");
+      item.append(el("q", "", line.text), el("span", "fit", line.score.toFixed(2)));
+      list.append(item);
+    }
+    box.append(list);
+  }
+  return box;
+}
+
 function section(title, body, extra) {
   const node = el("section", extra || "");
   node.append(el("h3", "", title), body);
   return node;
 }
 
-function emotionChips(predicted) {
+const CHANNEL_NAMES = { image: "from the picture", text: "from the words" };
+
+function emotionChips(predicted, decidedBy) {
   const chips = el("div", "chips emotions");
   if (!predicted.length) {
     chips.append(el("span", "chip none", "No emotion passed its threshold"));
@@ -257,6 +293,11 @@ function emotionChips(predicted) {
   for (const label of predicted) {
     const chip = el("span", "chip", label);
     chip.style.setProperty("--tone", tone(label));
+    const channel = decidedBy[label];
+    if (channel === "text") {  // the picture alone is what every image-only answer is: only words are marked
+      chip.append(el("span", "channel", CHANNEL_NAMES[channel]));
+      chip.dataset.channel = channel;
+    }
     chips.append(chip);
   }
   return chips;
