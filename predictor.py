@@ -305,7 +305,8 @@ class Predictor:
             results.append(PREDICTION.answer(
                 image=name, predicted_emotions=predicted, allowed_emojis=list(fit), blocked_emojis=blocked,
                 emotion_scores=dict(zip(self.labels, p.tolist())), reaction_scores=fit, novelty=new,
-                unsure=None if new is None else new >= self.unsure_above, neighbours=near, text=posts[n],
+                unsure=None if new is None else new >= self.unsure_above, neighbours=near,
+                neighbours_exact=None if self.store is None else self.store.index_settings.exact, text=posts[n],
                 channels={"image": dict(zip(self.labels, image_scores[n].tolist())),
                           "text": None if read is None else dict(zip(self.labels, read.tolist()))},
                 decided_by={label: channel[label] for label in predicted}))

@@ -185,6 +185,10 @@ PREDICTION = Record("Prediction", "One image's answer, the same object `cli.py p
                                 "treat the answer as a guess (null: no store)", nullable=True),
     ResultField("neighbours", NEIGHBOURS, "the k nearest indexed images (left out without a store)",
                 omitted_when_none=True),
+    ResultField("neighbours_exact", BOOL, "true: the neighbours are the exact k nearest (a flat index); false: an "
+                                          "approximate index's, exact similarities but nearer images may be missing "
+                                          "(its measured recall@10 is in the store manifest; more likely when "
+                                          "novelty is high) (left out without a store)", omitted_when_none=True),
     ResultField("text", POST_TEXT, "the post's words: its caption and the lines read in its image"),
     ResultField("channels", CHANNELS, "each channel's own score per label: image (the picture alone) and text "
                                       "(the words alone; null when the post has none or the head reads no words)"),

@@ -29,14 +29,15 @@ Search settings (`nprobe`, and `candidates`, how many proposals are re-ranked) a
 time: for each pool size the smallest nprobe reaching the recall target on held-out stored vectors
 (their own entry excluded), then the cheapest of those by a cost model (codes scanned plus
 re-ranked candidates, deterministic on any machine); both are stored in the store manifest and can
-be overridden per open.
+be overridden per open. Then the adaptive search's second pass, for queries unlike the stored rows,
+is tuned the same way (index/adaptive.py) and recorded beside them.
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -74,10 +75,24 @@ class IndexSettings:
     recall_at_10: float | None = None  # measured at tuning, against exact search
     removed_applied: int = 0     # removals (rows of the removed table) already taken out of the index
     build_seconds: float | None = None
+    # The adaptive search (index/adaptive.py), tuned with nprobe/candidates; None/0: every query alike
+    far_below: float | None = None   # a query whose signal (adaptive.signal) is below this is searched again...
+    far_weight: float = 0.0          # ...the signal being its best re-ranked similarity less this x its last list's
+    far_nprobe: int = 0              # ...probing this many lists
+    far_candidates: int = 0          # ...and re-ranking this many proposals
+    far_recall_at_10: float | None = None  # measured at tuning on queries unlike the stored rows
 
     @property
     def approximate(self) -> bool:
         return not is_flat(self.factory)
+
+    @property
+    def exact(self) -> bool:
+        """Tells whether a search returns the exact neighbours: a flat index, or an approximate one
+        probing every list and re-ranking every row (only ever set by hand, on a small store)."""
+        lists = _lists(self.factory) if self.approximate and "IVF" in self.factory else None
+        return not self.approximate or (lists is not None and self.nprobe >= lists
+                                        and self.candidates >= self.indexed_rows)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -206,30 +221,35 @@ def rerank(queries: np.ndarray, proposals: np.ndarray, k: int,
 
 def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query_ids: np.ndarray,
          truth: np.ndarray, rows_of: Callable[[np.ndarray], np.ndarray], k: int = 10,
-         target: float = RECALL_TARGET + TUNING_MARGIN) -> IndexSettings:
-    """Gives `settings` with the cheapest (nprobe, candidates) whose recall@k on `queries` (stored rows
-    `query_ids`, whose exact neighbours besides themselves are `truth` (Q, k)) reaches `target`; when
-    none does, the most accurate setting tried, with a warning."""
+         target: float = RECALL_TARGET + TUNING_MARGIN, nprobes: Sequence[int] = NPROBES,
+         pools: Sequence[int] = CANDIDATES) -> IndexSettings:
+    """Gives `settings` with the cheapest (nprobe, candidates) of `nprobes` x `pools` whose recall@k on
+    `queries` (stored rows `query_ids`, -1 for a query not stored, whose exact neighbours besides
+    themselves are `truth` (Q, k)) reaches `target`; when none does, the most accurate setting tried,
+    with a warning."""
     ivf = faiss.extract_index_ivf(index)
     lists = ivf.nlist
     sizes = list_sizes(ivf)
     reaching: dict[int, tuple[int, float]] = {}  # candidates -> (smallest nprobe, its recall)
     scanned: dict[int, float] = {}  # nprobe -> codes a query scans, on average over these queries
-    best_seen = (0.0, NPROBES[0], CANDIDATES[-1])
-    for nprobe in [p for p in NPROBES if p <= lists]:
-        trial = settings.with_(nprobe=nprobe, candidates=CANDIDATES[-1])
+    tried = [p for p in nprobes if p <= lists] or [lists]
+    known = _ExactScores(rows_of, len(queries))  # each (query, row) product read once over all trials
+    best_seen = (0.0, tried[0], pools[-1])
+    for nprobe in tried:
+        trial = settings.with_(nprobe=nprobe, candidates=pools[-1])
         configure(index, trial)
         scanned[nprobe] = codes_scanned(ivf, sizes, queries, nprobe)
-        _, proposals = index.search(queries, CANDIDATES[-1] + 1)
-        for pool in CANDIDATES:
+        _, proposals = index.search(queries, pools[-1] + 1)
+        exact = known.scores(queries, proposals)
+        for pool in pools:
             if pool in reaching:
                 continue
-            _, ids = rerank(queries, proposals[:, :pool + 1], k + 1, rows_of)
+            ids = _best_of_prefix(proposals, exact, pool + 1, k + 1)
             got = recall_excluding_self(ids, query_ids, truth, k)
             best_seen = max(best_seen, (got, nprobe, pool))
             if got >= target:
                 reaching[pool] = (nprobe, got)
-        if len(reaching) == len(CANDIDATES):
+        if len(reaching) == len(pools):
             break
     if not reaching:
         got, nprobe, pool = best_seen
@@ -249,6 +269,41 @@ def tune(index: faiss.Index, settings: IndexSettings, queries: np.ndarray, query
     chosen = settings.with_(nprobe=nprobe, candidates=pool, recall_at_10=round(got, 4))
     configure(index, chosen)  # the index is saved as it will serve, not at the last trial's breadth
     return chosen
+
+
+class _ExactScores:
+    """The exact inner products of each query with the rows proposed for it so far, each row read once."""
+
+    def __init__(self, rows_of: Callable[[np.ndarray], np.ndarray], count: int) -> None:
+        self.rows_of = rows_of
+        self.ids = [np.zeros(0, np.int64) for _ in range(count)]  # per query: ids read, ascending
+        self.exact = [np.zeros(0, np.float32) for _ in range(count)]  # and their exact scores
+
+    def scores(self, queries: np.ndarray, proposals: np.ndarray) -> np.ndarray:
+        """Gives (Q, P) float32 exact scores of `proposals` (Q, P) ids (-inf where -1)."""
+        out = np.full(proposals.shape, -np.inf, np.float32)
+        for q, (query, row) in enumerate(zip(queries, proposals)):
+            new = np.setdiff1d(row[row >= 0], self.ids[q])
+            if len(new):
+                ids = np.concatenate([self.ids[q], new])
+                exact = np.concatenate([self.exact[q], self.rows_of(new) @ query])
+                order = np.argsort(ids, kind="stable")
+                self.ids[q], self.exact[q] = ids[order], exact[order].astype(np.float32)
+            if len(self.ids[q]):
+                where = np.minimum(np.searchsorted(self.ids[q], row), len(self.ids[q]) - 1)
+                out[q] = np.where(row >= 0, self.exact[q][where], -np.inf)
+        return out
+
+
+def _best_of_prefix(proposals: np.ndarray, exact: np.ndarray, pool: int, k: int) -> np.ndarray:
+    """Gives (Q, k) ids: the best k by exact score among each query's first `pool` proposals (-1: none), as
+    `rerank` orders them."""
+    ids = np.full((len(proposals), k), -1, np.int64)
+    for q, (row, scores) in enumerate(zip(proposals[:, :pool], exact[:, :pool])):
+        keep = row >= 0
+        best = np.argsort(-scores[keep], kind="stable")[:k]
+        ids[q, :len(best)] = row[keep][best]
+    return ids
 
 
 def list_sizes(ivf: faiss.IndexIVF) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Protocol
 import faiss
 import numpy as np
 
-from . import ann
+from . import adaptive, ann
 from .ann import IndexSettings
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,15 @@ def build(factory: str, dim: int, rows: int, live_ids: np.ndarray, live_blocks: 
 
 def tune_on_store(index: faiss.Index, settings: IndexSettings, live_ids: np.ndarray, live_blocks: Blocks,
                   rows_of: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> IndexSettings:
-    """Gives `settings` tuned on a seeded sample of stored rows as queries (their own entry excluded)."""
+    """Gives `settings` tuned on a seeded sample of stored rows as queries (their own entry excluded), then
+    the adaptive rule's second pass on as many queries unlike them (index/adaptive.py)."""
     queries_ids = _sample(live_ids, min(ann.TUNING_QUERIES, len(live_ids)), seed + 1)
     queries = rows_of(queries_ids)
-    _, truth = ann.exact_neighbours(queries, live_blocks(), 10, exclude=queries_ids)
-    return ann.tune(index, settings, queries, queries_ids, truth, rows_of)
+    far = adaptive.far_queries(queries, adaptive.FAR_QUERIES, seed) if len(queries) > 1 else queries[:0]
+    exclude = np.concatenate([queries_ids, np.full(len(far), -1, np.int64)])  # one pass over the store for both
+    _, truth = ann.exact_neighbours(np.concatenate([queries, far]), live_blocks(), 10, exclude=exclude)
+    settings = ann.tune(index, settings, queries, queries_ids, truth[:len(queries)], rows_of)
+    return adaptive.tune_far(index, settings, queries, queries_ids, far, truth[len(queries):], rows_of)
 
 
 def add_new_rows(index: faiss.Index, settings: IndexSettings, rows: int,

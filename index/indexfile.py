@@ -16,7 +16,7 @@ import numpy as np
 
 from emoreact import __version__
 
-from . import ann, building
+from . import adaptive, ann, building
 from .ann import IndexSettings
 from .atomic import atomic_path
 from .errors import StoreError
@@ -34,7 +34,8 @@ class IndexFile:
     """The index the manifest names, in the store folder `folder`: read on first search, replaced by `publish`.
 
     `overrides` (nprobe, candidates) replace the tuned search settings of an approximate index for
-    this process; `dim` is the store's."""
+    this process; `dim` is the store's. An index whose manifest record has the adaptive rule's settings
+    (`far_below`, index/adaptive.py) searches again, wider, the queries unlike the stored rows."""
 
     def __init__(self, folder: Path, manifest: ManifestFile, dim: int, overrides: dict | None = None) -> None:
         self.folder, self.dim = folder, dim
@@ -75,7 +76,9 @@ class IndexFile:
         to make up for those dropped. An approximate index's candidates are re-ranked exactly on
         `rows_of(ids) -> (n, D) float32`."""
         settings = self.settings
-        if settings.approximate:
+        if adaptive.applies(self.index, settings):
+            scores, ids = adaptive.search(self.index, settings, queries, k + extra, rows_of)
+        elif settings.approximate:
             scores, ids = ann.search(self.index, settings, queries, k + extra, rows_of)
         else:
             scores, ids = search(self.index, queries, k + extra)

@@ -71,7 +71,9 @@ def test_predict_gives_the_same_result_for_a_path_bytes_and_a_pil_image(clf, tmp
     assert by_path["image"] == str(path) and by_bytes["image"] == "<bytes>"
     assert _without_name(by_path) == _without_name(by_string) == _without_name(by_bytes) == _without_name(by_pil)
     assert set(by_path) == {"image", "predicted_emotions", "allowed_emojis", "blocked_emojis", "emotion_scores",
-                            "reaction_scores", "novelty", "unsure", "neighbours", "text", "channels", "decided_by"}
+                            "reaction_scores", "novelty", "unsure", "neighbours", "neighbours_exact", "text",
+                            "channels", "decided_by"}
+    assert by_path["neighbours_exact"] is True  # the test store's index is flat: its neighbours are exact
 
 
 def test_every_entry_decodes_alike_upright_and_at_reduced_scale(clf, tmp_path):
@@ -103,10 +105,11 @@ def test_head_only_predictor_gives_the_same_scores_without_neighbours(clf, train
     assert head_only.store is None
     photo = _photo(seed=9)
     alone = head_only.predict(photo)
-    assert "neighbours" not in alone
+    assert "neighbours" not in alone and "neighbours_exact" not in alone
     assert alone["novelty"] is None and alone["unsure"] is None  # novelty is measured against a store
     with_store = clf.predict(photo)
-    assert alone == {**{k: v for k, v in with_store.items() if k != "neighbours"}, "novelty": None, "unsure": None}
+    assert alone == {**{k: v for k, v in with_store.items() if k not in ("neighbours", "neighbours_exact")},
+                     "novelty": None, "unsure": None}
 
 
 def test_head_only_predictor_with_other_weights_is_refused_naming_the_fix(trained):

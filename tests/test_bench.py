@@ -29,23 +29,37 @@ def test_head_bench_sets_are_single_and_multi_label_with_middle_classes():
     assert 0.4 < float((x[:100] @ x[:100].T).mean()) < 0.6  # CLIP-like shared direction
 
 
+@pytest.mark.subprocess  # each search served by its own process, per kind of query: ~15 s
 def test_index_bench_reports_recall_latency_and_memory_beside_exact_search(tmp_path):
     from emoreact.bench import index_bench
 
-    result = index_bench.run(size=3000, dim=64, index="IVF16_HNSW32,RaBitQ", keep=tmp_path / "store")
+    result = index_bench.run(size=3000, dim=64, index="IVF16_HNSW32,RaBitQ", keep=tmp_path / "store", rounds=1)
     assert result["index"] == "IVF16_HNSW32,RaBitQ" and result["vectors"] == 3000
     assert 0.0 < result["recall_at_10"] <= 1.0 and result["p95_ms"] >= result["p50_ms"] >= 0
     assert result["exact_p95_ms"] >= 0 and "speedup_p95" in result and result["server_rss_mib"] > 0
     assert result["warmup_p95_ms"] >= result["warmup_p50_ms"] > 0  # 1,000 other queries, answered first
     assert result["add_1pct_seconds"] >= 0 and result["index_after_add"] == "IVF16_HNSW32,RaBitQ"  # ms on 3,000 rows
+    assert set(result["by_query"]) == {"held_out", "near_copies", "new_topics"}  # each kind, as served and fixed
+    for figures in result["by_query"].values():
+        for search in ("adaptive", "fixed") if result["far_below"] is not None else ("adaptive",):
+            assert 0 < figures[search]["recall_at_10"] <= 1 and figures[search]["p95_ms"] >= figures[search]["p50_ms"] > 0
+            assert figures[search]["similarity_gap_p95"] >= 0 and figures[search]["similarity_gap_mean"] >= 0
+    new_topics = result["by_query"]["new_topics"]
+    assert new_topics["best_cosine_median"] < result["by_query"]["near_copies"]["best_cosine_median"]
+    if result["far_below"] is not None:  # the second pass only adds candidates: never fewer true neighbours,
+        for figures in result["by_query"].values():  # never a lower similarity at any rank
+            assert figures["adaptive"]["recall_at_10"] >= figures["fixed"]["recall_at_10"]
+            assert figures["adaptive"]["similarity_gap_mean"] <= figures["fixed"]["similarity_gap_mean"]
+            assert 0 <= figures["second_pass_share"] <= 1
     from emoreact.bench.synthetic_store import Mixture
     from emoreact.index import Store
 
     kept = Store.open(tmp_path / "store", with_index=False)  # a rerun on the kept store draws queries from
     assert Mixture.of_store(kept) == Mixture.for_rows(3000, 64)  # the mixture it was written from
     kept.close()
-    flat = index_bench.run(size=500, dim=64, index="flat")
+    flat = index_bench.run(size=500, dim=64, index="flat", rounds=1)
     assert flat["index"] == "Flat" and flat["recall_at_10"] == 1.0  # exact search agrees with brute force
+    assert all(f["adaptive"]["recall_at_10"] == 1.0 and f["fixed"] is None for f in flat["by_query"].values())
 
 
 def test_codes_bench_measures_rabitq_and_pq_on_the_same_lists(tmp_path):

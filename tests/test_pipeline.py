@@ -33,7 +33,8 @@ def test_predictor_answers_in_the_mission_format(store_path, trained):
     draw(("sad",), seed=999_001).save(buffer, "PNG")
     [result] = predictor.predict_files([("sad.png", buffer.getvalue())], k=3)
     assert set(result) == {"image", "predicted_emotions", "allowed_emojis", "blocked_emojis",
-                           "emotion_scores", "reaction_scores", "novelty", "unsure", "neighbours", "text", "channels", "decided_by"}
+                           "emotion_scores", "reaction_scores", "novelty", "unsure", "neighbours", "neighbours_exact",
+                           "text", "channels", "decided_by"}
     assert list(result["emotion_scores"]) == predictor.labels
     assert all(0.0 <= s <= 1.0 for s in result["emotion_scores"].values())
     assert result["predicted_emotions"][0] == "sad"

@@ -244,7 +244,8 @@ function showResult(card, result) {
   const words = wordsRead(result.text);
   if (words) parts.push(section("Words in the post", words, "words"));
   parts.push(
-    section(`Nearest indexed images (${result.neighbours.length})`, neighbourGrid(result.neighbours), "near"),
+    section(`Nearest indexed images (${result.neighbours.length}${result.neighbours_exact === false ?
+      ", approximate search: nearer ones may exist" : ""})`, neighbourGrid(result.neighbours), "near"),
   );
   verdict.replaceChildren(...parts);
   verdict.classList.toggle("unsure", unsure);
