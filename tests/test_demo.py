@@ -1,6 +1,6 @@
 """The bundled emoji CLIP and the offline demo, end to end, with the demo's quality targets.
 
-`cli.py demo --no-serve` runs once per test run (about 15 s on a 2-core CPU; the `demo_run` fixture of
+`cli.py demo --no-serve` runs once per test run (about a minute on a 2-core CPU; the `demo_run` fixture of
 tests/conftest.py, which the installed-wheel test reads too); its report must meet the user's success
 criteria on every held-out style, and the head it trains must give the known answers on test-style
 images it never saw.
@@ -73,6 +73,11 @@ def test_demo_runs_end_to_end_and_writes_its_report(demo_run):
         assert split["emojis_seen_by_clip"]["images"] + split["emojis_unseen_by_clip"]["images"] == 184
         assert held["head_with_prior"]["per_label"]["other"]["support"] > 50
     assert summary["criteria_met"] == report["quality"]["criteria"]["all_met"]
+    posts = report["posts"]
+    assert report["inputs"] == ["image", "text", "has_text"] and posts["test_posts"] == 64
+    assert set(posts["macro_f1_by_slice"]) == {"picture", "caption", "drawn", "both"}
+    for scores in posts["macro_f1_by_slice"].values():
+        assert scores["posts"] == 16 and 0 <= scores["image_only"] <= 1 and 0 <= scores["post"] <= 1
     for name in ("metrics_test.json", "per_label_f1.png", "pr_curves.png", "training_curves.png"):
         assert (out / "head" / name).exists()
 
