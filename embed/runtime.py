@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 GRAPH_FORMAT = 1  # bump when the export changes, so that cached graphs are exported again
 _OPSET = 17
+_EXPORTING = threading.Lock()  # torch.onnx.export keeps global state: one export at a time in a process
 _INSTALL = 'pip install "emoreact[onnx]" (onnxruntime and onnx; the ocr extra brings onnxruntime too)'
 
 
@@ -73,16 +74,17 @@ def graph_folder(spec: ModelSpec, config: dict, weights_path: Path | None) -> Pa
 def cached_graph(folder: Path, tower: str, precision: str, module: torch.nn.Module, example: torch.Tensor) -> Path:
     """Gives the path of a tower's graph at `precision`, exporting (and quantising) it first if not cached."""
     fp32 = folder / f"{tower}-fp32.onnx"
-    if not fp32.is_file():
-        log.info("exporting the %s tower to ONNX (once per weights): %s", tower, fp32)
-        _atomic(fp32, lambda tmp: _export(module, example, tmp))
-    if precision == "fp32":
-        return fp32
-    quantised = folder / f"{tower}-{precision}.onnx"
-    if not quantised.is_file():
-        log.info("quantising the %s tower to %s (once per weights): %s", tower, precision, quantised)
-        _atomic(quantised, lambda tmp: _quantise(fp32, tmp))
-    return quantised
+    with _EXPORTING:
+        if not fp32.is_file():
+            log.info("exporting the %s tower to ONNX (once per weights): %s", tower, fp32)
+            _atomic(fp32, lambda tmp: _export(module, example, tmp))
+        if precision == "fp32":
+            return fp32
+        quantised = folder / f"{tower}-{precision}.onnx"
+        if not quantised.is_file():
+            log.info("quantising the %s tower to %s (once per weights): %s", tower, precision, quantised)
+            _atomic(quantised, lambda tmp: _quantise(fp32, tmp))
+        return quantised
 
 
 class OnnxTower:
