@@ -524,13 +524,14 @@ def removed(store_path) -> None:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup", "posts"]))
+@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup", "posts", "runtime"]))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--model", default=None,
-              help=f"Backbone: embed/api {DEFAULT_MODEL} with random weights; posts the bundled emoreact-emoji-s.")
+              help=f"Backbone: embed/api/runtime {DEFAULT_MODEL} with random weights (runtime adds the bundled "
+                   "model); posts the bundled emoreact-emoji-s.")
 @click.option("--size", default=None, type=click.IntRange(1),
               help="Images (embed: 256), vectors (head: 100000, index and codes: 1000000, dedup: 50000), "
-                   "seconds per level (api: 10) or posts per slice (posts: 60).")
+                   "seconds per level (api and runtime: 10) or posts per slice (posts: 60).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
               help="embed: measure each pipeline this many times, in turn, and keep its best.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
@@ -571,6 +572,12 @@ def bench(what, device, model, size, rounds, engine, index_kind, batch_size, wor
         result = codes_bench.run(size or 1_000_000, keep=keep)
     elif what == "dedup":
         result = dedup_bench.run(size or 50_000)
+    elif what == "runtime":  # torch fp32 against ONNX Runtime fp32 and int8, on the CPU (the onnx extra)
+        from emoreact.bench import runtime_bench
+
+        if device not in ("auto", "cpu"):
+            raise click.UsageError("bench runtime measures the CPU: pass --device cpu")
+        result = runtime_bench.run(model, seconds=size or 10, rounds=rounds)
     else:
         result = api_bench.run(model, seconds=size or 10, device=device)
     click.echo(json.dumps(result, indent=2))

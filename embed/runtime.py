@@ -97,6 +97,9 @@ class OnnxTower:
         # torch's thread count is the process's setting (a Ray worker lowers it): the session follows it
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # No busy-waiting between calls: on a 2-core box a spinning pool takes the cores that decoding, the
+        # index search and the other requests need (ONNX Runtime spins by default)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
