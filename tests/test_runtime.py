@@ -204,3 +204,33 @@ def test_concurrent_exports_leave_one_whole_graph(tmp_path, onnx_cache):
     assert sorted(os.listdir(folder)) == ["visual-fp32.onnx"]
     import onnx
     onnx.checker.check_model(str(folder / "visual-fp32.onnx"))
+
+
+_EXPORT_ONE = """
+import sys
+from pathlib import Path
+import torch
+from emoreact.embed import load_backbone
+from emoreact.embed.runtime import cached_graph
+from conftest import TINY
+model = load_backbone(TINY, "cpu").model
+print(cached_graph(Path(sys.argv[1]), "visual", "int8", model.visual, torch.zeros(2, 3, 64, 64)))
+"""
+
+
+@pytest.mark.subprocess
+def test_two_processes_exporting_at_once_leave_whole_graphs(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    folder = tmp_path / "graphs"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    runs = [subprocess.Popen([sys.executable, "-c", _EXPORT_ONE, str(folder)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+    assert {out.strip() for out, _ in outputs} == {str(folder / "visual-int8.onnx")}
+    assert sorted(os.listdir(folder)) == ["visual-fp32.onnx", "visual-int8.onnx"]  # no temporary file left
+    import onnx
+    for name in ("visual-fp32.onnx", "visual-int8.onnx"):
+        onnx.checker.check_model(str(folder / name))
