@@ -24,11 +24,15 @@ import socket
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .identity import (DEFAULT_MODEL, DEFAULT_PRETRAINED, HUB, LOCAL_DIR, RANDOM_WEIGHTS, WEIGHT_SUFFIXES,
                        ModelLoadError, ModelSpec, is_local_path, weights_file)
+
+if TYPE_CHECKING:
+    from .runtime import OnnxTowers
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class Backbone:
     preprocess: Preprocess
     device: torch.device
     dim: int  # embedding width
-    towers: object | None = None  # `runtime.OnnxTowers` when spec.runtime is onnx: they run instead of `model`
+    towers: OnnxTowers | None = None  # `runtime.OnnxTowers` when spec.runtime is onnx: they run instead of `model`
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
@@ -169,7 +173,7 @@ def load_backbone(spec: ModelSpec, device: str = "auto") -> Backbone:
     return Backbone(spec, model, transform, tokenizer, preprocess, torch_device, dim, towers)
 
 
-def _onnx_towers(spec: ModelSpec, name: str, kwargs: dict, model, preprocess: Preprocess):
+def _onnx_towers(spec: ModelSpec, name: str, kwargs: dict, model, preprocess: Preprocess) -> OnnxTowers:
     """Gives the model's towers as ONNX Runtime sessions, from the cache or exported now."""
     import open_clip
 

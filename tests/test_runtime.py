@@ -234,3 +234,21 @@ def test_two_processes_exporting_at_once_leave_whole_graphs(tmp_path):
     import onnx
     for name in ("visual-fp32.onnx", "visual-int8.onnx"):
         onnx.checker.check_model(str(folder / name))
+
+
+@pytest.mark.long  # three runtimes, each embedded, trained on and served
+def test_runtime_bench_reports_every_runtime_beside_torch_fp32():
+    from emoreact.bench import runtime_bench
+
+    result = runtime_bench.run(TINY_MODEL, seconds=0.3, images=8, rounds=1, demo_f1=False)
+    variants = result[TINY_MODEL]["variants"]
+    assert set(variants) == {"torch/fp32", "onnx/fp32", "onnx/int8"}
+    for figures in variants.values():
+        assert figures["model_only_images_per_s"] > 0 and figures["embed_job_images_per_s"] > 0
+        for level in ("concurrency_1", "concurrency_16"):
+            assert figures["api"][level]["requests"] > 0 and figures["api"][level]["errors"] == 0
+        assert {"decode_ms", "preprocess_ms", "model_ms", "search_ms", "json_ms"} <= set(figures["api"]["breakdown_p50_ms"])
+    assert variants["onnx/int8"]["model_id"].endswith("+int8")
+    agreement = result["emoreact-emoji-s"]["agreement"]
+    assert agreement["onnx/fp32"]["cosine_min"] >= 0.9999 and agreement["onnx/int8"]["cosine_min"] >= 0.99
+    assert set(result["vs_torch_fp32"]) == {"onnx/fp32", "onnx/int8"}
