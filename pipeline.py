@@ -135,8 +135,8 @@ def backbone_for_store(store: Store, device: str = "auto", pretrained: str | Non
     backbone = load_backbone(spec, device)
     if not same_model(store.model_id, backbone.spec):
         raise StoreError(f"store {store.root} was built with {store.model_id!r} but the weights given make "
-                         f"{backbone.spec.model_id!r}; pass the same --pretrained as at embed time."
-                         + precision_hint(store.model_id, backbone.spec))
+                         f"{backbone.spec.model_id!r}"
+                         + (precision_hint(store.model_id, backbone.spec) or "; pass the same --pretrained as at embed time"))
     return backbone
 
 

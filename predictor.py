@@ -103,8 +103,9 @@ def _backbone_for_head(head: EmotionHead, config: PredictorConfig) -> Backbone:
                              "naming its weights, or a store built with them)") from exc
     if not same_model(head.model_id, backbone.spec) or backbone.dim != head.dim:
         raise ModelLoadError(f"the head was trained on {head.model_id!r} (dim {head.dim}) but the weights given make "
-                             f"{backbone.spec.model_id!r} (dim {backbone.dim}); pass the same pretrained as at "
-                             "embed time." + precision_hint(head.model_id, backbone.spec))
+                             f"{backbone.spec.model_id!r} (dim {backbone.dim})"
+                             + (precision_hint(head.model_id, backbone.spec) or "; pass the same pretrained as at "
+                                                                                "embed time"))
     return backbone
 
 

@@ -119,13 +119,16 @@ def id_precision(model_id: str) -> str:
 
 
 def precision_hint(stored_id: str, spec: ModelSpec) -> str:
-    """Gives a sentence saying which --precision matches an artifact, when precision is what differs; else ""."""
+    """Gives the fix when an artifact's vectors were computed at another precision than `spec`'s ("" when not):
+    the --precision (and --runtime) that match, and --pretrained too when the weights differ as well."""
     stored = id_precision(stored_id)
     if stored == spec.precision:
         return ""
-    runtime = " --runtime onnx" if stored != "fp32" else ""
-    return (f" Its vectors were computed at {stored} and these at {spec.precision}: vectors of two precisions are "
-            f"never mixed; pass{runtime} --precision {stored} (precision={stored!r}), or embed the store again.")
+    runtime = "--runtime onnx " if stored != "fp32" else ""
+    weights = stored_id.removesuffix(_PRECISION_MARK + stored) if stored != "fp32" else stored_id
+    also = "" if weights == spec.weights_id else "the same --pretrained as at embed time and "
+    return (f"; its vectors were computed at {stored}, these would be {spec.precision}, and two precisions are "
+            f"never mixed: pass {also}{runtime}--precision {stored} (precision={stored!r}), or embed again")
 
 
 def same_model(stored_id: str, spec: ModelSpec) -> bool:
