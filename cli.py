@@ -21,7 +21,7 @@ if not __package__:  # `python cli.py` in a checkout: the checkout itself is the
 import click  # noqa: E402
 
 import emoreact  # noqa: E402
-from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402
+from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED, PRECISIONS, RUNTIMES  # noqa: E402
 from emoreact.embed.config import OCR_MODES, EmbedConfig  # noqa: E402
 from emoreact.embed.engines import ENGINES  # noqa: E402 - the names only: an engine loads when it runs
 from emoreact.heads.config import INPUTS, KINDS, LOSSES, SCHEDULES, TASKS, HeadConfig  # noqa: E402
@@ -91,6 +91,16 @@ def _default(config: type, name: str):
     return field.default
 
 
+def _runtime_options(config: type) -> list:
+    """Gives --runtime and --precision, the fields of that name of `config` (docs/performance.md: the CPU)."""
+    return [_setting(config, "runtime", "--runtime", show_default=True, type=click.Choice(RUNTIMES),
+                     help="What runs the model: torch, or onnx (ONNX Runtime on the CPU, pip install "
+                          "\"emoreact[onnx]\"; the same vectors, faster on a CPU)."),
+            _setting(config, "precision", "--precision", show_default=True, type=click.Choice(PRECISIONS),
+                     help="fp32, or int8 with --runtime onnx (faster still; its vectors get their own model id, "
+                          "so a store embedded at int8 is served at int8).")]
+
+
 def _with(options):
     def decorate(f):
         for option in reversed(options):
@@ -155,11 +165,12 @@ def info() -> None:
               callback=lambda ctx, param, value: _threshold_or_off(value), metavar="COSINE|off",
               help="Images at least this similar go to one split, unless the source fixed their split; "
                    "off keeps every split as the content hash gave it.")
+@_with(_runtime_options(EmbedConfig))
 @_labels_option
 @_friendly
 def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, engine, ray_address,
           gpus_per_worker, shard_size, index_kind, allow_readd, no_progress, wait, ocr, backfill,
-          near_duplicate_threshold, labels_path) -> None:
+          near_duplicate_threshold, runtime, precision, labels_path) -> None:
     """Embed images from SOURCE (folder, CSV/JSONL manifest with path, labels, split, caption columns,
     FI/EmoSet/Emotion6/AffectNet) into a store."""
     from emoreact.rayutil import RayConfig
@@ -179,7 +190,7 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
                                    shard_size=shard_size, progress=not no_progress, wait=wait,
                                    index=_index_choice(index_kind), allow_readd=allow_readd,
                                    near_duplicate_threshold=near_duplicate_threshold, engine=engine,
-                                   ray_config=ray_config, ocr=ocr)
+                                   ray_config=ray_config, ocr=ocr, runtime=runtime, precision=precision)
     click.echo(json.dumps({**report.to_json(), "store": str(store_path)}, ensure_ascii=False))
 
 
@@ -280,10 +291,11 @@ def evaluate(store_path, head_path, split, out) -> None:
 @_setting(PredictorConfig, "ocr", "--ocr", show_default=True, type=click.Choice(OCR_MODES),
           help="Read the words in each image: auto, when the head reads words and the ocr extra is installed; "
                "on; off.")
+@_with(_runtime_options(PredictorConfig))
 @_labels_option
 @_friendly
 def predict(images, store_path, head_path, k, out, batch_size, no_progress, device, pretrained, caption, ocr,
-            labels_path) -> None:
+            runtime, precision, labels_path) -> None:
     """Predict emotions and emoji reactions for IMAGES: files, folders or CSV/JSONL manifests (every image they
     list, with its caption column). One JSON object per image per line, or a file with --out; exits 1 if an
     image could not be read."""
@@ -296,7 +308,8 @@ def predict(images, store_path, head_path, k, out, batch_size, no_progress, devi
                                 or Path(images[0]).suffix.lower() in (".csv", ".jsonl")):
         raise click.UsageError("--caption goes with one image file; for many images give a CSV/JSONL manifest "
                                "with a caption column")
-    predictor = emoreact.load(store_path, head_path, device=device, labels=labels_path, pretrained=pretrained, ocr=ocr)
+    predictor = emoreact.load(store_path, head_path, device=device, labels=labels_path, pretrained=pretrained, ocr=ocr,
+                              runtime=runtime, precision=precision)
     with predictor:
         paths = image_paths(images, predictor.head.label_config, caption)
         if out is not None:
@@ -401,6 +414,7 @@ def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
 @_setting(WebConfig, "pretrained", "--pretrained", help="Weights of the store's model, if moved since embedding.")
 @_setting(WebConfig, "ocr", "--ocr", show_default=True, type=click.Choice(OCR_MODES),
           help="Read the words in uploads: auto, when the head reads words and the ocr extra is installed; on; off.")
+@_with(_runtime_options(WebConfig))
 @_setting(WebConfig, "api_keys", "--api-keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
           help="File of API keys, one `name:key` or `name:key:admin` per line. Feedback needs a key, "
                "retraining an admin key; without this file neither is possible.")
@@ -510,13 +524,14 @@ def removed(store_path) -> None:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup", "posts"]))
+@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup", "posts", "runtime"]))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--model", default=None,
-              help=f"Backbone: embed/api {DEFAULT_MODEL} with random weights; posts the bundled emoreact-emoji-s.")
+              help=f"Backbone: embed/api/runtime {DEFAULT_MODEL} with random weights (runtime adds the bundled "
+                   "model); posts the bundled emoreact-emoji-s.")
 @click.option("--size", default=None, type=click.IntRange(1),
               help="Images (embed: 256), vectors (head: 100000, index and codes: 1000000, dedup: 50000), "
-                   "seconds per level (api: 10) or posts per slice (posts: 60).")
+                   "seconds per level (api and runtime: 10) or posts per slice (posts: 60).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
               help="embed: measure each pipeline this many times, in turn, and keep its best.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
@@ -557,6 +572,12 @@ def bench(what, device, model, size, rounds, engine, index_kind, batch_size, wor
         result = codes_bench.run(size or 1_000_000, keep=keep)
     elif what == "dedup":
         result = dedup_bench.run(size or 50_000)
+    elif what == "runtime":  # torch fp32 against ONNX Runtime fp32 and int8, on the CPU (the onnx extra)
+        from emoreact.bench import runtime_bench
+
+        if device not in ("auto", "cpu"):
+            raise click.UsageError("bench runtime measures the CPU: pass --device cpu")
+        result = runtime_bench.run(model, seconds=size or 10, rounds=rounds)
     else:
         result = api_bench.run(model, seconds=size or 10, device=device)
     click.echo(json.dumps(result, indent=2))

@@ -14,7 +14,7 @@ import numpy as np
 
 from emoreact.embed import (DEFAULT_MODEL, Backbone, EmbedConfig, EmbedReport, Engine, ModelSpec, RayConfig,
                             default_pretrained, engine_for, load_backbone, read_source, resolve_device, run_engine,
-                            same_model, source_root)
+                            precision_hint, same_model, source_root)
 from emoreact.heads import (MIN_POSTS, EmotionHead, HeadConfig, add_text_channel, fit_head, label_text_embeddings,
                             report, write_plots, zero_shot_head)
 from emoreact.heads.losses import resolve_task
@@ -41,8 +41,10 @@ def embed_source(source: str | Path, store: str | Path, model: str | ModelSpec =
     """
     # At once: an unknown engine or a missing extra fails before the source is read and a model loaded.
     runner = engine_for(engine, device, ray_config)
-    spec = model if isinstance(model, ModelSpec) else ModelSpec(model, pretrained or default_pretrained(model))
     config = with_options(config or EmbedConfig(), options)
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model, pretrained or default_pretrained(model))
+    if (config.runtime, config.precision) != (EmbedConfig.runtime, EmbedConfig.precision):
+        spec = replace(spec, runtime=config.runtime, precision=config.precision)
     label_config = _label_config(labels)
     records = read_source(source, label_config, source_format)
     return embed_records(records, store, runner.backbone(spec), label_config, config,
@@ -121,15 +123,20 @@ def _write_report(store: Store, report_: EmbedReport) -> None:
                                                              indent=2, ensure_ascii=False) + "\n")
 
 
-def backbone_for_store(store: Store, device: str = "auto", pretrained: str | None = None) -> Backbone:
-    """Gives the backbone a store was built with (its weights may be re-pointed by `pretrained`)."""
+def backbone_for_store(store: Store, device: str = "auto", pretrained: str | None = None,
+                       runtime: str | None = None, precision: str | None = None) -> Backbone:
+    """Gives the backbone a store was built with (its weights may be re-pointed by `pretrained`); `runtime`
+    and `precision` (torch/onnx, fp32/int8) default to the store's: a precision other than its own is refused."""
     pre = store.manifest.get("preprocess", {})
-    spec = ModelSpec(model=pre.get("model") or ModelSpec.parse(store.model_id).model,
-                     pretrained=pretrained or pre.get("pretrained") or ModelSpec.parse(store.model_id).pretrained)
+    parsed = ModelSpec.parse(store.model_id)
+    spec = ModelSpec(model=pre.get("model") or parsed.model,
+                     pretrained=pretrained or pre.get("pretrained") or parsed.pretrained,
+                     runtime=runtime or parsed.runtime, precision=precision or parsed.precision)
     backbone = load_backbone(spec, device)
     if not same_model(store.model_id, backbone.spec):
         raise StoreError(f"store {store.root} was built with {store.model_id!r} but the weights given make "
-                         f"{backbone.spec.model_id!r}; pass the same --pretrained as at embed time")
+                         f"{backbone.spec.model_id!r}"
+                         + (precision_hint(store.model_id, backbone.spec) or "; pass the same --pretrained as at embed time"))
     return backbone
 
 

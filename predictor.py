@@ -19,7 +19,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from emoreact.embed import (DEFAULT_MAX_PIXELS, Backbone, ImageError, ModelLoadError, ModelSpec, clean_caption,
-                            decode_image, decode_pil, load_backbone, ocr_reader, ocr_text, same_model, text_vectors)
+                            decode_image, decode_pil, load_backbone, ocr_reader, ocr_text, precision_hint, same_model,
+                            text_vectors)
 from emoreact.heads import EmotionHead, deciding_channel, emoji_policy, rank_reactions
 from emoreact.index import Store, StoreError
 from emoreact.labels import LabelConfig, load_label_config
@@ -54,7 +55,7 @@ def load(store: str | Path | None = None, head: str | Path | None = None, config
         opened, trained, backbone = _open_store(store, config, head)
     else:
         opened, trained = None, EmotionHead.load(head)
-        backbone = _backbone_for_head(trained, config.device, config.model, config.pretrained)
+        backbone = _backbone_for_head(trained, config)
     labels = config.labels
     if labels is not None:
         trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
@@ -81,27 +82,30 @@ def _open_store(store: str | Path, config: PredictorConfig,
     opened = Store.open(store, nprobe=config.nprobe, candidates=config.candidates)
     try:
         trained = EmotionHead.load(head, opened.model_id, opened.dim) if head is not None else None
-        return opened, trained, backbone_for_store(opened, config.device, config.pretrained)
+        return opened, trained, backbone_for_store(opened, config.device, config.pretrained, config.runtime,
+                                                   config.precision)
     except BaseException:
         opened.close()
         raise
 
 
-def _backbone_for_head(head: EmotionHead, device: str, model: str | None, pretrained: str | None) -> Backbone:
+def _backbone_for_head(head: EmotionHead, config: PredictorConfig) -> Backbone:
     """Gives the backbone a head was trained on, as its manifest names it (or as re-pointed)."""
     source = head.backbone or {}
     parsed = ModelSpec.parse(head.model_id)
-    spec = ModelSpec(model=model or source.get("model") or parsed.model,
-                     pretrained=pretrained or source.get("pretrained") or parsed.pretrained)
+    spec = ModelSpec(model=config.model or source.get("model") or parsed.model,
+                     pretrained=config.pretrained or source.get("pretrained") or parsed.pretrained,
+                     runtime=config.runtime, precision=config.precision)
     try:
-        backbone = load_backbone(spec, device)
+        backbone = load_backbone(spec, config.device)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{exc} (the head was trained on {head.model_id!r}; pass model=/pretrained= "
                              "naming its weights, or a store built with them)") from exc
     if not same_model(head.model_id, backbone.spec) or backbone.dim != head.dim:
         raise ModelLoadError(f"the head was trained on {head.model_id!r} (dim {head.dim}) but the weights given make "
-                             f"{backbone.spec.model_id!r} (dim {backbone.dim}); pass the same pretrained as at "
-                             "embed time")
+                             f"{backbone.spec.model_id!r} (dim {backbone.dim})"
+                             + (precision_hint(head.model_id, backbone.spec) or "; pass the same pretrained as at "
+                                                                                "embed time"))
     return backbone
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Union
 
 from emoreact.embed import DEFAULT_MAX_PIXELS
 from emoreact.embed.config import OCR_MODES
+from emoreact.embed.identity import PRECISIONS, RUNTIMES
 from emoreact.novelty import DEFAULT_UNSURE_ABOVE
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ class PredictorConfig:
     unsure_above: float = DEFAULT_UNSURE_ABOVE  # novelty at which a result is flagged unsure (emoreact.novelty)
     nprobe: int | None = None  # lists an approximate index probes per query; None: as tuned at build time
     candidates: int | None = None  # proposals re-ranked exactly per query; None: as tuned at build time
+    runtime: str = "torch"  # what runs the model: torch, or onnx (ONNX Runtime on the CPU; same vectors at fp32)
+    precision: str = "fp32"  # fp32, or int8 (with runtime onnx): must be the precision the store was embedded at
     ocr: str = "auto"  # read the words in uploads (embed.ocr): auto, when the head reads words and the `ocr`
     #                    extra is installed; on, always (the extra must be installed); off, never
 
@@ -37,6 +40,9 @@ class PredictorConfig:
             raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels}")
         if self.ocr not in OCR_MODES:
             raise ValueError(f"ocr must be one of {OCR_MODES}, got {self.ocr!r}")
+        if self.runtime not in RUNTIMES or self.precision not in PRECISIONS:
+            raise ValueError(f"runtime must be one of {RUNTIMES} and precision one of {PRECISIONS}, "
+                             f"got {self.runtime!r} and {self.precision!r}")
         if not 0 < self.unsure_above <= 1:
             raise ValueError(f"unsure_above must be in (0, 1], got {self.unsure_above}")
 

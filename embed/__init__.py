@@ -23,6 +23,9 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "ModelLoadError": "identity",
     "ModelSpec": "identity",
     "same_model": "identity",
+    "PRECISIONS": "identity",
+    "RUNTIMES": "identity",
+    "precision_hint": "identity",
     "Backbone": "models",
     "available_models": "models",
     "default_pretrained": "models",
@@ -56,7 +59,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from emoreact.rayutil import EngineError, RayConfig, require_ray
 
     from .engines import ENGINES, Engine, engine_for, run_engine
-    from .identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelLoadError, ModelSpec, same_model
+    from .identity import (DEFAULT_MODEL, DEFAULT_PRETRAINED, PRECISIONS, RUNTIMES, ModelLoadError, ModelSpec,
+                           precision_hint, same_model)
     from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, decode_image, decode_pil
     from .config import EmbedConfig
     from .job import EmbedReport, run_embed_job, split_for

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from emoreact.index import NEAR_DUPLICATE_THRESHOLD
 
+from .identity import PRECISIONS, RUNTIMES
 from .images import DEFAULT_MAX_PIXELS
 
 
@@ -32,9 +33,14 @@ class EmbedConfig:
     index: str | None = None  # index kind: auto, flat, ivf or a FAISS factory string; None keeps the store's choice
     ocr: str = "off"  # read the words in each image (embed.ocr): off, auto (when the `ocr` extra is installed) or
     # on (it must be); off by default because reading costs far more than embedding on a CPU (docs/performance.md)
+    runtime: str = "torch"  # what runs the model: torch, or onnx (ONNX Runtime on the CPU, embed/runtime.py)
+    precision: str = "fp32"  # fp32, or int8 (with runtime onnx): faster on a CPU; its vectors get their own model id
     decode_ahead: int = 2  # fast path on a GPU: batches decoded and preprocessed ahead, on their own CUDA stream,
     # while the model runs the current one; 0 decodes each batch in turn
 
     def __post_init__(self) -> None:
         if self.ocr not in OCR_MODES:
             raise ValueError(f"ocr must be one of {OCR_MODES}, got {self.ocr!r}")
+        if self.runtime not in RUNTIMES or self.precision not in PRECISIONS:
+            raise ValueError(f"runtime must be one of {RUNTIMES} and precision one of {PRECISIONS}, "
+                             f"got {self.runtime!r} and {self.precision!r}")

@@ -23,6 +23,9 @@ RANDOM_WEIGHTS = "none"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
 _HASH_CHARS = 12  # hex digits of SHA-256 kept in a model id: 48 bits, plenty to tell checkpoints apart
+RUNTIMES = ("torch", "onnx")  # what runs the towers: torch, or an ONNX graph exported from it (embed/runtime.py)
+PRECISIONS = ("fp32", "int8")  # int8: weights quantised to 8 bits, run by ONNX Runtime; its vectors get their own id
+_PRECISION_MARK = "+"  # ``ViT-B-32/laion2b_s34b_b79k+int8``: a precision other than fp32 is part of the id
 
 
 class ModelLoadError(RuntimeError):
@@ -35,6 +38,17 @@ class ModelSpec:
 
     model: str = DEFAULT_MODEL  # open_clip model name, or a path to a model-config JSON
     pretrained: str = DEFAULT_PRETRAINED  # tag, weights file/folder, local-dir:/hf-hub: form, or "none"
+    runtime: str = "torch"  # what runs the towers (RUNTIMES); fp32 ONNX gives torch's vectors, so not in the id
+    precision: str = "fp32"  # fp32 or int8 (ONNX Runtime only); int8 vectors differ, so it is in the id
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ModelLoadError(f"unknown runtime {self.runtime!r}; use {' or '.join(RUNTIMES)}")
+        if self.precision not in PRECISIONS:
+            raise ModelLoadError(f"unknown precision {self.precision!r}; use {' or '.join(PRECISIONS)}")
+        if self.precision == "int8" and self.runtime != "onnx":
+            raise ModelLoadError("precision int8 runs through ONNX Runtime (torch's own int8 was slower on the CPU, "
+                                 "docs/performance.md); pass --runtime onnx with --precision int8")
 
     @property
     def hub(self) -> str | None:
@@ -57,6 +71,11 @@ class ModelSpec:
     def model_id(self) -> str:
         """Gives the identifier written into stores and heads, e.g. ``ViT-B-32/laion2b_s34b_b79k``,
         ``ViT-B-32/file:open_clip_pytorch_model.bin@sha256:0123456789ab`` or ``hf-hub:ORG/REPO``."""
+        return self.weights_id + ("" if self.precision == "fp32" else _PRECISION_MARK + self.precision)
+
+    @property
+    def weights_id(self) -> str:
+        """Gives the id of the weights alone, whatever the precision they run at."""
         if self.hub is not None and self.hub.startswith(HUB):
             return self.hub
         if self.hub is not None:
@@ -71,19 +90,45 @@ class ModelSpec:
     @property
     def legacy_model_id(self) -> str:
         """Gives the id that EmoReact 0.2 wrote for these weights (local files by file name only)."""
-        if self.hub is not None or not is_local_path(self.pretrained):
+        if self.hub is not None or not is_local_path(self.pretrained) or self.precision != "fp32":
             return self.model_id
         return f"{self.model_name}/file:{Path(self.pretrained).name}"
 
     @classmethod
     def parse(cls, model_id: str) -> "ModelSpec":
-        """Gives the spec back from a ``model/pretrained`` id (inverse of `model_id` for tags)."""
+        """Gives the spec back from a ``model/pretrained[+precision]`` id (inverse of `model_id` for tags);
+        an int8 id gives the ONNX runtime, the one that runs int8."""
+        precision = id_precision(model_id)
+        if precision != "fp32":
+            model_id = model_id[: -len(_PRECISION_MARK + precision)]
+        runtime = "torch" if precision == "fp32" else "onnx"
         if model_id.startswith((HUB, LOCAL_DIR)):
-            return cls(model=model_id, pretrained=model_id)
+            return cls(model=model_id, pretrained=model_id, runtime=runtime, precision=precision)
         name, sep, pretrained = model_id.rpartition("/")
         if not sep or not name:
             raise ModelLoadError(f"model id {model_id!r} is not of the form MODEL/PRETRAINED")
-        return cls(model=name, pretrained=pretrained)
+        return cls(model=name, pretrained=pretrained, runtime=runtime, precision=precision)
+
+
+def id_precision(model_id: str) -> str:
+    """Gives the precision a model id's vectors were computed at (fp32 unless the id ends in ``+int8``)."""
+    for precision in PRECISIONS[1:]:
+        if model_id.endswith(_PRECISION_MARK + precision):
+            return precision
+    return "fp32"
+
+
+def precision_hint(stored_id: str, spec: ModelSpec) -> str:
+    """Gives the fix when an artifact's vectors were computed at another precision than `spec`'s ("" when not):
+    the --precision (and --runtime) that match, and --pretrained too when the weights differ as well."""
+    stored = id_precision(stored_id)
+    if stored == spec.precision:
+        return ""
+    runtime = "--runtime onnx " if stored != "fp32" else ""
+    weights = stored_id.removesuffix(_PRECISION_MARK + stored) if stored != "fp32" else stored_id
+    also = "" if weights == spec.weights_id else "the same --pretrained as at embed time and "
+    return (f"; its vectors were computed at {stored}, these would be {spec.precision}, and two precisions are "
+            f"never mixed: pass {also}{runtime}--precision {stored} (precision={stored!r}), or embed again")
 
 
 def same_model(stored_id: str, spec: ModelSpec) -> bool:

@@ -24,11 +24,15 @@ import socket
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .identity import (DEFAULT_MODEL, DEFAULT_PRETRAINED, HUB, LOCAL_DIR, RANDOM_WEIGHTS, WEIGHT_SUFFIXES,
                        ModelLoadError, ModelSpec, is_local_path, weights_file)
+
+if TYPE_CHECKING:
+    from .runtime import OnnxTowers
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +67,13 @@ class Backbone:
     preprocess: Preprocess
     device: torch.device
     dim: int  # embedding width
+    towers: OnnxTowers | None = None  # `runtime.OnnxTowers` when spec.runtime is onnx: they run instead of `model`
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         """Gives (N, D) float32 unit-norm image embeddings for a (N, 3, H, W) batch."""
+        if self.towers is not None:
+            return torch.nn.functional.normalize(self.towers.encode_images(batch), dim=-1)
         batch = batch.to(self.device, non_blocking=True)
         with _autocast(self.device):
             features = self.model.encode_image(batch)
@@ -75,6 +82,8 @@ class Backbone:
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Gives (N, D) float32 unit-norm text embeddings."""
+        if self.towers is not None:
+            return torch.nn.functional.normalize(self.towers.encode_tokens(self.tokenizer(texts)), dim=-1)
         tokens = self.tokenizer(texts).to(self.device)
         with _autocast(self.device):
             features = self.model.encode_text(tokens)
@@ -122,9 +131,18 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def load_backbone(spec: ModelSpec, device: str = "auto") -> Backbone:
-    """Gives the backbone named by `spec`, in eval mode on `device`."""
+    """Gives the backbone named by `spec`, in eval mode on `device`; with ``spec.runtime == "onnx"`` its
+    towers run through ONNX Runtime on the CPU (embed/runtime.py), exported once and cached."""
     import open_clip
 
+    if spec.runtime == "onnx":
+        from .runtime import require_onnx
+
+        require_onnx()  # at once, before the weights load
+        if device != "auto" and resolve_device(device).type != "cpu":
+            raise ModelLoadError(f"--runtime onnx runs on the CPU, but --device {device} was given; "
+                                 "pass --device cpu, or --runtime torch to use the GPU")
+        device = "cpu"
     torch_device = resolve_device(device)
     if spec.hub is not None:
         name, kwargs = _hub_source(spec.hub), {}
@@ -151,7 +169,24 @@ def load_backbone(spec: ModelSpec, device: str = "auto") -> Backbone:
     h, w = preprocess.image_size
     with torch.inference_mode():
         dim = int(model.encode_image(torch.zeros(1, 3, h, w, device=torch_device)).shape[-1])
-    return Backbone(spec, model, transform, tokenizer, preprocess, torch_device, dim)
+    towers = _onnx_towers(spec, name, kwargs, model, preprocess) if spec.runtime == "onnx" else None
+    return Backbone(spec, model, transform, tokenizer, preprocess, torch_device, dim, towers)
+
+
+def _onnx_towers(spec: ModelSpec, name: str, kwargs: dict, model, preprocess: Preprocess) -> OnnxTowers:
+    """Gives the model's towers as ONNX Runtime sessions, from the cache or exported now."""
+    import open_clip
+
+    from .runtime import OnnxTowers
+
+    if name.startswith(LOCAL_DIR):
+        weights_path = weights_file(Path(name[len(LOCAL_DIR):]))
+    else:
+        weights_path = Path(kwargs["pretrained"]) if kwargs.get("pretrained") and is_local_path(
+            kwargs["pretrained"]) else None
+    config = open_clip.get_model_config(name) or {"name": name}
+    return OnnxTowers(model, spec, config, weights_path, preprocess.image_size,
+                      int(getattr(model, "context_length", 77)))
 
 
 def available_models() -> list[str]:
