@@ -32,7 +32,7 @@ def recall(ids, truth):
     return float(np.mean([len(set(a) & set(t)) / truth.shape[1] for a, t in zip(ids.tolist(), truth.tolist())]))
 
 
-@pytest.mark.parametrize("kind", ["flat", IVF, IVF_PQ])
+@pytest.mark.parametrize("kind", ["flat", IVF, pytest.param(IVF_PQ, marks=pytest.mark.long)])
 def test_each_index_kind_reaches_the_recall_target_against_brute_force(tmp_path, kind):
     store = make(tmp_path / "s", index=kind)
     queries = held_out_queries(300, MIX)
@@ -70,6 +70,7 @@ def test_an_approximate_index_is_memory_mapped_for_serving(tmp_path):
     store.close()
 
 
+@pytest.mark.long
 def test_new_rows_are_added_without_retraining_until_the_store_doubles(tmp_path):
     root = tmp_path / "s"
     make(root, index=IVF).close()
@@ -274,6 +275,7 @@ def _expected_moves(store: Store) -> tuple[dict, dict, int]:
     return split, moves, moved_groups
 
 
+@pytest.mark.long
 def test_a_large_store_groups_near_duplicates_through_its_index_without_loading_its_vectors(ivf_store, tmp_path, monkeypatch):
     """The groups, and so the moves, are those of brute force over all vectors (this mixture is tight at
     D = 64: its clusters hold near-duplicate groups of hundreds, whose fixed members pull the twins)."""
