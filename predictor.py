@@ -286,7 +286,8 @@ class Predictor:
             text = self.text_vectors(posts)
         probs = self.head.predict_proba(vectors, text=text)
         chosen = self.head.decide(probs, text)  # by the head's task: single-label heads always keep their top label
-        image_scores, text_scores = self.head.channels(vectors, text)
+        # An image-only head's one channel is its answer: no second forward pass on the hot path.
+        image_scores, text_scores = self.head.channels(vectors, text) if self.head.reads_text else (probs, None)
         novelty = [None] * len(vectors)
         if self.store is not None:
             # Novelty needs each image's nearest indexed image, even when no neighbours are asked for.

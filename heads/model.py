@@ -138,7 +138,9 @@ class EmotionHead:
         the same scores without two (N, D) temporaries, for batch scoring of stored vectors."""
         words = self.words(text, len(x))
         if words.any():
-            image, fused = self.channel_logits(x), self.predict_proba(x, calibrated)
+            image = self.channel_logits(x)  # one forward pass gives the image's scores and the fusion's input
+            fused = (self.logits_to_proba(torch.from_numpy(image)).numpy() if calibrated
+                     else self.predict_proba(x, calibrated=False))
             fused[words] = self.fusion_.proba(image[words], self.text_head_.channel_logits(text[words]))
             return fused
         if not self.fitted_:
