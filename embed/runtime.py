@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -162,8 +163,13 @@ def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
 def _quantise(source: Path, path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # Matrix products only: they are a ViT's time; 8-bit convolutions (ConvInteger) run slower than fp32 ones.
-    quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    # The quantiser writes "<source>-inferred.onnx" beside its input and deletes it again: two processes
+    # quantising one cached graph at once would delete each other's file. Each quantises its own copy.
+    with tempfile.TemporaryDirectory(prefix=".quantise-", dir=path.parent) as private:
+        copy = Path(private) / source.name
+        shutil.copyfile(source, copy)
+        # Matrix products only: they are a ViT's time; 8-bit convolutions (ConvInteger) run slower than fp32 ones.
+        quantize_dynamic(str(copy), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
 
 
 def _atomic(path: Path, write) -> None:

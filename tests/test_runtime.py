@@ -206,6 +206,22 @@ def test_concurrent_exports_leave_one_whole_graph(tmp_path, onnx_cache):
     onnx.checker.check_model(str(folder / "visual-fp32.onnx"))
 
 
+def test_quantising_leaves_the_files_beside_the_graph_alone(tmp_path, onnx_cache):
+    """ONNX Runtime's quantiser writes and deletes "<input>-inferred.onnx" beside its input: another process
+    quantising the same cached graph at that moment lost its file (a failure seen in CI). The file another
+    process would have there now survives a quantisation."""
+    from emoreact.embed.runtime import cached_graph
+
+    model = load_backbone(TINY, "cpu").model
+    folder = tmp_path / "graphs"
+    cached_graph(folder, "visual", "fp32", model.visual, torch.zeros(2, 3, 64, 64))
+    theirs = folder / "visual-fp32-inferred.onnx"
+    theirs.write_bytes(b"another process's shape-inferred graph")
+    cached_graph(folder, "visual", "int8", model.visual, torch.zeros(2, 3, 64, 64))
+    assert theirs.read_bytes() == b"another process's shape-inferred graph"
+    assert sorted(os.listdir(folder)) == ["visual-fp32-inferred.onnx", "visual-fp32.onnx", "visual-int8.onnx"]
+
+
 _EXPORT_ONE = """
 import sys
 from pathlib import Path
