@@ -65,8 +65,8 @@ class ClipSettings:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"{name} must be a whole number of at least 1, not {value!r}")
-        need(self.video_memory_mb >= 256, f"video_memory_mb must be at least 256 (PyAV and FFmpeg alone need "
-             f"about 200 MB of address space), not {self.video_memory_mb}")
+        need(self.video_memory_mb >= 384, f"video_memory_mb must be at least 384 (Python, PyAV and FFmpeg alone "
+             f"take about 300 MB of address space), not {self.video_memory_mb}")
         need(_number(self.time_budget_s) and self.time_budget_s >= 0,
              f"time_budget_s must be seconds >= 0 (0 decodes one frame), not {self.time_budget_s!r}")
         need(_number(self.min_change) and 0 <= self.min_change <= 1,
