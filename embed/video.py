@@ -1,30 +1,37 @@
 """Decoding videos (MP4, MOV, WebM, Matroska) into frames chosen by time: PyAV, in a child process.
 
 FFmpeg's allocations cannot be bounded from Python, and a hostile stream may make a decoder ask for
-gigabytes or spin; so each video is decoded by a fresh `python -m emoreact.embed.video` that first limits
-its own address space (RLIMIT_AS = `ClipSettings.video_memory_mb`) and CPU time, reads the file from stdin
-and writes the chosen frames (RGB, scaled down to `min_side`) to stdout. The parent waits at most
-`ClipSettings.video_timeout_s` and kills it after that. A process per clip rather than a reused worker:
-starting one costs about 0.1-0.15 s (docs/design.md, "Clips"), and in exchange each clip gets a fresh
-limit, a kill ends exactly one clip, concurrent requests decode side by side, and the parent needs no
-multiprocessing start method (spawn and forkserver would re-import the parent's `__main__`: the CLI).
+gigabytes or spin; so videos are decoded by a worker process, `python -m emoreact.embed.video`, that first
+caps its own address space (RLIMIT_AS = `ClipSettings.video_memory_mb`) and lets itself write no file,
+then answers requests on its stdin (a video and what to choose) with the chosen frames on its stdout (RGB,
+scaled down to `min_side`), each under a CPU-time limit. The parent waits at most
+`ClipSettings.video_timeout_s` for an answer and kills the worker after that; a worker that died or was
+killed is replaced by a fresh one for the next clip, and every clip after a failed one gets a fresh worker.
 
-The child checks the header first: the demuxer is the one the content was sniffed as (FFmpeg never
+Workers are reused (a few kept idle, each replaced after `_CLIPS_PER_WORKER` clips): starting one costs
+about 0.2 s on a shared 2-core machine, against 0.01-0.03 s for decoding a short clip's frames
+(docs/design.md, "Clips"). Concurrent requests each take their own worker. The workers are plain
+subprocesses, not multiprocessing: `spawn` and `forkserver` would re-import the parent's `__main__` (the CLI).
+
+The worker checks the header first: the demuxer is the one the content was sniffed as (FFmpeg never
 probes, so no playlist or concat demuxer opens other files), the codec is one of `CODECS`, the frame
 size is at most `max_pixels`, the duration at most `max_duration_s`. It then seeks to each chosen time
 (the middle of each of `max_frames` equal slices of the duration) rather than decoding every frame.
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import io
 import json
 import logging
 import os
+import selectors
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,11 +46,13 @@ VIDEO_EXTRA = 'pip install "emoreact[video]"'
 CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg")  # decoders run
 _DEMUXERS = {"MP4": "mov", "MOV": "mov", "WEBM": "matroska", "MKV": "matroska"}
 _SEEK_AHEAD_S = 2.0  # a chosen time this far past the last decoded frame is reached by seeking, else by decoding on
-_HEADER = struct.Struct("<I")  # the child's answer: a length-prefixed JSON header, then the frames' RGB bytes
+_LENGTH = struct.Struct("<Q")  # messages both ways: a length-prefixed JSON header, then bytes (the video; frames)
+_KEEP_IDLE = 2            # idle workers kept per memory limit
+_CLIPS_PER_WORKER = 100   # then the worker is replaced: what a long-lived heap may have kept is let go
 
 
 def decode_video(data: bytes, fmt: str, max_pixels: int, min_side: int | None, settings):
-    """Gives the Clip of a video (`fmt` as sniffed: MP4, MOV, WEBM or MKV), decoded in a child process."""
+    """Gives the Clip of a video (`fmt` as sniffed: MP4, MOV, WEBM or MKV), decoded in a worker process."""
     from .clips import Clip, drop_near_duplicates  # clips imports this module lazily: no cycle at import
 
     try:
@@ -54,7 +63,7 @@ def decode_video(data: bytes, fmt: str, max_pixels: int, min_side: int | None, s
     request = {"format": fmt, "max_pixels": max_pixels, "min_side": min_side, "max_frames": settings.max_frames,
                "time_budget_s": settings.time_budget_s, "max_duration_s": settings.max_duration_s,
                "memory_mb": settings.video_memory_mb, "cpu_s": settings.video_timeout_s}
-    answer, frames = _run_child(data, request, settings)
+    answer, frames = _ask_worker(data, request, settings)
     if "error" in answer:
         raise ImageError(answer["error"], kind=answer.get("kind", "invalid"))
     images = [Image.fromarray(array, "RGB") for array in frames]
@@ -64,73 +73,170 @@ def decode_video(data: bytes, fmt: str, max_pixels: int, min_side: int | None, s
                 truncated=answer["truncated"])
 
 
-def _run_child(data: bytes, request: dict, settings) -> tuple[dict, list[np.ndarray]]:
-    """Gives the child's answer and frames; a child killed or past the time limit gives an ImageError."""
-    import emoreact
-
-    package_root = str(Path(emoreact.__file__).parent.parent)  # where this process found `emoreact`
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    child = subprocess.Popen([sys.executable, "-m", "emoreact.embed.video", json.dumps(request)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        out, err = child.communicate(data, timeout=settings.video_timeout_s)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.communicate()
-        raise ImageError(f"decoding the {request['format']} video took longer than {settings.video_timeout_s:g} s, "
-                         "the limit (ClipSettings.video_timeout_s); send a shorter or smaller clip",
-                         kind="too_large") from None
-    if err:
-        log.debug("video decoder said: %s", err.decode("utf-8", "replace")[-2000:])
-    if child.returncode != 0 or len(out) < _HEADER.size:
-        how = (f"was stopped by signal {signal.Signals(-child.returncode).name}" if child.returncode < 0
-               else f"failed (exit status {child.returncode})")
-        kind = "too_large" if b"MemoryError" in err else "invalid"
-        raise ImageError(f"the video decoder {how}: the {request['format']} file is damaged, or decoding it needs "
-                         f"more than {settings.video_memory_mb} MB (ClipSettings.video_memory_mb)", kind=kind)
-    length = _HEADER.unpack_from(out)[0]
-    answer = json.loads(out[_HEADER.size:_HEADER.size + length])
-    frames, pos = [], _HEADER.size + length
-    for width, height in answer.get("shapes", []):
-        size = width * height * 3
-        frames.append(np.frombuffer(out, np.uint8, size, pos).reshape(height, width, 3))
-        pos += size
-    return answer, frames
+class _WorkerDied(Exception):
+    pass
 
 
-# -- the child process ------------------------------------------------------------------------------------------
+class _Worker:
+    """One decoding process and the pipes to it; used by one request at a time."""
+
+    def __init__(self, memory_mb: int) -> None:
+        import emoreact
+
+        root = str(Path(emoreact.__file__).parent.parent)  # where this process found `emoreact`
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self.memory_mb, self.clips, self.owner = memory_mb, 0, os.getpid()
+        self.process = subprocess.Popen([sys.executable, "-m", "emoreact.embed.video", str(memory_mb)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, env=env)
+
+    def ask(self, request: dict, data: bytes, deadline: float) -> tuple[dict, bytes]:
+        """Gives the worker's answer header and frame bytes; raises TimeoutError or _WorkerDied."""
+        header = json.dumps(request).encode()
+        try:
+            self.process.stdin.write(_LENGTH.pack(len(header)) + header + _LENGTH.pack(len(data)))
+            self.process.stdin.write(data)
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            raise _WorkerDied from None
+        self.clips += 1
+        answer = json.loads(self._read(_LENGTH.unpack(self._read(_LENGTH.size, deadline))[0], deadline))
+        return answer, self._read(sum(w * h * 3 for w, h in answer.get("shapes", [])), deadline)
+
+    def _read(self, size: int, deadline: float) -> bytes:
+        fd, out = self.process.stdout.fileno(), bytearray()
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while len(out) < size:
+                left = deadline - time.monotonic()
+                if left <= 0 or not selector.select(left):
+                    raise TimeoutError
+                chunk = os.read(fd, min(size - len(out), 1 << 20))
+                if not chunk:
+                    raise _WorkerDied
+                out += chunk
+        return bytes(out)
+
+    def usable(self) -> bool:
+        return self.owner == os.getpid() and self.process.poll() is None and self.clips < _CLIPS_PER_WORKER
+
+    def close(self) -> int:
+        """Ends the worker; gives its exit status (negative: the signal that ended it)."""
+        if self.owner == os.getpid():  # a forked copy of this module must not end its parent's workers
+            self.process.kill()
+            for pipe in (self.process.stdin, self.process.stdout):
+                pipe.close()
+        return self.process.wait()
 
 
-def _limit_self(memory_mb: int, cpu_s: float) -> None:
-    """Caps this process's address space and CPU time, and lets it write no file."""
+_IDLE: dict[int, list[_Worker]] = {}  # memory limit -> idle workers
+_LOCK = threading.Lock()
+
+
+def _take_worker(memory_mb: int) -> _Worker:
+    with _LOCK:
+        idle = _IDLE.setdefault(memory_mb, [])
+        while idle:
+            worker = idle.pop()
+            if worker.usable():
+                return worker
+            if worker.owner == os.getpid():
+                worker.close()
+    return _Worker(memory_mb)
+
+
+def _give_back(worker: _Worker) -> None:
+    with _LOCK:
+        idle = _IDLE.setdefault(worker.memory_mb, [])
+        if worker.usable() and len(idle) < _KEEP_IDLE:
+            idle.append(worker)
+            return
+    worker.close()
+
+
+@atexit.register
+def _close_idle_workers() -> None:
+    with _LOCK:
+        workers = [w for idle in _IDLE.values() for w in idle if w.owner == os.getpid()]
+        _IDLE.clear()
+    for worker in workers:
+        worker.close()
+
+
+def _ask_worker(data: bytes, request: dict, settings) -> tuple[dict, list[np.ndarray]]:
+    """Gives a worker's answer and frames; a worker killed or past the time limit gives an ImageError."""
+    deadline = time.monotonic() + settings.video_timeout_s
+    fmt, limit = request["format"], settings.video_memory_mb
+    for attempt in range(2):  # an idle worker may have died since its last clip: then once more, with a fresh one
+        worker = _take_worker(limit)
+        fresh = worker.clips == 0
+        try:
+            answer, raw = worker.ask(request, data, deadline)
+        except TimeoutError:
+            worker.close()
+            raise ImageError(f"decoding the {fmt} video took longer than {settings.video_timeout_s:g} s, the limit "
+                             "(ClipSettings.video_timeout_s); send a shorter or smaller clip", kind="too_large") from None
+        except _WorkerDied:
+            status = worker.close()
+            if fresh or attempt:
+                how = (f"was stopped by signal {signal.Signals(-status).name}" if status < 0
+                       else f"failed (exit status {status})")
+                raise ImageError(f"the video decoder {how}: the {fmt} file is damaged, or decoding it needs more "
+                                 f"than {limit} MB (ClipSettings.video_memory_mb)", kind="invalid") from None
+            continue
+        if "error" in answer:
+            worker.close()  # a failed clip may have left the worker's heap in any state: the next one starts fresh
+        else:
+            _give_back(worker)
+        frames, pos = [], 0
+        for width, height in answer.get("shapes", []):
+            frames.append(np.frombuffer(raw, np.uint8, width * height * 3, pos).reshape(height, width, 3))
+            pos += width * height * 3
+        return answer, frames
+    raise AssertionError("unreachable")
+
+
+# -- the worker process -----------------------------------------------------------------------------------------
+
+
+def _serve(memory_mb: int) -> None:
+    """Answers requests from stdin on stdout until stdin closes: each a video in, its chosen frames out."""
     import resource
 
     memory = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    cpu = int(cpu_s) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        head = stdin.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            return  # the parent closed the pipe (or exited)
+        request = json.loads(stdin.read(_LENGTH.unpack(head)[0]))
+        data = stdin.read(_LENGTH.unpack(stdin.read(_LENGTH.size))[0])
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = int(used.ru_utime + used.ru_stime + request["cpu_s"]) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+        answer, frames = _answer(data, request)
+        answer["shapes"] = [[f.shape[1], f.shape[0]] for f in frames]
+        header = json.dumps(answer).encode()
+        stdout.write(_LENGTH.pack(len(header)) + header)
+        for frame in frames:
+            stdout.write(np.ascontiguousarray(frame).tobytes())
+        stdout.flush()
 
 
-def _child_main(request: dict) -> None:
-    """Reads a video from stdin and writes the answer (header, then frames) to stdout."""
-    _limit_self(request["memory_mb"], request["cpu_s"])
-    data = sys.stdin.buffer.read()
+def _answer(data: bytes, request: dict) -> tuple[dict, list[np.ndarray]]:
+    """Gives (answer, frames) for one request; errors become an answer that says why."""
     try:
-        answer, frames = _decode(data, request)
+        return _decode(data, request)
     except ImageError as exc:
-        answer, frames = {"error": str(exc), "kind": exc.kind}, []
-    except (MemoryError, ImportError):  # PyAV's libraries could not even be mapped under the limit
-        answer, frames = {"error": f"decoding the {request['format']} video needs more than {request['memory_mb']} "
-                                   "MB, the limit (ClipSettings.video_memory_mb); send a smaller clip",
-                          "kind": "too_large"}, []
-    answer["shapes"] = [[f.shape[1], f.shape[0]] for f in frames]
-    header = json.dumps(answer).encode()
-    out = sys.stdout.buffer
-    out.write(_HEADER.pack(len(header)) + header)
-    for frame in frames:
-        out.write(np.ascontiguousarray(frame).tobytes())
-    out.flush()
+        return {"error": str(exc), "kind": exc.kind}, []
+    except (MemoryError, ImportError):  # ImportError: PyAV's libraries could not even be mapped under the limit
+        return {"error": f"decoding the {request['format']} video needs more than {request['memory_mb']} MB, the "
+                         "limit (ClipSettings.video_memory_mb); send a smaller clip", "kind": "too_large"}, []
+    except Exception as exc:  # noqa: BLE001 - any other failure is this file's, and the worker answers the next
+        return {"error": f"the {request['format']} file could not be decoded ({type(exc).__name__}: {exc}); "
+                         "re-export it and try again", "kind": "invalid"}, []
 
 
 def _decode(data: bytes, request: dict) -> tuple[dict, list[np.ndarray]]:
@@ -296,4 +402,4 @@ def _rgb(frame, size: tuple[int, int]) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    _child_main(json.loads(sys.argv[1]))
+    _serve(int(sys.argv[1]))

@@ -236,8 +236,8 @@ def test_clip_settings_refuse_bad_values_saying_which(field, value, words):
 
 
 # -- videos (PyAV, the `video` extra) ---------------------------------------------------------------------------
-# The child process's decoding (`video._decode`) is tested in process, fast; the whole path, which starts a child
-# process per clip (about 0.1-0.3 s), under the `subprocess` mark.
+# The worker's decoding (`video._decode`) is tested in process, fast; the whole path, which starts a worker
+# process (about 0.25 s), under the `subprocess` mark.
 
 
 def video(fmt: str = "mp4", codec: str = "libx264", n: int = 50, fps=10, size=(64, 48), **options) -> bytes:
@@ -250,7 +250,7 @@ def video(fmt: str = "mp4", codec: str = "libx264", n: int = 50, fps=10, size=(6
         stream.pix_fmt = "yuv420p" if codec != "png" else "rgb24"
         for i in range(n):
             pixels = np.zeros((size[1], size[0], 3), np.uint8)
-            pixels[..., 0] = 5 * i
+            pixels[..., 0] = 5 * i % 256
             container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         container.mux(stream.encode())
     return buffer.getvalue()
@@ -371,3 +371,44 @@ def test_a_static_video_costs_one_frame():
         container.mux(stream.encode())
     clip = decode_media(buffer.getvalue())
     assert clip.frames_used == 1 and clip.weights == [1.0] and clip.frame_count == 30
+
+
+@pytest.mark.subprocess
+def test_a_worker_is_reused_and_a_dead_one_replaced():
+    from emoreact.embed import video as video_module
+
+    data = video(n=12)
+    settings = ClipSettings(video_memory_mb=1100)  # a limit no other test uses: its own workers
+    first = decode_media(data, settings=settings)
+    (worker,) = video_module._IDLE[1100]
+    decode_media(data, settings=settings)
+    assert video_module._IDLE[1100] == [worker] and worker.clips == 2  # the same process answered both
+    worker.process.kill()
+    worker.process.wait()
+    assert decode_media(data, settings=settings).times_ms == first.times_ms  # a fresh worker took over
+    assert video_module._IDLE[1100][0] is not worker
+
+
+@pytest.mark.subprocess
+def test_a_worker_past_the_time_limit_is_killed_and_named():
+    # A fresh worker takes about 0.25 s to start: a limit of 1 ms always runs out, whatever the machine.
+    settings = ClipSettings(video_memory_mb=1200, time_budget_s=0, video_timeout_s=0.001)
+    with pytest.raises(ImageError, match=r"longer than 0.001 s.*ClipSettings.video_timeout_s") as info:
+        decode_media(video(n=4), settings=settings)
+    assert info.value.kind == "too_large"
+    from emoreact.embed import video as video_module
+
+    assert not video_module._IDLE.get(1200)  # the killed worker is not kept
+
+
+@pytest.mark.subprocess
+def test_a_worker_over_its_memory_limit_answers_too_large_naming_the_setting():
+    from types import SimpleNamespace
+
+    from emoreact.embed import video as video_module
+
+    # Under the 384 MB that ClipSettings allows: even PyAV's libraries cannot be mapped in 200 MB.
+    settings = SimpleNamespace(video_memory_mb=200, video_timeout_s=15.0)
+    answer, frames = video_module._ask_worker(video(n=4), child_request(memory_mb=200), settings)
+    assert answer["kind"] == "too_large" and "200 MB" in answer["error"] and "video_memory_mb" in answer["error"]
+    assert frames == [] and not video_module._IDLE.get(200)
