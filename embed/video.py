@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import importlib.util
 import io
 import json
 import logging
@@ -51,26 +52,21 @@ _KEEP_IDLE = 2            # idle workers kept per memory limit
 _CLIPS_PER_WORKER = 100   # then the worker is replaced: what a long-lived heap may have kept is let go
 
 
-def decode_video(data: bytes, fmt: str, max_pixels: int, min_side: int | None, settings):
-    """Gives the Clip of a video (`fmt` as sniffed: MP4, MOV, WEBM or MKV), decoded in a worker process."""
-    from .clips import Clip, drop_near_duplicates  # clips imports this module lazily: no cycle at import
-
-    try:
-        import av  # noqa: F401 - only to say early and clearly that the extra is missing
-    except ImportError:
+def decode_video(data: bytes, fmt: str, max_pixels: int, min_side: int | None,
+                 settings) -> tuple[list[Image.Image], dict]:
+    """Gives a video's chosen frames (RGB, in time order) and what the worker says of them: `times_ms`,
+    `weights`, `duration_ms`, `frame_count`, `size` and `truncated`. `fmt` is as sniffed (MP4, MOV, WEBM, MKV);
+    `settings` a ClipSettings. Raises ImageError saying why not."""
+    if importlib.util.find_spec("av") is None:  # found, not imported: FFmpeg's libraries stay out of this process
         raise ImageError(f"{fmt} videos need PyAV, which is not installed: {VIDEO_EXTRA}; or send an image "
-                         "or an animated GIF, WebP or PNG", kind="unsupported") from None
+                         "or an animated GIF, WebP or PNG", kind="unsupported")
     request = {"format": fmt, "max_pixels": max_pixels, "min_side": min_side, "max_frames": settings.max_frames,
                "time_budget_s": settings.time_budget_s, "max_duration_s": settings.max_duration_s,
                "memory_mb": settings.video_memory_mb, "cpu_s": settings.video_timeout_s}
     answer, frames = _ask_worker(data, request, settings)
     if "error" in answer:
         raise ImageError(answer["error"], kind=answer.get("kind", "invalid"))
-    images = [Image.fromarray(array, "RGB") for array in frames]
-    images, times, weights = drop_near_duplicates(images, answer["times_ms"], answer["weights"], settings.min_change)
-    return Clip(frames=images, times_ms=times, weights=weights, duration_ms=answer["duration_ms"],
-                frame_count=answer["frame_count"], format=fmt, size=tuple(answer["size"]),
-                truncated=answer["truncated"])
+    return [Image.fromarray(array, "RGB") for array in frames], answer
 
 
 class _WorkerDied(Exception):
@@ -245,16 +241,23 @@ def _decode(data: bytes, request: dict) -> tuple[dict, list[np.ndarray]]:
 
     fmt = request["format"]
     try:
-        with av.open(io.BytesIO(data), format=_DEMUXERS[fmt]) as container:
-            return _decode_open(container, request)
-    except (av.error.MemoryError, MemoryError):
-        raise MemoryError from None
+        container = av.open(io.BytesIO(data), format=_DEMUXERS[fmt])
     except av.FFmpegError as exc:
-        if exc.errno in (errno.ENOMEM, errno.EAGAIN):  # EAGAIN: no memory left for a decoder thread's stack
-            raise MemoryError from None
-        raise ImageError(f"the {fmt} file is damaged or truncated, or decoding it needs more than "
-                         f"{request['memory_mb']} MB (ClipSettings.video_memory_mb) ({exc}); re-export it and try "
-                         "again", kind="invalid") from None
+        _raise_memory_error(exc)
+        raise ImageError(f"the {fmt} file is damaged or truncated ({exc}); re-export it and try again") from None
+    with container:
+        try:
+            return _decode_open(container, request)
+        except av.FFmpegError as exc:  # decoders report a failed allocation as invalid data too
+            _raise_memory_error(exc)
+            raise ImageError(f"the {fmt} video is damaged, or decoding it needs more than {request['memory_mb']} MB "
+                             f"(ClipSettings.video_memory_mb) ({exc}); re-export it and try again") from None
+
+
+def _raise_memory_error(exc: Exception) -> None:
+    """Raises MemoryError for an FFmpeg error that says memory ran out (EAGAIN: no room for a thread's stack)."""
+    if isinstance(exc, MemoryError) or getattr(exc, "errno", None) in (errno.ENOMEM, errno.EAGAIN):
+        raise MemoryError from None
 
 
 def _decode_open(container, request: dict) -> tuple[dict, list[np.ndarray]]:
@@ -288,13 +291,13 @@ def _decode_open(container, request: dict) -> tuple[dict, list[np.ndarray]]:
     frame_count = stream.frames or max(1, round(duration * rate))
     n = request["max_frames"]
     targets = [(k + 0.5) * duration / n for k in range(n)]
-    size = _scaled_size(width, height, request["min_side"])
+    def convert(frame) -> np.ndarray:
+        return _rgb(frame, fmt, max_pixels, request["min_side"])
+
     if stream.frames and stream.frames <= n:  # each frame is chosen, weighted by how long it is shown
-        picked, truncated = _every_frame(container, stream, duration, float(base), start, deadline,
-                                         lambda frame: _rgb(frame, size))
+        picked, truncated = _every_frame(container, stream, duration, float(base), start, deadline, convert)
     else:
-        picked, truncated = _pick(container, stream, targets, float(base), start, deadline,
-                                  lambda frame: _rgb(frame, size))
+        picked, truncated = _pick(container, stream, targets, float(base), start, deadline, convert)
     times, weights, frames = [], [], []
     for time_s, array, share in picked:
         times.append(round(time_s * 1000))
@@ -394,9 +397,13 @@ def _scaled_size(width: int, height: int, min_side: int | None) -> tuple[int, in
     return max(min_side, round(width * scale)), max(min_side, round(height * scale))
 
 
-def _rgb(frame, size: tuple[int, int]) -> np.ndarray:
-    """Gives the frame as (H, W, 3) uint8 RGB at `size`, turned upright by its display matrix."""
-    array = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="BICUBIC")
+def _rgb(frame, fmt: str, max_pixels: int, min_side: int | None) -> np.ndarray:
+    """Gives the frame as (H, W, 3) uint8 RGB scaled to `min_side`, turned upright by its display matrix."""
+    if frame.width * frame.height > max_pixels:  # a stream may change its size at a keyframe, past the header
+        raise ImageError(f"the {fmt} video has frames of {frame.width}x{frame.height} pixels, over the limit of "
+                         f"{max_pixels:,}; send a smaller clip", kind="too_large")
+    width, height = _scaled_size(frame.width, frame.height, min_side)
+    array = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")
     turns = round((frame.rotation or 0) / 90) % 4  # counterclockwise, as numpy turns
     return np.rot90(array, turns) if turns else array
 
