@@ -556,3 +556,30 @@ def test_the_filesystem_spy_sees_a_real_thumbnail_being_made(cold_client_and_spy
     client, touched = cold_client_and_spy
     assert client.get("/api/images/3/thumbnail").status_code == 200
     assert {"read_bytes", "make_thumbnail"} <= {name for name, _ in touched}  # so [] above means something
+
+
+# ---- hostile clips through the API: each answered with the limit it hit, the server still up ----
+
+def _hostile_clips() -> list:
+    from test_clips import video
+    from test_hostile_clips import hours_long_video, raw_apng, raw_gif, zip_bomb
+
+    truncated = video("mp4", "libx264", n=30)
+    return [
+        ("100000-frames.gif", lambda: raw_gif(16, 16, 100_000), 413, "10,000 frames"),
+        ("huge-canvas.gif", lambda: raw_gif(30_000, 30_000, 1000), 413, "30000x30000"),
+        ("huge-canvas.png", lambda: raw_apng(30_000, 30_000, 1000), 413, "30000x30000"),
+        ("canvas-times-frames.gif", lambda: raw_gif(6000, 6000, 200), 413, "max_decoded_pixels"),
+        ("hours.mp4", hours_long_video, 413, "max_duration_s"),
+        ("truncated.mp4", lambda: truncated[: len(truncated) // 2], 400, "damaged or truncated"),
+        ("bomb.mp4", zip_bomb, 400, "not an image"),
+    ]
+
+
+@pytest.mark.parametrize("name, make, status, says", _hostile_clips(), ids=lambda v: v if isinstance(v, str) else "")
+def test_a_hostile_clip_is_answered_with_the_limit_it_hit_and_the_server_stays_up(client, name, make, status, says):
+    pytest.importorskip("av")
+    refused = client.post("/api/predict", data=upload((name, make())))
+    assert refused.status_code == status, refused.get_data(as_text=True)
+    assert says in refused.get_json()["error"]
+    answer(client, "after.png", png(draw(("happy",), 3)))  # the next upload is served as ever
