@@ -239,25 +239,26 @@ def _decode(data: bytes, request: dict) -> tuple[dict, list[np.ndarray]]:
     """Gives (answer, frames) for one video, or raises ImageError (or MemoryError) saying why not."""
     import av
 
-    fmt = request["format"]
+    fmt, memory_mb = request["format"], request["memory_mb"]
     try:
-        container = av.open(io.BytesIO(data), format=_DEMUXERS[fmt])
+        container = av.open(io.BytesIO(data), format=_DEMUXERS[fmt], metadata_errors="replace")
     except av.FFmpegError as exc:
-        _raise_memory_error(exc)
-        raise ImageError(f"the {fmt} file is damaged or truncated ({exc}); re-export it and try again") from None
+        raise _damaged(exc, f"the {fmt} file is damaged or truncated", memory_mb) from None
     with container:
         try:
             return _decode_open(container, request)
         except av.FFmpegError as exc:  # decoders report a failed allocation as invalid data too
-            _raise_memory_error(exc)
-            raise ImageError(f"the {fmt} video is damaged, or decoding it needs more than {request['memory_mb']} MB "
-                             f"(ClipSettings.video_memory_mb) ({exc}); re-export it and try again") from None
+            raise _damaged(exc, f"the {fmt} video is damaged, or decoding it needs more than {memory_mb} MB "
+                                "(ClipSettings.video_memory_mb)", memory_mb) from None
 
 
-def _raise_memory_error(exc: Exception) -> None:
-    """Raises MemoryError for an FFmpeg error that says memory ran out (EAGAIN: no room for a thread's stack)."""
-    if isinstance(exc, MemoryError) or getattr(exc, "errno", None) in (errno.ENOMEM, errno.EAGAIN):
-        raise MemoryError from None
+def _damaged(exc: Exception, what: str, memory_mb: int) -> Exception:
+    """Gives the error to raise for an FFmpeg error: MemoryError when it says memory ran out, else ImageError."""
+    if isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM:
+        return MemoryError()
+    if getattr(exc, "errno", None) == errno.EAGAIN and "needs more than" not in what:  # or no room for a thread
+        what += f", or opening it needs more than {memory_mb} MB (ClipSettings.video_memory_mb)"
+    return ImageError(f"{what} ({exc}); re-export it and try again")
 
 
 def _decode_open(container, request: dict) -> tuple[dict, list[np.ndarray]]:
@@ -265,9 +266,10 @@ def _decode_open(container, request: dict) -> tuple[dict, list[np.ndarray]]:
     if not container.streams.video:
         raise ImageError(f"the {fmt} file holds no video track; send a clip with pictures", kind="unsupported")
     stream = container.streams.video[0]
-    codec = stream.codec_context
-    if codec.name not in CODECS:
-        raise ImageError(f"the {fmt} file's {codec.name} video is not accepted; send H.264, HEVC, VP8, VP9, AV1 "
+    codec = stream.codec_context  # None when FFmpeg has no decoder for the track's codec
+    if codec is None or codec.name not in CODECS:
+        name = codec.name if codec is not None else "unknown"
+        raise ImageError(f"the {fmt} file's {name} video is not accepted; send H.264, HEVC, VP8, VP9, AV1 "
                          "or MPEG-4 video", kind="unsupported")
     width, height = codec.width, codec.height
     if width <= 0 or height <= 0:
