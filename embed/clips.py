@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, _decode_errors, decode_image, sniff_format, sniff_video, to_rgb
+from .images import (ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, _decode_errors, decode_image, sniff_format,
+                     sniff_video, to_rgb)
 
 CLIP_FORMATS = ("GIF", "WEBP", "PNG", "MP4", "MOV", "WEBM", "MKV")  # what `Clip.format` may say
 ACCEPTED = "JPEG, PNG, WebP or GIF images, animated GIF, WebP or PNG, or MP4, MOV or WebM videos"
