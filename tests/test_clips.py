@@ -461,3 +461,17 @@ def test_mutated_animations_decode_or_raise_image_error(seed, flips, cut):
     for position, value in flips:
         data[position % len(data)] = value
     check_media(bytes(data[: max(1, len(data) - cut % len(data))]))
+
+
+@pytest.mark.subprocess
+def test_concurrent_videos_each_take_their_own_worker():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emoreact.embed import video as video_module
+
+    clips = [video(n=20, size=(64 + 16 * i, 48)) for i in range(3)]
+    settings = ClipSettings(video_memory_mb=1300)  # a limit no other test uses: its own workers
+    with ThreadPoolExecutor(3) as pool:
+        sizes = [clip.size for clip in pool.map(lambda data: decode_media(data, settings=settings), clips)]
+    assert sizes == [(64, 48), (80, 48), (96, 48)]  # each answer is its own clip's
+    assert 1 <= len(video_module._IDLE[1300]) <= video_module._KEEP_IDLE  # the rest were ended, not leaked
