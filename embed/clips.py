@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, _decode_errors, decode_image, sniff_format, sniff_video, to_rgb
+from .images import (ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, _decode_errors, decode_image, sniff_format,
+                     sniff_video, to_rgb)
 
 CLIP_FORMATS = ("GIF", "WEBP", "PNG", "MP4", "MOV", "WEBM", "MKV")  # what `Clip.format` may say
 ACCEPTED = "JPEG, PNG, WebP or GIF images, animated GIF, WebP or PNG, or MP4, MOV or WebM videos"
@@ -286,12 +287,14 @@ def _scan_gif(data: bytes, limit: int) -> _Scan | None:
                 delay = struct.unpack_from("<H", data, pos + 4)[0] * 10.0
             pos = _skip_sub_blocks(data, pos + 2)
         elif block == 0x2C and pos + 10 < end:  # an image: descriptor, local palette, LZW data
-            flags = data[pos + 9]
+            left, top, width, height, flags = struct.unpack_from("<HHHHB", data, pos + 1)
             pos = _skip_sub_blocks(data, pos + 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1)
             if pos > end:
                 break
             delays.append(delay)
             delay = 0.0
+            # A frame past the screen's edge grows the canvas (as Pillow and browsers draw it): count it in.
+            size = (max(size[0], left + width), max(size[1], top + height))
         else:  # the trailer, or bytes that are no block: browsers stop there too
             break
     return _Scan(size, delays)

@@ -70,7 +70,11 @@ def decode_video(data: bytes, fmt: str, max_pixels: int, min_side: int | None,
 
 
 class _WorkerDied(Exception):
-    pass
+    """The worker ended while decoding a clip (killed by a limit, or crashed)."""
+
+
+class _WorkerGone(Exception):
+    """The worker had ended before the request reached it (it died idle)."""
 
 
 class _Worker:
@@ -94,7 +98,7 @@ class _Worker:
             self.process.stdin.write(data)
             self.process.stdin.flush()
         except (BrokenPipeError, ValueError):
-            raise _WorkerDied from None
+            raise _WorkerGone from None
         self.clips += 1
         answer = json.loads(self._read(_LENGTH.unpack(self._read(_LENGTH.size, deadline))[0], deadline))
         return answer, self._read(sum(w * h * 3 for w, h in answer.get("shapes", [])), deadline)
@@ -165,21 +169,21 @@ def _ask_worker(data: bytes, request: dict, settings) -> tuple[dict, list[np.nda
     fmt, limit = request["format"], settings.video_memory_mb
     for attempt in range(2):  # an idle worker may have died since its last clip: then once more, with a fresh one
         worker = _take_worker(limit)
-        fresh = worker.clips == 0
         try:
             answer, raw = worker.ask(request, data, deadline)
         except TimeoutError:
             worker.close()
-            raise ImageError(f"decoding the {fmt} video took longer than {settings.video_timeout_s:g} s, the limit "
-                             "(ClipSettings.video_timeout_s); send a shorter or smaller clip", kind="too_large") from None
-        except _WorkerDied:
+            raise ImageError(f"decoding the {fmt} video took longer than {settings.video_timeout_s:g} s, the "
+                             "limit (ClipSettings.video_timeout_s); send a shorter or smaller clip",
+                             kind="too_large") from None
+        except (_WorkerDied, _WorkerGone) as exc:
             status = worker.close()
-            if fresh or attempt:
-                how = (f"was stopped by signal {signal.Signals(-status).name}" if status < 0
-                       else f"failed (exit status {status})")
-                raise ImageError(f"the video decoder {how}: the {fmt} file is damaged, or decoding it needs more "
-                                 f"than {limit} MB (ClipSettings.video_memory_mb)", kind="invalid") from None
-            continue
+            if isinstance(exc, _WorkerGone) and not attempt:
+                continue
+            how = (f"was stopped by signal {signal.Signals(-status).name}" if status < 0
+                   else f"failed (exit status {status})")
+            raise ImageError(f"the video decoder {how}: the {fmt} file is damaged, or decoding it needs more than "
+                             f"{limit} MB (ClipSettings.video_memory_mb)", kind="invalid") from None
         if "error" in answer:
             worker.close()  # a failed clip may have left the worker's heap in any state: the next one starts fresh
         else:
@@ -210,8 +214,9 @@ def _serve(memory_mb: int) -> None:
         request = json.loads(stdin.read(_LENGTH.unpack(head)[0]))
         data = stdin.read(_LENGTH.unpack(stdin.read(_LENGTH.size))[0])
         used = resource.getrusage(resource.RUSAGE_SELF)
-        soft = int(used.ru_utime + used.ru_stime + request["cpu_s"]) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+        soft = int(used.ru_utime + used.ru_stime + request["cpu_s"]) + 1  # CPU time counts over the process's life
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         answer, frames = _answer(data, request)
         answer["shapes"] = [[f.shape[1], f.shape[0]] for f in frames]
         header = json.dumps(answer).encode()
@@ -239,24 +244,27 @@ def _decode(data: bytes, request: dict) -> tuple[dict, list[np.ndarray]]:
     """Gives (answer, frames) for one video, or raises ImageError (or MemoryError) saying why not."""
     import av
 
-    fmt = request["format"]
+    fmt, memory_mb = request["format"], request["memory_mb"]
+    limit = f"{memory_mb} MB (ClipSettings.video_memory_mb)"
     try:
-        container = av.open(io.BytesIO(data), format=_DEMUXERS[fmt])
+        container = av.open(io.BytesIO(data), format=_DEMUXERS[fmt], metadata_errors="replace")
     except av.FFmpegError as exc:
-        _raise_memory_error(exc)
-        raise ImageError(f"the {fmt} file is damaged or truncated ({exc}); re-export it and try again") from None
+        _raise_if_out_of_memory(exc)
+        cause = f", or opening it needs more than {limit}" if exc.errno == errno.EAGAIN else ""  # a thread's stack
+        raise ImageError(f"the {fmt} file is damaged or truncated{cause} ({exc}); re-export it and try again") from None
     with container:
         try:
             return _decode_open(container, request)
         except av.FFmpegError as exc:  # decoders report a failed allocation as invalid data too
-            _raise_memory_error(exc)
-            raise ImageError(f"the {fmt} video is damaged, or decoding it needs more than {request['memory_mb']} MB "
-                             f"(ClipSettings.video_memory_mb) ({exc}); re-export it and try again") from None
+            _raise_if_out_of_memory(exc)
+            raise ImageError(f"the {fmt} video is damaged, or decoding it needs more than {limit} ({exc}); "
+                             "re-export it and try again") from None
 
 
-def _raise_memory_error(exc: Exception) -> None:
-    """Raises MemoryError for an FFmpeg error that says memory ran out (EAGAIN: no room for a thread's stack)."""
-    if isinstance(exc, MemoryError) or getattr(exc, "errno", None) in (errno.ENOMEM, errno.EAGAIN):
+def _raise_if_out_of_memory(exc: Exception) -> None:
+    """Raises MemoryError for an FFmpeg error that says memory ran out (ENOMEM: also a corrupt size that asks for
+    more than FFmpeg allocates at once)."""
+    if isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM:
         raise MemoryError from None
 
 
@@ -265,9 +273,10 @@ def _decode_open(container, request: dict) -> tuple[dict, list[np.ndarray]]:
     if not container.streams.video:
         raise ImageError(f"the {fmt} file holds no video track; send a clip with pictures", kind="unsupported")
     stream = container.streams.video[0]
-    codec = stream.codec_context
-    if codec.name not in CODECS:
-        raise ImageError(f"the {fmt} file's {codec.name} video is not accepted; send H.264, HEVC, VP8, VP9, AV1 "
+    codec = stream.codec_context  # None when FFmpeg has no decoder for the track's codec
+    if codec is None or codec.name not in CODECS:
+        name = codec.name if codec is not None else "unknown"
+        raise ImageError(f"the {fmt} file's {name} video is not accepted; send H.264, HEVC, VP8, VP9, AV1 "
                          "or MPEG-4 video", kind="unsupported")
     width, height = codec.width, codec.height
     if width <= 0 or height <= 0:
@@ -285,12 +294,14 @@ def _decode_open(container, request: dict) -> tuple[dict, list[np.ndarray]]:
         duration = _demuxed_duration_s(container, stream, start)
         container.seek(0)
     if duration > request["max_duration_s"]:
-        raise ImageError(f"the {fmt} video is {duration:,.0f} s long, over the limit of {request['max_duration_s']:g} s "
-                         "(ClipSettings.max_duration_s); send a shorter clip", kind="too_large")
+        raise ImageError(f"the {fmt} video is {duration:,.0f} s long, over the limit of "
+                         f"{request['max_duration_s']:g} s (ClipSettings.max_duration_s); send a shorter clip",
+                         kind="too_large")
     rate = float(stream.average_rate or stream.guessed_rate or 0)
     frame_count = stream.frames or max(1, round(duration * rate))
     n = request["max_frames"]
     targets = [(k + 0.5) * duration / n for k in range(n)]
+
     def convert(frame) -> np.ndarray:
         return _rgb(frame, fmt, max_pixels, request["min_side"])
 

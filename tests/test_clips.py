@@ -290,6 +290,24 @@ def test_video_frames_come_back_scaled_to_min_side():
     assert {f.shape for f in frames} == {(60, 80, 3)} and answer["size"] == [320, 240]
 
 
+def test_a_video_turned_by_its_display_matrix_comes_back_upright():
+    av = pytest.importorskip("av")
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(90)  # counterclockwise, as a phone held upright records
+        pixels = np.zeros((48, 64, 3), np.uint8)
+        pixels[:, :32, 0] = 255  # red on the left, blue on the right
+        pixels[:, 32:, 2] = 255
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, "rgb24")))
+        container.mux(stream.encode())
+    answer, frames = decode_in_process(buffer.getvalue())
+    assert frames[0].shape == (64, 48, 3) and answer["size"] == [64, 48]  # shown 48 wide; stored 64 wide
+    assert frames[0][-3, 24, 0] > 200 and frames[0][2, 24, 2] > 200  # the left side turned to the bottom
+
+
 def test_a_spent_video_budget_gives_the_frames_so_far():
     answer, frames = decode_in_process(video(n=50), time_budget_s=0)
     assert answer["truncated"] and len(frames) == 1 and answer["weights"] == [1.0]
@@ -412,3 +430,48 @@ def test_a_worker_over_its_memory_limit_answers_too_large_naming_the_setting():
     answer, frames = video_module._ask_worker(video(n=4), child_request(memory_mb=200), settings)
     assert answer["kind"] == "too_large" and "200 MB" in answer["error"] and "video_memory_mb" in answer["error"]
     assert frames == [] and not video_module._IDLE.get(200)
+
+
+# -- fuzzing the animation headers: only ImageError escapes -----------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ANIMATION_SEEDS = [animation(fmt, solid(3, size=(12, 8)), [0, 50, 120]) for fmt in ANIMATED]
+
+
+def check_media(data: bytes) -> None:
+    is_clip(data)
+    try:
+        result = decode_media(data, max_pixels=1_000_000, settings=ClipSettings(max_source_frames=500))
+    except ImageError as exc:
+        assert str(exc) and exc.kind in ("invalid", "unsupported", "too_large")
+    else:
+        frames = result.frames if isinstance(result, Clip) else [result]
+        assert frames and all(f.mode == "RGB" and f.width * f.height <= 1_000_000 for f in frames)
+        if isinstance(result, Clip):
+            assert sum(result.weights) == pytest.approx(1.0) and result.times_ms == sorted(result.times_ms)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(ANIMATION_SEEDS), flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)),
+                                                             max_size=8), cut=st.integers(0, 4000))
+def test_mutated_animations_decode_or_raise_image_error(seed, flips, cut):
+    data = bytearray(seed)
+    for position, value in flips:
+        data[position % len(data)] = value
+    check_media(bytes(data[: max(1, len(data) - cut % len(data))]))
+
+
+@pytest.mark.subprocess
+def test_concurrent_videos_each_take_their_own_worker():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emoreact.embed import video as video_module
+
+    clips = [video(n=20, size=(64 + 16 * i, 48)) for i in range(3)]
+    settings = ClipSettings(video_memory_mb=1300)  # a limit no other test uses: its own workers
+    with ThreadPoolExecutor(3) as pool:
+        sizes = [clip.size for clip in pool.map(lambda data: decode_media(data, settings=settings), clips)]
+    assert sizes == [(64, 48), (80, 48), (96, 48)]  # each answer is its own clip's
+    assert 1 <= len(video_module._IDLE[1300]) <= video_module._KEEP_IDLE  # the rest were ended, not leaked

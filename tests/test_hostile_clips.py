@@ -98,6 +98,15 @@ def test_a_30000x30000_canvas_of_many_frames_is_refused_before_decoding(make, na
     assert info.value.kind == "too_large"
 
 
+def test_a_gif_frame_drawn_past_the_screen_counts_in_the_canvas():
+    data = raw_gif(16, 16, 3)
+    third = b"\x2c" + struct.pack("<HHHHB", 14, 11, 1, 1, 0)  # the third frame's descriptor: at (14, 11)
+    grown = data.replace(third, b"\x2c" + struct.pack("<HHHHB", 14, 11, 2000, 1000, 0))
+    # Pillow (and browsers) grow the canvas to hold such a frame: the limit is checked on the grown one.
+    with pytest.raises(ImageError, match="the GIF canvas is 2014x1011 pixels, over the limit of 1,000,000"):
+        decode_media(grown, max_pixels=1_000_000)
+
+
 def test_a_large_canvas_times_many_frames_is_refused_by_the_work_budget():
     data = raw_gif(6000, 6000, 200)  # 36 megapixels a frame, under the 40 of one image; 200 frames of them
     with pytest.raises(ImageError, match=r"188 frames of 6000x6000.*ClipSettings.max_decoded_pixels") as info:
