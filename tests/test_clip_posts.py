@@ -262,3 +262,25 @@ def test_a_stored_clips_thumbnail_is_its_middle_frame(clip_store):
     first = np.asarray(draw(("neutral",), seed=0).resize(thumbnail.size), np.float32)
     shown = np.asarray(thumbnail.convert("RGB"), np.float32)
     assert np.abs(shown - middle).mean() < np.abs(shown - first).mean()
+
+
+def test_the_multi_device_engine_carries_clips_through_its_merge(tmp_path, label_config, monkeypatch):
+    from test_parallel_resume import InProcessPool
+
+    from emoreact.embed import parallel
+
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", InProcessPool)
+    (tmp_path / "src").mkdir()
+    for n in range(3):
+        draw(("happy",), seed=n).save(tmp_path / "src" / f"still{n}.png")
+        (tmp_path / "src" / f"clip{n}.gif").write_bytes(gif(["neutral"] + ["sad"] * (n + 2)))
+    embed_source(tmp_path / "src", tmp_path / "two", TINY, labels=label_config, device="cpu,cpu", config=FAST_EMBED)
+    embed_source(tmp_path / "src", tmp_path / "one", TINY, labels=label_config, device="cpu", config=FAST_EMBED)
+    with Store.open(tmp_path / "two") as two, Store.open(tmp_path / "one") as one:
+        def state(store):
+            items = store.items()
+            return {i.path: (clip, store.vector(i.id)) for i, clip in zip(items, store.clips([i.id for i in items]))}
+        merged, single = state(two), state(one)
+        assert merged.keys() == single.keys() and sum(c is not None for c, _ in merged.values()) == 3
+        for path, (clip, vector) in merged.items():
+            assert clip == single[path][0] and np.allclose(vector, single[path][1], atol=2e-3)
