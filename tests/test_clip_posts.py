@@ -284,3 +284,26 @@ def test_the_multi_device_engine_carries_clips_through_its_merge(tmp_path, label
         assert merged.keys() == single.keys() and sum(c is not None for c, _ in merged.values()) == 3
         for path, (clip, vector) in merged.items():
             assert clip == single[path][0] and np.allclose(vector, single[path][1], atol=2e-3)
+
+
+def test_a_video_is_answered_and_embedded_like_a_gif(predictor, tmp_path, label_config):
+    av = pytest.importorskip("av")
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 96, "yuv420p"
+        for n, label in enumerate(["neutral", "sad", "sad", "sad"]):
+            frame = av.VideoFrame.from_ndarray(np.asarray(draw((label,), seed=n)), format="rgb24")
+            for _ in range(10):  # a second each
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    answer = predictor.predict(out.getvalue())
+    assert answer["clip"]["format"] == "MP4" and 3900 <= answer["clip"]["duration_ms"] <= 4100
+    assert "sad" in answer["predicted_emotions"] and answer["clip"]["peaks"]["sad"] >= 900
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "tears.mp4").write_bytes(out.getvalue())
+    report = embed_source(tmp_path / "src", tmp_path / "store", TINY, labels=label_config, device="cpu",
+                          config=FAST_EMBED)
+    assert report.added == 1
+    with Store.open(tmp_path / "store") as store:
+        assert store.clips([0])[0]["format"] == "MP4"
