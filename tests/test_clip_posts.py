@@ -307,3 +307,23 @@ def test_a_video_is_answered_and_embedded_like_a_gif(predictor, tmp_path, label_
     assert report.added == 1
     with Store.open(tmp_path / "store") as store:
         assert store.clips([0])[0]["format"] == "MP4"
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_predict_to_a_file_keeps_a_clips_timeline_and_leaves_a_stills_empty(predictor, tmp_path, suffix):
+    from emoreact.cli_predict import predict_to_file
+
+    (tmp_path / "sad.gif").write_bytes(gif(SAD_AFTER_NEUTRAL))
+    draw(("happy",), seed=2).save(tmp_path / "happy.png")
+    out = tmp_path / f"answers{suffix}"
+    summary = predict_to_file(predictor, [tmp_path / "sad.gif", tmp_path / "happy.png"], out, batch_size=2, k=1)
+    assert summary["errors"] == 0
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(out).to_pylist()
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    clip, still = sorted(rows, key=lambda row: row["image"].endswith(".png"))
+    assert clip["clip"]["format"] == "GIF" and len(clip["timeline"]) == clip["clip"]["frames_used"]
+    assert still.get("timeline") is None and still.get("clip") is None
