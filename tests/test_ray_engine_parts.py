@@ -139,11 +139,11 @@ def test_decode_gives_pixels_for_new_images_and_none_for_known_or_bad_files(sour
         pixels = columns["pixels"][row]
         assert pixels.dtype == np.float32
         if status == _STATUS_OK:
-            assert pixels.shape == (3, *side)
+            assert pixels.shape == (1, 3, *side)  # (frames, 3, H, W): one frame for a still
             assert tuple(columns["size"][row]) == (96, 96)  # synthetic.draw's images
             assert columns["bytes"][row] == os.path.getsize(paths[row])
         else:
-            assert pixels.shape == (3, 0, 0) and columns["bytes"][row] == 0
+            assert pixels.shape == (1, 3, 0, 0) and columns["bytes"][row] == 0
     assert columns["size"].shape == (len(paths), 2) and columns["size"].dtype == np.int64
 
 
