@@ -354,10 +354,12 @@ class Predictor:
             words = None if text is None else text[n]
             seen = frame_scores(self.head, vectors, clip.times_ms, words)
             if self.clip_pooling == "scores":
-                probs[n] = seen.pooled(np.asarray(clip.weights))
-                if image_scores is not probs:
-                    image_scores[n] = frame_scores(self.head, vectors, clip.times_ms).pooled(np.asarray(clip.weights)) \
-                        if words is not None and np.any(words) else probs[n]
+                weights = np.asarray(clip.weights)
+                probs[n] = seen.pooled(weights)
+                if image_scores is not probs:  # a post head: its picture channel pools the frames' pictures alone
+                    words_read = words is not None and np.any(words)
+                    pictures = frame_scores(self.head, vectors, clip.times_ms) if words_read else seen
+                    image_scores[n] = pictures.pooled(weights)
             out.append(seen)
         return out
 

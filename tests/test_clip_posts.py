@@ -327,3 +327,18 @@ def test_predict_to_a_file_keeps_a_clips_timeline_and_leaves_a_stills_empty(pred
     clip, still = sorted(rows, key=lambda row: row["image"].endswith(".png"))
     assert clip["clip"]["format"] == "GIF" and len(clip["timeline"]) == clip["clip"]["frames_used"]
     assert still.get("timeline") is None and still.get("clip") is None
+
+
+def test_a_captioned_clip_through_a_post_head_keeps_its_three_channels_apart(post_store, post_heads):
+    import emoreact
+    from synthetic import PHRASES
+
+    with emoreact.load(post_store, post_heads[0], device="cpu", ocr="off") as posts:
+        plain = posts.predict(gif(["neutral"] * 2 + ["happy"] * 4))
+        captioned = posts.predict(gif(["neutral"] * 2 + ["happy"] * 4), caption=PHRASES["sad"][0])
+    assert plain["channels"]["text"] is None and set(plain["decided_by"].values()) <= {"frames"}
+    assert captioned["channels"]["text"] is not None and "sad" in captioned["predicted_emotions"]
+    assert captioned["decided_by"]["sad"] == "text"
+    # The picture channel is the frames' own, the same whatever the caption says.
+    assert captioned["channels"]["image"] == plain["channels"]["image"]
+    assert captioned["channels"]["frames"] != plain["channels"]["frames"]  # frames are scored with the words
