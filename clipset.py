@@ -63,6 +63,11 @@ class GeneratedClip:
     def suffix(self) -> str:
         return f".{self.format}"
 
+    @property
+    def middle_frame(self) -> int:
+        """The index of the frame on screen at half the duration."""
+        return _frame_at(self.delays_ms, self.duration_ms / 2)
+
 
 def make_clips(seed: int = 0, per_kind: int = 12, formats: tuple[str, ...] = FORMATS,
                split: str = "test") -> list[GeneratedClip]:
@@ -100,10 +105,10 @@ def make_clip(kind: str, fmt: str, seed: int = 0, number: int = 0, frames: int |
     images = _render(rng, drawings, side, static=kind == "static")
     data = _ENCODERS[fmt](images, delays, fps)
     order = load_label_config().names
-    middle = _frame_at(delays, sum(delays) / 2)
+    middle = drawings[_frame_at(delays, sum(delays) / 2)]
     return GeneratedClip(name=f"{kind}-{fmt}-{number:04d}", data=data, format=fmt, kind=kind,
                          labels=labels_by_share(drawings, delays, order), first_frame_labels=drawings[0].labels,
-                         middle_frame_labels=drawings[middle].labels, frames=tuple(d.name for d in drawings),
+                         middle_frame_labels=middle.labels, frames=tuple(d.name for d in drawings),
                          delays_ms=tuple(delays))
 
 
