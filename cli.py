@@ -25,6 +25,7 @@ from emoreact.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED, PRECISIONS, RUNTIM
 from emoreact.embed.config import OCR_MODES, EmbedConfig  # noqa: E402
 from emoreact.embed.engines import ENGINES  # noqa: E402 - the names only: an engine loads when it runs
 from emoreact.heads.config import INPUTS, KINDS, LOSSES, SCHEDULES, TASKS, HeadConfig  # noqa: E402
+from emoreact.heads.frames import POOLINGS  # noqa: E402
 from emoreact.labels import load_label_config  # noqa: E402
 from emoreact.predictor_config import PredictorConfig  # noqa: E402
 from emoreact.web.config import MiB, WebConfig  # noqa: E402
@@ -101,6 +102,23 @@ def _runtime_options(config: type) -> list:
                           "so a store embedded at int8 is served at int8).")]
 
 
+def _clip_options(config: type) -> list:
+    """Gives --max-frames and --clip-seconds (and, where answers are made, --clip-pooling): how clips
+    (animated GIF/WebP/PNG, video with the `video` extra) are read; embed/clips.py, heads/frames.py."""
+    options = [_setting(config, "max_frames", "--max-frames", show_default=True, type=click.IntRange(1),
+                        help="A clip is judged by at most this many frames, spread over its length."),
+               _setting(config, "clip_seconds", "--clip-seconds", show_default=True,
+                        type=click.FloatRange(min=0, min_open=True),
+                        help="Decoding one clip stops after this long; the frames decoded so far are used "
+                             "(the answer says `truncated`).")]
+    if any(f.name == "clip_pooling" for f in dataclasses.fields(config)):
+        options.append(_setting(config, "clip_pooling", "--clip-pooling", show_default=True,
+                                type=click.Choice(POOLINGS),
+                                help="A clip's scores: the time-weighted mean of its frames' scores (scores), "
+                                     "or the score of its frames' mean vector (features)."))
+    return options
+
+
 def _with(options):
     def decorate(f):
         for option in reversed(options):
@@ -157,31 +175,34 @@ def info() -> None:
 @_setting(EmbedConfig, "ocr", "--ocr", show_default=True, type=click.Choice(OCR_MODES),
           help="Read the words in each image (pip install \"emoreact[ocr]\"): on; auto, when the extra is "
                "installed; off. Words (and a manifest's caption column) are stored as text vectors.")
-@click.option("--backfill", is_flag=True, help="Add words to the images already stored without them: captions "
-                                                "from SOURCE's caption column, and with --ocr on the text read in "
-                                                "their files. Nothing is re-embedded.")
+@click.option("--backfill", is_flag=True, help="Bring stored images up to date, nothing else added: animations "
+                                                "stored by their first frame (EmoReact 0.3) are re-embedded as clips "
+                                                "in place; images without words get captions from SOURCE's caption "
+                                                "column and, with --ocr on, the text read in their files.")
 @click.option("--near-duplicate-threshold", default=str(_default(EmbedConfig, "near_duplicate_threshold")),
               show_default=True,
               callback=lambda ctx, param, value: _threshold_or_off(value), metavar="COSINE|off",
               help="Images at least this similar go to one split, unless the source fixed their split; "
                    "off keeps every split as the content hash gave it.")
 @_with(_runtime_options(EmbedConfig))
+@_with(_clip_options(EmbedConfig))
 @_labels_option
 @_friendly
 def embed(source, store_path, model, pretrained, device, fmt, batch_size, workers, engine, ray_address,
           gpus_per_worker, shard_size, index_kind, allow_readd, no_progress, wait, ocr, backfill,
-          near_duplicate_threshold, runtime, precision, labels_path) -> None:
+          near_duplicate_threshold, runtime, precision, max_frames, clip_seconds, labels_path) -> None:
     """Embed images from SOURCE (folder, CSV/JSONL manifest with path, labels, split, caption columns,
     FI/EmoSet/Emotion6/AffectNet) into a store."""
     from emoreact.rayutil import RayConfig
 
     if backfill:
-        from emoreact.backfill import backfill_words
+        from emoreact.backfill import backfill as run_backfill
         from emoreact.labels import load_label_config
 
-        report = backfill_words(source, store_path, load_label_config(labels_path), ocr=ocr, device=device,
-                                pretrained=pretrained, wait=wait, progress=not no_progress)
-        click.echo(json.dumps({**report.to_json(), "store": str(store_path)}))
+        report = run_backfill(source, store_path, load_label_config(labels_path), ocr=ocr, device=device,
+                              pretrained=pretrained, wait=wait, progress=not no_progress,
+                              clips=EmbedConfig(max_frames=max_frames, clip_seconds=clip_seconds).clips())
+        click.echo(json.dumps({**report, "store": str(store_path)}))
         return
     ray_config = RayConfig(address=ray_address, workers=workers or None, gpus_per_worker=gpus_per_worker)
     report = emoreact.embed_source(source, store_path, model, pretrained, labels=labels_path, source_format=fmt,
@@ -190,7 +211,8 @@ def embed(source, store_path, model, pretrained, device, fmt, batch_size, worker
                                    shard_size=shard_size, progress=not no_progress, wait=wait,
                                    index=_index_choice(index_kind), allow_readd=allow_readd,
                                    near_duplicate_threshold=near_duplicate_threshold, engine=engine,
-                                   ray_config=ray_config, ocr=ocr, runtime=runtime, precision=precision)
+                                   ray_config=ray_config, ocr=ocr, runtime=runtime, precision=precision,
+                                   max_frames=max_frames, clip_seconds=clip_seconds)
     click.echo(json.dumps({**report.to_json(), "store": str(store_path)}, ensure_ascii=False))
 
 
@@ -292,10 +314,11 @@ def evaluate(store_path, head_path, split, out) -> None:
           help="Read the words in each image: auto, when the head reads words and the ocr extra is installed; "
                "on; off.")
 @_with(_runtime_options(PredictorConfig))
+@_with(_clip_options(PredictorConfig))
 @_labels_option
 @_friendly
 def predict(images, store_path, head_path, k, out, batch_size, no_progress, device, pretrained, caption, ocr,
-            runtime, precision, labels_path) -> None:
+            runtime, precision, max_frames, clip_seconds, clip_pooling, labels_path) -> None:
     """Predict emotions and emoji reactions for IMAGES: files, folders or CSV/JSONL manifests (every image they
     list, with its caption column). One JSON object per image per line, or a file with --out; exits 1 if an
     image could not be read."""
@@ -309,7 +332,8 @@ def predict(images, store_path, head_path, k, out, batch_size, no_progress, devi
         raise click.UsageError("--caption goes with one image file; for many images give a CSV/JSONL manifest "
                                "with a caption column")
     predictor = emoreact.load(store_path, head_path, device=device, labels=labels_path, pretrained=pretrained, ocr=ocr,
-                              runtime=runtime, precision=precision)
+                              runtime=runtime, precision=precision, max_frames=max_frames, clip_seconds=clip_seconds,
+                              clip_pooling=clip_pooling)
     with predictor:
         paths = image_paths(images, predictor.head.label_config, caption)
         if out is not None:
@@ -415,6 +439,7 @@ def demo(ctx, out, no_serve, host, port, device, labels_path) -> None:
 @_setting(WebConfig, "ocr", "--ocr", show_default=True, type=click.Choice(OCR_MODES),
           help="Read the words in uploads: auto, when the head reads words and the ocr extra is installed; on; off.")
 @_with(_runtime_options(WebConfig))
+@_with(_clip_options(WebConfig))
 @_setting(WebConfig, "api_keys", "--api-keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
           help="File of API keys, one `name:key` or `name:key:admin` per line. Feedback needs a key, "
                "retraining an admin key; without this file neither is possible.")

@@ -19,9 +19,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from emoreact.embed import (DEFAULT_MAX_PIXELS, Backbone, ImageError, ModelLoadError, ModelSpec, clean_caption,
-                            decode_image, decode_pil, load_backbone, ocr_reader, ocr_text, precision_hint, same_model,
+                            decode_pil, load_backbone, ocr_reader, ocr_text, precision_hint, same_model,
                             text_vectors)
-from emoreact.heads import EmotionHead, deciding_channel, emoji_policy, rank_reactions
+from emoreact.embed.clips import Clip, ClipSettings, decode_media
+from emoreact.embed.frames import pool_vectors
+from emoreact.heads import EmotionHead, deciding_channel, emoji_policy, frame_scores, rank_reactions
 from emoreact.index import Store, StoreError
 from emoreact.labels import LabelConfig, load_label_config
 
@@ -61,7 +63,8 @@ def load(store: str | Path | None = None, head: str | Path | None = None, config
         trained.with_policy(labels if isinstance(labels, LabelConfig) else load_label_config(labels))
     try:
         return Predictor(backbone, opened, trained, config.max_pixels, owns_store=True,
-                         unsure_above=config.unsure_above, ocr=config.ocr)
+                         unsure_above=config.unsure_above, ocr=config.ocr, clips=clip_settings(config),
+                         clip_pooling=config.clip_pooling)
     except BaseException:  # e.g. --ocr on without the extra: the store opened above is closed again
         if opened is not None:
             opened.close()
@@ -72,7 +75,12 @@ def load_for_neighbours(store: str | Path, config: PredictorConfig | None = None
     """Gives a predictor without a head, for `neighbours` only: the store's backbone and the same decode."""
     config = with_options(config or PredictorConfig(), options)
     opened, _, backbone = _open_store(store, config)
-    return Predictor(backbone, opened, None, config.max_pixels, owns_store=True)
+    return Predictor(backbone, opened, None, config.max_pixels, owns_store=True, clips=clip_settings(config))
+
+
+def clip_settings(config: PredictorConfig) -> ClipSettings:
+    """Gives the clip decoding settings of a predictor's config (its other limits keep their defaults)."""
+    return ClipSettings(max_frames=config.max_frames, time_budget_s=config.clip_seconds)
 
 
 def _open_store(store: str | Path, config: PredictorConfig,
@@ -115,7 +123,7 @@ class Predictor:
     def __init__(self, backbone: Backbone, store: Store | None, head: EmotionHead | None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, *, owns_store: bool = False,
                  unsure_above: float = DEFAULT_UNSURE_ABOVE, novelty: NoveltyCalibration | None = None,
-                 ocr: str = "off") -> None:
+                 ocr: str = "off", clips: ClipSettings | None = None, clip_pooling: str = "scores") -> None:
         if store is not None and head is not None and (head.model_id != store.model_id or head.dim != store.dim):
             raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
                              f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
@@ -131,6 +139,8 @@ class Predictor:
             else NoveltyCalibration.from_store(store)
         self.batch_observer = None  # called with (images, seconds) after each model call (the server's metrics)
         self.ocr_mode = ocr
+        self.clips = clips or ClipSettings()  # how animations and videos are decoded (embed/clips.py)
+        self.clip_pooling = clip_pooling  # how a clip's frames make its scores (heads/frames.py)
         # OCR (embed.ocr): "on" needs the extra now; "auto" reads words only for a head that reads them.
         wanted = ocr == "on" or (ocr == "auto" and head is not None and head.reads_text)
         self._ocr = ocr_reader(ocr) if wanted else None
@@ -139,7 +149,8 @@ class Predictor:
         """Gives a predictor with this one's backbone, head and novelty calibration over another (re-opened)
         store, which it owns; this one is left as it is (close it once no request uses it)."""
         twin = Predictor(self.backbone, store, self.head, self.max_pixels, owns_store=True,
-                         unsure_above=self.unsure_above, novelty=self.novelty, ocr="off")
+                         unsure_above=self.unsure_above, novelty=self.novelty, ocr="off", clips=self.clips,
+                         clip_pooling=self.clip_pooling)
         twin.ocr_mode, twin._ocr = self.ocr_mode, self._ocr
         twin.batch_observer = self.batch_observer
         return twin.batch_calls(self._batching) if self._batching is not None else twin
@@ -217,19 +228,20 @@ class Predictor:
                 yield from self._predict_chunk([image for image, _ in pairs], k, [caption for _, caption in pairs])
                 bar.update(len(chunk))
 
-    def decode(self, image: ImageInput) -> tuple[str, Image.Image]:
-        """Gives (name, RGB image) for a path, bytes or PIL image, decoded as the embed job decodes."""
+    def decode(self, image: ImageInput) -> tuple[str, Image.Image | Clip]:
+        """Gives (name, RGB image, or a Clip of chosen frames for an animation or video) for a path, bytes or
+        PIL image, decoded as the embed job decodes. (A PIL image is a still: give a clip as bytes or a path.)"""
         if isinstance(image, Image.Image):
             name = getattr(image, "filename", "") or "<PIL image>"
             return name, decode_pil(image, self.max_pixels, self._min_side)[0]
         if isinstance(image, (bytes, bytearray, memoryview)):
-            return "<bytes>", decode_image(bytes(image), self.max_pixels, self._min_side)
+            return "<bytes>", decode_media(bytes(image), self.max_pixels, self._min_side, self.clips)
         if isinstance(image, (str, os.PathLike)):
             try:
                 data = Path(image).read_bytes()
             except OSError as exc:
                 raise ImageError(f"cannot read {image}: {exc.strerror}; check the path") from exc
-            return str(image), decode_image(data, self.max_pixels, self._min_side)
+            return str(image), decode_media(data, self.max_pixels, self._min_side, self.clips)
         raise TypeError(f"cannot predict a {type(image).__name__}; pass a file path, encoded bytes or a PIL image")
 
     def _predict_chunk(self, images: list[ImageInput], k: int, captions: list[str | None] | None = None) -> list[dict]:
@@ -275,19 +287,23 @@ class Predictor:
                                 [ocr_text(p["ocr"]) for p in posts])
 
     def predict_vectors(self, vectors: np.ndarray, names: list[str], k: int = 5,
-                        posts: list[dict] | None = None, text: np.ndarray | None = None) -> list[dict]:
+                        posts: list[dict] | None = None, text: np.ndarray | None = None,
+                        clips: list[tuple[Clip, np.ndarray] | None] | None = None) -> list[dict]:
         """Gives one result dict per vector: emotions, scores, emojis ranked best first with their fit
         scores, novelty and unsure (null without a store), with a store k neighbours, and each post's words
-        (`posts`, from `read_words`) with their (N, D) `text` vectors (zero rows: no words) and the channels."""
+        (`posts`, from `read_words`) with their (N, D) `text` vectors (zero rows: no words) and the channels.
+        `clips`: per vector None (a still) or (the Clip, its (F, D) frame vectors), the vector being their
+        pooled one; a clip's answer pools its frames' (heads/frames.py) and carries their timeline."""
         if self.head is None:
             raise ValueError("this predictor has no head, so no emotions; load it with emoreact.load(head=HEAD)")
         posts = posts or [{"caption": None, "ocr": []}] * len(vectors)
         if text is None and self.head.reads_text and any(p["caption"] or p["ocr"] for p in posts):
             text = self.text_vectors(posts)
         probs = self.head.predict_proba(vectors, text=text)
-        chosen = self.head.decide(probs, text)  # by the head's task: single-label heads always keep their top label
         # An image-only head's one channel is its answer: no second forward pass on the hot path.
         image_scores, text_scores = self.head.channels(vectors, text) if self.head.reads_text else (probs, None)
+        frames = self._frame_scores(clips or [None] * len(vectors), text, probs, image_scores)
+        chosen = self.head.decide(probs, text)  # by the head's task: single-label heads always keep their top label
         novelty = [None] * len(vectors)
         if self.store is not None:
             # Novelty needs each image's nearest indexed image, even when no neighbours are asked for.
@@ -304,6 +320,9 @@ class Predictor:
             predicted = [label for label, on in zip(self.labels, c) if on]
             read = None if text_scores is None or np.isnan(text_scores[n]).any() else text_scores[n]
             channel = dict(zip(self.labels, deciding_channel(image_scores[n], read)))
+            clip, seen = (clips[n][0], frames[n]) if clips and clips[n] is not None else (None, None)
+            if seen is not None:  # a clip's picture channel is its frames
+                channel = {label: "frames" if by == "image" else by for label, by in channel.items()}
             predicted.sort(key=lambda label: -p[self.labels.index(label)])
             allowed, blocked = emoji_policy(predicted, config)
             fit = rank_reactions(allowed, predicted, dict(zip(self.labels, p.tolist())), config)
@@ -313,17 +332,63 @@ class Predictor:
                 unsure=None if new is None else new >= self.unsure_above, neighbours=near,
                 neighbours_exact=None if self.store is None else self.store.index_settings.exact, text=posts[n],
                 channels={"image": dict(zip(self.labels, image_scores[n].tolist())),
-                          "text": None if read is None else dict(zip(self.labels, read.tolist()))},
-                decided_by={label: channel[label] for label in predicted}))
+                          "text": None if read is None else dict(zip(self.labels, read.tolist())),
+                          **({} if seen is None else {"frames": dict(zip(self.labels, seen.strongest().tolist()))})},
+                decided_by={label: channel[label] for label in predicted},
+                clip=None if clip is None else {
+                    "format": clip.format, "duration_ms": clip.duration_ms, "frame_count": clip.frame_count,
+                    "frames_used": clip.frames_used, "truncated": clip.truncated, "peaks": seen.peaks(self.labels)},
+                timeline=None if seen is None else seen.timeline(self.labels)))
         return results
+
+    def _frame_scores(self, clips: list[tuple[Clip, np.ndarray] | None], text: np.ndarray | None,
+                      probs: np.ndarray, image_scores: np.ndarray) -> list:
+        """Gives each clip's FrameScores (None for a still); with "scores" pooling, sets the clip's rows of
+        `probs` (and of `image_scores`, the picture channel) to the time-weighted mean of its frames' scores."""
+        out = []
+        for n, entry in enumerate(clips):
+            if entry is None:
+                out.append(None)
+                continue
+            clip, vectors = entry
+            words = None if text is None else text[n]
+            seen = frame_scores(self.head, vectors, clip.times_ms, words)
+            if self.clip_pooling == "scores":
+                probs[n] = seen.pooled(np.asarray(clip.weights))
+                if image_scores is not probs:
+                    image_scores[n] = frame_scores(self.head, vectors, clip.times_ms).pooled(np.asarray(clip.weights)) \
+                        if words is not None and np.any(words) else probs[n]
+            out.append(seen)
+        return out
 
     def predict_images(self, images: list, names: list[str], k: int = 5,
                        captions: list[str | None] | None = None) -> list[dict]:
-        """Gives results for decoded RGB PIL images with their captions (None: none)."""
+        """Gives results for decoded RGB PIL images and Clips with their captions (None: none)."""
         if not images:
             return []
-        posts = self.read_words(images, captions or [None] * len(images))
-        return self.predict_vectors(self.embed(images), names, k, posts)
+        # A clip's words are read in its first chosen frame (a meme GIF's caption stays put).
+        posts = self.read_words([im.frames[0] if isinstance(im, Clip) else im for im in images],
+                                captions or [None] * len(images))
+        vectors, clips = self.embed_media(images)
+        return self.predict_vectors(vectors, names, k, posts, clips=clips if any(clips) else None)
+
+    def embed_media(self, images: list) -> tuple[np.ndarray, list[tuple[Clip, np.ndarray] | None]]:
+        """Gives ((N, D) vectors, per item None or (Clip, its (F, D) frame vectors)) for RGB PIL images and
+        Clips, every frame in one model call; a clip's vector pools its frames' by their share of its time."""
+        frames = [frame for im in images for frame in (im.frames if isinstance(im, Clip) else [im])]
+        encoded = self.embed(frames)
+        vectors, clips, at = np.empty((len(images), encoded.shape[1]), np.float32), [], 0
+        for n, im in enumerate(images):
+            if isinstance(im, Clip):
+                own = encoded[at:at + len(im.frames)]
+                vectors[n] = pool_vectors(own, np.asarray(im.weights))
+                clips.append((im, own))
+                at += len(im.frames)
+            else:
+                vectors[n] = encoded[at]
+                clips.append(None)
+                at += 1
+        return vectors, clips
 
     def predict_files(self, named_bytes: list[tuple[str, bytes]], k: int = 5,
                       captions: list[str | None] | None = None) -> list[dict]:
@@ -345,8 +410,10 @@ class Predictor:
         for row_scores, row_ids in zip(scores, ids):
             valid = [(s, i) for s, i in zip(row_scores, row_ids) if i >= 0]
             items = self.store.items([int(i) for _, i in valid])
+            clips = self.store.clips([item.id for item in items])
             out.append([NEIGHBOUR.answer(id=item.id, path=_shown_path(item.path, roots), labels=list(item.labels or []),
-                                         split=item.split, similarity=s) for (s, _), item in zip(valid, items)])
+                                         split=item.split, similarity=s, clip=_stored_clip(clip))
+                        for (s, _), item, clip in zip(valid, items, clips)])
         return out
 
     def neighbours_of_id(self, image_id: int, k: int = 5) -> list[dict]:
@@ -356,6 +423,10 @@ class Predictor:
         self.store.items([image_id])  # raises KeyError for an unknown id
         vector = self.store.vector(image_id)[None, :]
         return [n for n in self.neighbours(vector, k + 1)[0] if n["id"] != image_id][:k]
+
+
+def _stored_clip(clip: dict | None) -> dict | None:
+    return None if clip is None else {key: clip[key] for key in ("format", "duration_ms", "frame_count")}
 
 
 def _shown_path(path: str, roots: list[str]) -> str:

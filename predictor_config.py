@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Union
 from emoreact.embed import DEFAULT_MAX_PIXELS
 from emoreact.embed.config import OCR_MODES
 from emoreact.embed.identity import PRECISIONS, RUNTIMES
+from emoreact.heads.frames import POOLINGS
 from emoreact.novelty import DEFAULT_UNSURE_ABOVE
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ class PredictorConfig:
     precision: str = "fp32"  # fp32, or int8 (with runtime onnx): must be the precision the store was embedded at
     ocr: str = "auto"  # read the words in uploads (embed.ocr): auto, when the head reads words and the `ocr`
     #                    extra is installed; on, always (the extra must be installed); off, never
+    max_frames: int = 8  # a clip (animation or video) is judged by at most this many frames, chosen by time
+    clip_seconds: float = 2.0  # decoding a clip stops after this long; the answer uses the frames decoded so far
+    clip_pooling: str = "scores"  # a clip's scores: the mean of its frames' scores (scores) or the score of its
+    #                               frames' mean vector (features); heads/frames.py, measured by `bench clips`
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -43,6 +48,11 @@ class PredictorConfig:
         if self.runtime not in RUNTIMES or self.precision not in PRECISIONS:
             raise ValueError(f"runtime must be one of {RUNTIMES} and precision one of {PRECISIONS}, "
                              f"got {self.runtime!r} and {self.precision!r}")
+        if self.max_frames < 1 or self.clip_seconds <= 0:
+            raise ValueError(f"max_frames must be at least 1 and clip_seconds above 0, got {self.max_frames} "
+                             f"and {self.clip_seconds}")
+        if self.clip_pooling not in POOLINGS:
+            raise ValueError(f"clip_pooling must be one of {POOLINGS}, got {self.clip_pooling!r}")
         if not 0 < self.unsure_above <= 1:
             raise ValueError(f"unsure_above must be in (0, 1], got {self.unsure_above}")
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 # The kinds a field may have: Python type, Arrow type (given the head's labels) and JSON rounding.
-STR, INT, SCORE, BOOL, STRINGS, LABEL_SCORES, EMOJI_SCORES, NEIGHBOURS, POST_TEXT, CHANNELS, LABEL_CHANNELS = (
+(STR, INT, SCORE, BOOL, STRINGS, LABEL_SCORES, EMOJI_SCORES, NEIGHBOURS, POST_TEXT, CHANNELS, LABEL_CHANNELS,
+ CLIP, STORED_CLIP, TIMELINE) = (
     "str", "int", "score", "bool", "strings", "label_scores", "emoji_scores", "neighbours", "post_text", "channels",
-    "label_channels")
+    "label_channels", "clip", "stored_clip", "timeline")
 DIGITS = 4  # scores in JSON answers are rounded to this many digits (files keep float32)
-CHANNEL_NAMES = ("image", "text")  # the channels an answer's `channels` holds (heads/fusion.py)
+CHANNEL_NAMES = ("image", "text", "frames")  # the channels an answer's `channels` holds (heads/fusion.py)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ def _rounded(kind: str, value):
         return {k: round(float(v), DIGITS) for k, v in value.items()}
     if kind == CHANNELS:
         return {k: _rounded(LABEL_SCORES, v) for k, v in value.items()}
+    if kind == TIMELINE:
+        return [{"t_ms": int(moment["t_ms"]), "emotions": list(moment["emotions"]),
+                 "emotion_scores": _rounded(LABEL_SCORES, moment["emotion_scores"])} for moment in value]
+    if kind in (CLIP, STORED_CLIP):
+        return dict(value)
     if kind == POST_TEXT:
         return {"caption": value["caption"], "ocr": [{"text": line["text"], "score": round(float(line["score"]), DIGITS),
                                                        "box": [[round(float(c), 1) for c in point] for point in line["box"]]}
@@ -111,7 +117,8 @@ def _rounded(kind: str, value):
 
 _PYTHON = {STR: str, INT: int, SCORE: float, BOOL: bool, STRINGS: list[str],
            LABEL_SCORES: dict[str, float], EMOJI_SCORES: dict[str, float], NEIGHBOURS: None,
-           POST_TEXT: None, CHANNELS: dict[str, dict[str, float] | None], LABEL_CHANNELS: dict[str, str]}
+           POST_TEXT: None, CHANNELS: dict[str, dict[str, float] | None], LABEL_CHANNELS: dict[str, str],
+           CLIP: None, STORED_CLIP: None, TIMELINE: None}
 
 
 def _arrow_type(kind: str, labels: list[str]):
@@ -124,6 +131,13 @@ def _arrow_type(kind: str, labels: list[str]):
         return pa.struct([("caption", pa.string()), ("ocr", pa.list_(line))])
     if kind == CHANNELS:
         return pa.struct([(name, _arrow_type(LABEL_SCORES, labels)) for name in CHANNEL_NAMES])
+    if kind in (CLIP, STORED_CLIP):
+        stored = [("format", pa.string()), ("duration_ms", pa.int64()), ("frame_count", pa.int64())]
+        return pa.struct(stored if kind == STORED_CLIP else stored + [
+            ("frames_used", pa.int64()), ("truncated", pa.bool_()), ("peaks", pa.map_(pa.string(), pa.int64()))])
+    if kind == TIMELINE:
+        return pa.list_(pa.struct([("t_ms", pa.int64()), ("emotions", pa.list_(pa.string())),
+                                   ("emotion_scores", _arrow_type(LABEL_SCORES, labels))]))
     if kind == LABEL_CHANNELS:
         return pa.map_(pa.string(), pa.string())
     return {STR: pa.string(), INT: pa.int64(), SCORE: pa.float32(), BOOL: pa.bool_(),
@@ -139,7 +153,10 @@ def _model(record: Record):
     definitions = {}
     for f in record.fields:
         python = {NEIGHBOURS: list[NEIGHBOUR.model()] if f.kind == NEIGHBOURS else None,
-                  POST_TEXT: _post_text_model() if f.kind == POST_TEXT else None}.get(f.kind) or _PYTHON[f.kind]
+                  POST_TEXT: _post_text_model() if f.kind == POST_TEXT else None,
+                  CLIP: _clip_model(True) if f.kind == CLIP else None,
+                  STORED_CLIP: _clip_model(False) if f.kind == STORED_CLIP else None,
+                  TIMELINE: list[_moment_model()] if f.kind == TIMELINE else None}.get(f.kind) or _PYTHON[f.kind]
         definitions[f.name] = (python | None if f.nullable else python, Field(description=f.doc))
     return create_model(record.name, __doc__=record.doc, **definitions)
 
@@ -156,6 +173,35 @@ def _post_text_model():
                         caption=(str | None, Field(description="the caption as given, cleaned (null: none)")),
                         ocr=(list[line], Field(description="lines read in the image, in reading order "
                                                            "(empty: none, or OCR off)")))
+
+
+@lru_cache(maxsize=None)
+def _clip_model(with_answer: bool):
+    from pydantic import Field, create_model
+
+    fields = dict(
+        format=(str, Field(description="GIF, WEBP or PNG (animated), MP4, MOV or WEBM")),
+        duration_ms=(int, Field(description="the clip's length in milliseconds")),
+        frame_count=(int, Field(description="frames in the file")))
+    if not with_answer:
+        return create_model("StoredClip", __doc__="A stored clip: its vector pools its frames'.", **fields)
+    return create_model(
+        "Clip", __doc__="An animation or video: frames chosen by time, pooled into one answer.", **fields,
+        frames_used=(int, Field(description="frames the answer looked at (near-identical frames count once)")),
+        truncated=(bool, Field(description="true: decoding stopped at the time budget or a frame limit, and the "
+                                           "answer is made of the frames decoded until then")),
+        peaks=(dict[str, int], Field(description="per label, the time (ms) of the frame whose score for it is "
+                                                 "highest")))
+
+
+@lru_cache(maxsize=None)
+def _moment_model():
+    from pydantic import Field, create_model
+
+    return create_model("Moment", __doc__="One chosen frame of a clip and what it alone shows.",
+                        t_ms=(int, Field(description="the frame's time in the clip, in milliseconds")),
+                        emotions=(list[str], Field(description="labels over their threshold in this frame")),
+                        emotion_scores=(dict[str, float], Field(description="score per label in this frame")))
 
 
 # ---- the fields, each defined once ---------------------------------------------------------
@@ -175,6 +221,8 @@ NEIGHBOUR = Record("Neighbour", "An indexed image near the query, most similar f
     ResultField("labels", STRINGS, "the image's stored labels"),
     ResultField("split", STR, "train, val or test"),
     ResultField("similarity", SCORE, "cosine similarity of the CLIP embeddings, -1 to 1"),
+    ResultField("clip", STORED_CLIP, "set when the stored image is a clip (an animation or video): its format, length "
+                              "and frames (left out for still images)", omitted_when_none=True),
 ))
 
 PREDICTION = Record("Prediction", "One image's answer, the same object `cli.py predict` prints.", (
@@ -190,10 +238,18 @@ PREDICTION = Record("Prediction", "One image's answer, the same object `cli.py p
                                           "(its measured recall@10 is in the store manifest; more likely when "
                                           "novelty is high) (left out without a store)", omitted_when_none=True),
     ResultField("text", POST_TEXT, "the post's words: its caption and the lines read in its image"),
-    ResultField("channels", CHANNELS, "each channel's own score per label: image (the picture alone) and text "
-                                      "(the words alone; null when the post has none or the head reads no words)"),
+    ResultField("channels", CHANNELS, "each channel's own score per label: image (the picture alone; for a clip "
+                                      "its pooled frames), text (the words alone; null when the post has none or "
+                                      "the head reads no words) and, for a clip only, frames (per label the "
+                                      "highest score of a single frame)"),
     ResultField("decided_by", LABEL_CHANNELS, "per predicted emotion, the channel whose own score for it is "
-                                              "higher: image or text"),
+                                              "higher: image or text, and frames in place of image for a clip"),
+    ResultField("clip", CLIP, "for an animation or video: its format, length, frames used, whether decoding "
+                              "was cut short, and the frame that carried each label most (left out for a "
+                              "still image)", omitted_when_none=True),
+    ResultField("timeline", TIMELINE, "for an animation or video, one entry per chosen frame in time order: its "
+                                      "time and what that frame alone shows (left out for a still image)",
+                omitted_when_none=True),
 ), leading_columns=("image", "emotion_scores", "predicted_emotions", "allowed_emojis", "reaction_scores",
                     "blocked_emojis"))
 

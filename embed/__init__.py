@@ -1,5 +1,5 @@
-"""Turning images into unit-norm CLIP embeddings: model loading, safe decoding, readers, the job and its engines;
-reading the words in images (OCR, the `ocr` extra)."""
+"""Turning images into unit-norm CLIP embeddings: model loading, safe decoding (stills and clips), readers, the
+job and its engines; reading the words in images (OCR, the `ocr` extra)."""
 from typing import TYPE_CHECKING
 
 from emoreact.lazy import lazy_exports
@@ -10,6 +10,10 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "ImageError": "images",
     "decode_image": "images",
     "decode_pil": "images",
+    "Clip": "clips",
+    "ClipSettings": "clips",
+    "decode_media": "clips",
+    "is_clip": "clips",
     "EmbedConfig": "config",
     "EmbedReport": "job",
     "run_embed_job": "job",
@@ -61,6 +65,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .engines import ENGINES, Engine, engine_for, run_engine
     from .identity import (DEFAULT_MODEL, DEFAULT_PRETRAINED, PRECISIONS, RUNTIMES, ModelLoadError, ModelSpec,
                            precision_hint, same_model)
+    from .clips import Clip, ClipSettings, decode_media, is_clip
     from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, decode_image, decode_pil
     from .config import EmbedConfig
     from .job import EmbedReport, run_embed_job, split_for

@@ -35,10 +35,22 @@ class EmbedConfig:
     # on (it must be); off by default because reading costs far more than embedding on a CPU (docs/performance.md)
     runtime: str = "torch"  # what runs the model: torch, or onnx (ONNX Runtime on the CPU, embed/runtime.py)
     precision: str = "fp32"  # fp32, or int8 (with runtime onnx): faster on a CPU; its vectors get their own model id
+    max_frames: int = 8  # a clip (animation or video) is stored as the pooled vector of at most this many frames
+    clip_seconds: float = 10.0  # decoding one clip stops after this long (its frames so far are pooled): a job
+    # has time for a whole clip, a server answering an upload does not (PredictorConfig.clip_seconds)
     decode_ahead: int = 2  # fast path on a GPU: batches decoded and preprocessed ahead, on their own CUDA stream,
     # while the model runs the current one; 0 decodes each batch in turn
 
+    def clips(self):
+        """Gives the clip decoding settings (embed.clips.ClipSettings) of these knobs."""
+        from .clips import ClipSettings
+
+        return ClipSettings(max_frames=self.max_frames, time_budget_s=self.clip_seconds)
+
     def __post_init__(self) -> None:
+        if self.max_frames < 1 or self.clip_seconds <= 0:
+            raise ValueError(f"max_frames must be at least 1 and clip_seconds above 0, got {self.max_frames} "
+                             f"and {self.clip_seconds}")
         if self.ocr not in OCR_MODES:
             raise ValueError(f"ocr must be one of {OCR_MODES}, got {self.ocr!r}")
         if self.runtime not in RUNTIMES or self.precision not in PRECISIONS:

@@ -114,6 +114,30 @@ def sniff_format(data: bytes) -> str | None:
     for magic, name in _OTHER_FORMATS:
         if head.startswith(magic):
             return name
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    if head[4:8] == b"ftyp" and head[8:12] in _STILL_BRANDS:
+        return _STILL_BRANDS[head[8:12]]
+    return None
+
+
+def sniff_video(data: bytes) -> str | None:
+    """Gives the video container named by the file's content ("MP4", "MOV", "WEBM" or "MKV"), or None.
+
+    ISO-BMFF starts with an `ftyp` box whose major brand says what it holds (`qt  ` is QuickTime; AVIF and
+    HEIC are still images, not videos); old QuickTime files start with a `moov`, `mdat` or `wide` atom;
+    WebM and Matroska start with the EBML magic and name their DocType in the header that follows.
+    """
+    head = data[:64]
+    if head[4:8] == b"ftyp" and len(head) >= 12:
+        brand = head[8:12]
+        if brand in _STILL_BRANDS:
+            return None
+        return "MOV" if brand == b"qt  " else "MP4"
+    if head[4:8] in (b"moov", b"mdat", b"wide") and int.from_bytes(head[:4], "big") >= 8:
+        return "MOV"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "WEBM" if b"webm" in head else "MKV"
     return None
 
 
@@ -122,7 +146,10 @@ _OTHER_FORMATS = (
     (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"\x00\x00\x01\x00", "ICO"),
     (b"\x00\x00\x00\x0cjP  ", "JPEG2000"), (b"\xff\x4f\xff\x51", "JPEG2000"),
     (b"\x00\x00\x00\x1cftypavif", "AVIF"), (b"\x00\x00\x00\x18ftypheic", "HEIC"), (b"%PDF", "PDF"),
+    (b"FLV\x01", "FLV"), (b"OggS", "OGG"), (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "ASF"),
 )
+_STILL_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC",
+                 b"heis": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF"}  # ISO-BMFF brands of still images
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:

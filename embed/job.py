@@ -24,6 +24,8 @@ from .config import EmbedConfig  # noqa: F401 - public through this module too
 from .engines import run_engine
 from .fastpath import decode_jpegs, fast_path_eligible, preprocess_tensors
 from .identity import ModelSpec
+from .clips import Clip, ClipSettings, decode_media, is_clip
+from .frames import encode_pooled
 from .images import ImageError, decode_image_with_size
 from .models import Backbone, load_backbone
 from .ocr import ocr_reader
@@ -66,24 +68,25 @@ class _ImageFiles(Dataset):
     """Reads, hashes, decodes and preprocesses one record; never raises for a bad file."""
 
     def __init__(self, records: list[Record], transform, known: set[str], max_pixels: int,
-                 fast_jpeg: bool = False, min_side: int | None = None, ocr=None) -> None:
+                 fast_jpeg: bool = False, min_side: int | None = None, ocr=None, clips: ClipSettings | None = None) -> None:
         self.records, self.transform, self.known, self.max_pixels = records, transform, known, max_pixels
-        self.fast_jpeg, self.min_side, self.ocr = fast_jpeg, min_side, ocr
+        self.fast_jpeg, self.min_side, self.ocr, self.clips = fast_jpeg, min_side, ocr, clips
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
         return read_item(i, self.records[i].path, self.known, self.transform, self.max_pixels, self.min_side,
-                         self.fast_jpeg, self.ocr)
+                         self.fast_jpeg, self.ocr, self.clips)
 
 
 def read_item(i: int, path: Path, known: Container[str], transform, max_pixels: int, min_side: int | None,
-              fast_jpeg: bool = False, ocr=None) -> dict:
+              fast_jpeg: bool = False, ocr=None, clips: ClipSettings | None = None) -> dict:
     """Gives record `i`'s item for the writer: its hash and `known`, an `error`, the raw `jpeg` bytes (fast
     path), or the preprocessed `tensor` (3, H, W) float32 with the image's `size` and `bytes` and, with an
-    `ocr` reader (embed.ocr), the `ocr` lines read in it. Never raises for a bad file: every engine reads,
-    hashes and decodes a file through this one function."""
+    `ocr` reader (embed.ocr), the `ocr` lines read in it. An animation or video (decoded as `clips` says)
+    gives its chosen frames' `tensor` (F, 3, H, W), their `weights` and its `clip` record (the store's clips
+    table). Never raises for a bad file: every engine reads, hashes and decodes a file through this one function."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -95,13 +98,27 @@ def read_item(i: int, path: Path, known: Container[str], transform, max_pixels: 
         return {"i": i, "sha": sha, "jpeg": data, "bytes": len(data)}
     try:
         # Words are read at full size: a JPEG decoded at the model's scale loses small text.
-        image, size = decode_image_with_size(data, max_pixels, None if ocr is not None else min_side)
+        scale = None if ocr is not None else min_side
+        image, size = (decode_media(data, max_pixels, scale, clips or ClipSettings()), None) if is_clip(data) \
+            else decode_image_with_size(data, max_pixels, scale)
     except ImageError as exc:
         return {"i": i, "sha": sha, "error": str(exc)}
-    item = {"i": i, "sha": sha, "tensor": transform(image), "size": size, "bytes": len(data)}
+    if isinstance(image, Clip):
+        item = {"i": i, "sha": sha, "tensor": torch.stack([transform(frame) for frame in image.frames]),
+                "weights": [float(w) for w in image.weights], "clip": clip_record(image), "size": image.size,
+                "bytes": len(data)}
+        image = image.frames[0]  # its words are read in its first chosen frame
+    else:
+        item = {"i": i, "sha": sha, "tensor": transform(image), "size": size, "bytes": len(data)}
     if ocr is not None:
         item["ocr"] = [line.to_json() for line in ocr.read(image).lines]
     return item
+
+
+def clip_record(clip: Clip) -> dict:
+    """Gives a clip's row of the store's clips table."""
+    return {"format": clip.format, "duration_ms": int(clip.duration_ms), "frame_count": int(clip.frame_count),
+            "frames_used": int(clip.frames_used)}
 
 
 def _collate(items: list[dict]) -> tuple[list[dict], torch.Tensor | None]:
@@ -156,7 +173,7 @@ class LocalEngine:
         fast = config.fast_jpeg if config.fast_jpeg is not None else backbone.device.type == "cuda"
         min_side = max(backbone.preprocess.image_size) if config.reduced_jpeg_decode else None
         dataset = _ImageFiles(records, backbone.transform, known, config.max_pixels, fast, min_side,
-                              ocr_reader(config.ocr))
+                              ocr_reader(config.ocr), config.clips())
         loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
                             collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if config.workers else None)
@@ -167,9 +184,10 @@ class LocalEngine:
             for batch in batches:
                 good = writer.sort(batch)
                 if good:
-                    vectors = backbone.encode_images(torch.stack([item["tensor"].to(backbone.device)
-                                                                  for _, item in good]))
-                    writer.add(good, vectors.cpu().numpy(), post_text_vectors(backbone, good))
+                    vectors = encode_pooled(lambda pixels: backbone.encode_images(pixels).cpu().numpy(),
+                                            [item["tensor"].to(backbone.device) for _, item in good],
+                                            [item.get("weights") for _, item in good])
+                    writer.add(good, vectors, post_text_vectors(backbone, good))
                 bar.update(len(batch))
         bar.close()
         writer.flush()

@@ -91,7 +91,8 @@ def _merge(records: list[Record], store: Store, parts: list[Store], config: Embe
         ids = np.array([item.id for item in items], np.int64)
         words = dict(zip(ids.tolist(), part.texts(ids.tolist())))
         texts = part.text_vectors_of(ids)
-        done |= {item.path: (item, vectors[item.id], words[item.id], texts[n]) for n, item in enumerate(items)}
+        clips = part.clips(ids.tolist())
+        done |= {item.path: (item, vectors[item.id], words[item.id], texts[n], clips[n]) for n, item in enumerate(items)}
         sizes |= part.file_sizes()
         skipped |= {path: (sha, reason) for path, sha, reason in part.skipped_hashes()}
     report = EmbedReport()
@@ -102,7 +103,7 @@ def _merge(records: list[Record], store: Store, parts: list[Store], config: Embe
         if path in done and done[path][0].sha256 in known:
             report.already_present += 1
         elif path in done:
-            item, vector, words, text = done[path]
+            item, vector, words, text, clip = done[path]
             if item.sha256 in seen:
                 skips.append((path, item.sha256, f"duplicate of {seen[item.sha256]}"))
                 continue
@@ -111,7 +112,7 @@ def _merge(records: list[Record], store: Store, parts: list[Store], config: Embe
                          "split": record.split or split_for(item.sha256), "split_fixed": bool(record.split),
                          "width": item.width, "height": item.height, "bytes": sizes[path],
                          "caption": words["caption"] if words else None,
-                         "ocr": json.dumps(words["ocr"]) if words and words["ocr"] else None})
+                         "ocr": json.dumps(words["ocr"]) if words and words["ocr"] else None, "clip": clip})
             vectors.append(vector)
             texts.append(text)
         elif path in skipped:

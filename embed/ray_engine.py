@@ -35,6 +35,7 @@ from emoreact.rayutil import EngineError, RayConfig, connected, node_names, requ
 
 from .identity import ModelSpec, is_local_path
 from .config import EmbedConfig
+from .frames import encode_pooled
 from .job import EmbedReport, read_item
 from .ocr import ocr_reader
 from .texts import ocr_text, text_vectors
@@ -152,7 +153,7 @@ def _dataset(ray, records: list[Record], known: set[str], backbone: Backbone, co
     dataset.context.enable_progress_bars = False  # the driver shows its own bar with images/s
     dataset.context.wait_for_min_actors_s = plan.start_timeout_s  # or the first worker up takes every batch
     decode_args = {"known": _HashSet(known), "transform": backbone.transform,
-                   "max_pixels": config.max_pixels, "min_side": min_side, "ocr": config.ocr}
+                   "max_pixels": config.max_pixels, "min_side": min_side, "ocr": config.ocr, "clips": config.clips()}
     dataset = dataset.map_batches(_decode_batch, batch_size=config.batch_size, fn_kwargs=decode_args,
                                   num_cpus=plan.decode_cpus)
     faults = {k: os.environ[k] for k in (FAULT_ENV, FAULT_ONCE_ENV) if os.environ.get(k)}
@@ -178,13 +179,15 @@ class _HashSet:
         return at < len(self._digests) and self._digests[at:at + 1].tobytes() == digest
 
 
-def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int | None, ocr: str = "off") -> dict:
-    """Gives a batch of decoded records as columns: one row per record, pixels (3, H, W) for the good ones,
-    the caption as given and the words read in the image (OCR lines as JSON, "" when none were read)."""
+def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int | None, ocr: str = "off",
+                  clips=None) -> dict:
+    """Gives a batch of decoded records as columns: one row per record, pixels (F, 3, H, W) for the good ones
+    (F = 1 for a still; a clip's chosen frames, with their weights and its clip record as JSON, "" for a
+    still), the caption as given and the words read in the image (OCR lines as JSON, "" when none were read)."""
     reader = ocr_reader(ocr)  # loaded once per worker process
-    items = [read_item(int(i), Path(path), known, transform, max_pixels, min_side, ocr=reader)
+    items = [read_item(int(i), Path(path), known, transform, max_pixels, min_side, ocr=reader, clips=clips)
              for i, path in zip(batch["i"], batch["path"])]
-    empty = np.zeros((3, 0, 0), np.float32)  # no pixels: the file is known or bad
+    empty = np.zeros((1, 3, 0, 0), np.float32)  # no pixels: the file is known or bad
     return {"i": np.array([item["i"] for item in items], np.int64),
             "sha": np.array([item["sha"] or "" for item in items]),
             "status": np.array([_STATUS_KNOWN if item.get("known") else _STATUS_ERROR if "error" in item
@@ -194,7 +197,14 @@ def _decode_batch(batch: dict, known, transform, max_pixels: int, min_side: int 
             "bytes": np.array([item.get("bytes", 0) for item in items], np.int64),
             "caption": np.asarray(batch["caption"]) if "caption" in batch else np.full(len(items), ""),
             "ocr": np.array([json.dumps(item["ocr"]) if item.get("ocr") is not None else "" for item in items]),
-            "pixels": [item["tensor"].numpy() if "tensor" in item else empty for item in items]}
+            "weights": np.array([json.dumps(item["weights"]) if "weights" in item else "" for item in items]),
+            "clip": np.array([json.dumps(item["clip"]) if "clip" in item else "" for item in items]),
+            # every row (F, 3, H, W): Ray's variable-shaped tensor column needs one number of dimensions
+            "pixels": [_frames(item["tensor"]).numpy() if "tensor" in item else empty for item in items]}
+
+
+def _frames(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.unsqueeze(0) if tensor.dim() == 3 else tensor
 
 
 class _Encoder:
@@ -216,8 +226,9 @@ class _Encoder:
         ok = batch["status"] == _STATUS_OK
         vectors = np.zeros((len(ok), self.backbone.dim), np.float16)
         if ok.any():
-            pixels = torch.from_numpy(np.stack(list(batch["pixels"][ok])))
-            vectors[ok] = self.backbone.encode_images(pixels).cpu().numpy()
+            weights = [json.loads(w) if w else None for w in np.asarray(batch.get("weights", [""] * len(ok)))[ok]]
+            vectors[ok] = encode_pooled(lambda pixels: self.backbone.encode_images(pixels).cpu().numpy(),
+                                        [torch.from_numpy(np.asarray(p)) for p in batch["pixels"][ok]], weights)
         blank = [""] * len(ok)
         captions = [str(c) or None for c in batch.get("caption", blank)]
         read = [ocr_text(json.loads(o)) if o else None for o in batch.get("ocr", blank)]
@@ -243,6 +254,8 @@ def _items(batch: dict) -> list[dict]:
             item.update(size=tuple(int(v) for v in batch["size"][row]), bytes=int(batch["bytes"][row]))
             if "ocr" in batch and batch["ocr"][row]:
                 item["ocr"] = json.loads(batch["ocr"][row])
+            if "clip" in batch and batch["clip"][row]:
+                item["clip"] = json.loads(batch["clip"][row])
         items.append(item)
     return items
 

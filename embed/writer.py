@@ -139,7 +139,8 @@ def _row(record: Record, item: dict) -> dict:
     return {"path": str(record.path), "sha256": item["sha"], "labels": record.labels,
             "split": record.split or split_for(item["sha"]), "split_fixed": bool(record.split),
             "width": item["size"][0], "height": item["size"][1], "bytes": item["bytes"],
-            "caption": record.caption, "ocr": json.dumps(item["ocr"]) if item.get("ocr") is not None else None}
+            "caption": record.caption, "ocr": json.dumps(item["ocr"]) if item.get("ocr") is not None else None,
+            "clip": item.get("clip")}
 
 
 def post_text_vectors(backbone, good: list[tuple[Record, dict]]) -> np.ndarray | None:

@@ -40,6 +40,9 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "Fusion": "fusion",
     "MIN_POSTS": "fusion",
     "deciding_channel": "fusion",
+    "POOLINGS": "frames",
+    "FrameScores": "frames",
+    "frame_scores": "frames",
     "zero_shot_head": "train",
     "label_text_embeddings": "zeroshot",
 }
@@ -57,6 +60,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .model import EmotionHead, HeadError
     from .plots import write_plots
     from .policy import emoji_policy, rank_reactions
+    from .frames import POOLINGS, FrameScores, frame_scores
     from .fusion import MIN_POSTS, Fusion, deciding_channel
     from .train import add_text_channel, calibrate_prior, fit_head, zero_shot_head
     from .zeroshot import label_text_embeddings

@@ -39,6 +39,7 @@ class Metadata:
         self._has_removed = self._has_table("removed")  # stores before removal lack it
         self._sets = self.has_column("shards", "vector_set")  # format 1 stores: every shard is an image shard
         self._has_texts = self._has_table("texts")  # stores before format 3 hold no words
+        self._has_clips = self._has_table("clips")  # stores before format 4 hold no clips
 
     # ---- images ---------------------------------------------------------------------------
 
@@ -108,6 +109,43 @@ class Metadata:
             return 0
         return self._scalar("SELECT COUNT(*) FROM texts JOIN images USING (id)")
 
+    # ---- clips ------------------------------------------------------------------------------
+
+    def clips(self, ids: list[int]) -> dict[int, dict]:
+        """Gives id -> {"format", "duration_ms", "frame_count", "frames_used"} for those of `ids` that are clips."""
+        if not self._has_clips:
+            return {}
+        return {r[0]: {"format": r[1], "duration_ms": r[2], "frame_count": r[3], "frames_used": r[4]}
+                for r in self._where("SELECT id, format, duration_ms, frame_count, frames_used FROM clips", "id", ids)}
+
+    def clip_count(self) -> int:
+        """Gives the number of live images that are clips."""
+        if not self._has_clips:
+            return 0
+        return self._scalar("SELECT COUNT(*) FROM clips JOIN images USING (id)")
+
+    def clips_not_indexed(self) -> list[int]:
+        """Gives the ids of clips whose rewritten vector the index does not hold yet (a killed backfill's)."""
+        if not self._has_clips:
+            return []
+        return [r[0] for r in self._query("SELECT id FROM clips WHERE indexed = 0 ORDER BY id")]
+
+    def set_clips(self, clips: dict[int, dict]) -> None:
+        """Commits stored images' clip records (id -> as `clips` gives, vectors already rewritten), not yet
+        indexed: what a backfill records after rewriting first-frame vectors as pooled ones."""
+        with self._lock, self._conn:
+            self._insert_clips(clips, indexed=False)
+
+    def mark_clips_indexed(self, ids: list[int]) -> None:
+        with self._lock, self._conn:
+            self._conn.executemany("UPDATE clips SET indexed = 1 WHERE id = ?", [(i,) for i in ids])
+
+    def _insert_clips(self, clips: dict[int, dict], indexed: bool) -> None:
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO clips (id, format, duration_ms, frame_count, frames_used, indexed) "
+            "VALUES (?, ?, ?, ?, ?, ?)", [(i, c["format"], int(c["duration_ms"]), int(c["frame_count"]),
+                                           int(c["frames_used"]), int(indexed)) for i, c in clips.items()])
+
     # ---- shards ---------------------------------------------------------------------------
 
     def shards(self, vector_set: str = IMAGE) -> list[Shard]:
@@ -141,7 +179,8 @@ class Metadata:
     def add(self, shard: Shard, rows: list[dict], skipped: list[tuple], vector_set: str = IMAGE,
             text_shard: Shard | None = None) -> None:
         """Commits a shard, the images whose vectors it holds, their words (rows' `caption`/`ocr`, with
-        `text_shard` holding their text vectors) and `skipped` entries in one transaction."""
+        `text_shard` holding their text vectors), their clip records (rows' `clip`) and `skipped` entries in
+        one transaction."""
         with self._lock, self._conn:
             self._conn.execute("INSERT INTO shards (name, first_id, count, vector_set) VALUES (?, ?, ?, ?)",
                                (shard.name, shard.first_id, shard.count, vector_set))
@@ -154,6 +193,12 @@ class Metadata:
                 [(shard.first_id + i, r["path"], r["sha256"], "|".join(r["labels"]) if r["labels"] else None,
                   r["split"], int(r.get("split_fixed", True)), r["width"], r["height"], r["bytes"], shard.name)
                  for i, r in enumerate(rows)])
+            clips = {shard.first_id + i: r["clip"] for i, r in enumerate(rows) if r.get("clip")}
+            if clips:
+                if not self._has_clips:
+                    raise StoreError(f"{self.path} is older than format 4 and holds no clips; open it for writing "
+                                     "(any embed job) to migrate it")
+                self._insert_clips(clips, indexed=True)
             self._conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", skipped)
 
     def add_texts(self, text_shard: Shard, texts: dict[int, tuple[str | None, str | None]]) -> None:
@@ -181,6 +226,8 @@ class Metadata:
             self._conn.executemany("DELETE FROM images WHERE id = ?", [(it.id,) for it in items])
             if self._has_texts:
                 self._conn.executemany("DELETE FROM texts WHERE id = ?", [(it.id,) for it in items])
+            if self._has_clips:
+                self._conn.executemany("DELETE FROM clips WHERE id = ?", [(it.id,) for it in items])
             # other paths with the same content were recorded as its duplicates: no trace of them either
             self._conn.executemany("DELETE FROM skipped WHERE sha256 = ?", [(it.sha256,) for it in items])
 
@@ -225,6 +272,7 @@ class Metadata:
         with self._lock, self._conn:
             self._conn.executescript(sql)
         self._has_texts = self._has_table("texts")
+        self._has_clips = self._has_table("clips")
 
     def has_column(self, table: str, column: str) -> bool:
         return column in {row[1] for row in self._query(f"PRAGMA table_info({table})")}

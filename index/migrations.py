@@ -11,6 +11,8 @@ is redone by the next writer, since the manifest records the version only after 
        later sets (captions, another model's vectors) sit beside the images' own
     3  a post's words: the `texts` table (caption, OCR lines) and the `text` vector set (STORE/vectors-text/),
        whose shards cover the image shards' id ranges where any row of one has words (rows without are zero)
+    4  clips: the `clips` table (format, duration, frames) of images that are animations or videos, whose
+       vector pools their frames' vectors (0.3.x stored an animation by its first frame: `embed --backfill`)
 """
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from typing import Callable
 
 from .manifest import ManifestFile
 from .metadata import Metadata
-from .schema import IMAGE, TEXT, TEXTS
+from .schema import CLIPS, IMAGE, TEXT, TEXTS
 
 log = logging.getLogger(__name__)
 
 FORMAT = "emoreact-store"
-VERSION = 3  # what this EmoReact writes
+VERSION = 4  # what this EmoReact writes
 OLDEST = 1  # the oldest version it reads (and migrates when writing)
 
 
@@ -46,9 +48,15 @@ def _texts(metadata: Metadata, manifest: dict) -> dict:
     return {**manifest, "vector_sets": {**sets, TEXT: {"dim": int(manifest["dim"]), "folder": "vectors-text"}}}
 
 
+def _clips(metadata: Metadata, manifest: dict) -> dict:
+    metadata.add_table(CLIPS)
+    return dict(manifest)
+
+
 STEPS: dict[int, Callable[[Metadata, dict], dict]] = {  # version reached -> its step (metadata, manifest) -> manifest
     2: _named_vector_sets,
     3: _texts,
+    4: _clips,
 }
 
 

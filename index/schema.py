@@ -40,6 +40,17 @@ CREATE TABLE IF NOT EXISTS removed (      -- removed images: the log, and tombst
 CREATE INDEX IF NOT EXISTS removed_sha256 ON removed (sha256);
 """
 
+CLIPS = """
+CREATE TABLE IF NOT EXISTS clips (       -- animations and videos (format 4): their vector pools their frames'
+    id INTEGER PRIMARY KEY,              -- the image's id
+    format TEXT NOT NULL,                -- GIF, WEBP, PNG (animated), MP4, MOV or WEBM
+    duration_ms INTEGER NOT NULL,
+    frame_count INTEGER NOT NULL,        -- frames in the file
+    frames_used INTEGER NOT NULL,        -- frames pooled into the vector
+    indexed INTEGER NOT NULL DEFAULT 1   -- 0: a backfill rewrote the vector and the index still holds the old one
+);
+"""
+
 TEXTS = """
 CREATE TABLE IF NOT EXISTS texts (       -- a post's words (format 3): a row for each image that has any
     id INTEGER PRIMARY KEY,              -- the image's id

@@ -125,10 +125,10 @@ class ShardReader:
         return array
 
 
-def overwrite_rows(path: Path, first_id: int, ids: list[int]) -> None:
-    """Overwrites the rows `ids` of the shard at `path` (starting at `first_id`) with zeros, in place and
-    flushed to disk: what removal leaves of an image's vector."""
+def overwrite_rows(path: Path, first_id: int, ids: list[int], values: np.ndarray | float = 0) -> None:
+    """Overwrites the rows `ids` of the shard at `path` (starting at `first_id`) with `values` ((len(ids), D),
+    or zeros: what removal leaves of an image's vector), in place and flushed to disk."""
     array = np.load(path, mmap_mode="r+", allow_pickle=False)
-    array[np.asarray(ids, dtype=np.int64) - first_id] = 0
+    array[np.asarray(ids, dtype=np.int64) - first_id] = values
     array.flush()
     del array

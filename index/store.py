@@ -238,6 +238,23 @@ class Store:
         the image shard starting at `first_id` (see `shards_without_texts`), in one commit."""
         self._writing().add_texts(first_id, texts, text_vectors)
 
+    # ---- clips ---------------------------------------------------------------------------------
+
+    def clips(self, ids: list[int]) -> list[dict | None]:
+        """Gives, per id, {"format", "duration_ms", "frame_count", "frames_used"} for a clip (an animation or
+        video, whose vector pools its frames'), None for a still image."""
+        found = self._metadata.clips([int(i) for i in ids])
+        return [found.get(int(i)) for i in ids]
+
+    def clip_count(self) -> int:
+        """Gives the number of live images that are clips."""
+        return self._metadata.clip_count()
+
+    def rewrite_as_clips(self, vectors: dict[int, np.ndarray], clips: dict[int, dict]) -> None:
+        """Replaces stored images' vectors (id -> (D,) unit-norm) by their clips' pooled vectors and records
+        the clips (id -> as `clips` gives): the same ids, labels and words; see `Writer.rewrite_as_clips`."""
+        self._writing().rewrite_as_clips(vectors, clips)
+
     def live_ids(self) -> np.ndarray:
         """Gives the (N,) int64 ids of the live images, ascending."""
         return np.asarray(self._metadata.live_ids(), np.int64)

@@ -108,6 +108,17 @@ class VectorSet:
                 overwrite_rows(self.folder / shard.name, shard.first_id, mine)
         self.changed()
 
+    def set_rows(self, ids: list[int], vectors: np.ndarray) -> None:
+        """Overwrites the rows `ids` with `vectors` ((len(ids), D)) in place, flushed to disk (a backfill that
+        re-embeds stored images: the same rows, so no id changes). Rerunning it writes the same bytes."""
+        position = {int(i): n for n, i in enumerate(ids)}
+        for shard in self.reader().shards:
+            mine = [i for i in position if shard.first_id <= i < shard.first_id + shard.count]
+            if mine:
+                overwrite_rows(self.folder / shard.name, shard.first_id, mine,
+                               np.asarray(vectors, np.float32)[[position[i] for i in mine]])
+        self.changed()
+
     def drop_leftovers(self) -> None:
         """Deletes shard files the metadata does not name, and temporary files: a killed job's leftovers."""
         known = {s.name for s in self._metadata.shards(self.name)}

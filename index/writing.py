@@ -12,7 +12,7 @@ import logging
 import faiss
 import numpy as np
 
-from . import grouping
+from . import ann, grouping
 from .faults import fault_point
 from .grouping import Grouping
 from .indexfile import Blocks, Build, IndexFile
@@ -40,8 +40,8 @@ class Writer:
         self._build, self._blocks = build, blocks
 
     def resume(self) -> None:
-        """Clears what a killed job left (orphan shards, temporary and unused files) and finishes a removal
-        killed after its commit."""
+        """Clears what a killed job left (orphan shards, temporary and unused files) and finishes a removal,
+        or a backfill's re-embedded clips, killed after its commit."""
         self.vectors.drop_leftovers()
         if self.texts is not None:
             self.texts.drop_leftovers()
@@ -51,6 +51,7 @@ class Writer:
         self.index_file.drop_unused()
         if self.metadata.removed_ids(applied=False):
             self.apply_removals()
+        self.index_clips()
 
     def add(self, rows: list[dict], vectors: np.ndarray, skipped: list[tuple],
             text_vectors: np.ndarray | None = None) -> None:
@@ -150,6 +151,34 @@ class Writer:
             settings = settings.with_(removed_applied=settings.removed_applied + len(pending))
             self.index_file.publish(index, settings, int(self.manifest.data["count"]), {})
         self.metadata.mark_applied(pending)
+
+    def rewrite_as_clips(self, vectors: dict[int, np.ndarray], clips: dict[int, dict]) -> None:
+        """Overwrites stored images' vectors with their clips' pooled vectors (id -> (D,)), records the clips
+        (id -> format, duration_ms, frame_count, frames_used) and puts the new vectors in the index.
+
+        Each step may be redone: a run killed after the rows are written but before the commit writes the
+        same rows again; one killed after the commit finds the clips marked not indexed (`index_clips`)."""
+        ids = sorted(vectors)
+        self.vectors.set_rows(ids, np.stack([vectors[i] for i in ids]))
+        fault_point("after_clip_vectors")
+        self.metadata.set_clips({i: clips[i] for i in ids})
+        fault_point("after_clip_commit")
+        self.index_clips()
+
+    def index_clips(self) -> None:
+        """Puts the rewritten vectors of clips the index does not hold yet into it (idempotent)."""
+        pending = self.metadata.clips_not_indexed()
+        if not pending:
+            return
+        settings, index = self.index_file.for_update()
+        if index is not None and isinstance(index, faiss.IndexFlatIP) and not isinstance(index, faiss.IndexIDMap2):
+            self.update_index(None, force=True)  # ids are positions: the flat index is built again
+        elif index is not None:
+            ids = np.asarray(pending, np.int64)
+            index.remove_ids(ids)
+            ann.add_blocks(index, [(ids, self.vectors.rows_of(ids))])
+            self.index_file.publish(index, settings, int(self.manifest.data["count"]), {})
+        self.metadata.mark_clips_indexed(pending)
 
     def release(self) -> None:
         """Gives up the write lock (after the metadata is closed)."""

@@ -27,7 +27,10 @@ def predict(form: s.ImageForm, query: s.KQuery):
 
     Answers 200 when at least one file could be used; a file that could not gets its own
     `{"filename", "error", "kind", "status"}` entry. When no file could be used the answer takes
-    that file's status (400 not an image, 415 unsupported format, 413 too many pixels).
+    that file's status (400 not an image or damaged, 415 unsupported format (the message lists the accepted
+    ones), 413 over a limit (pixels, frames, a clip's length; the message names it)). An animated GIF, WebP
+    or PNG, or a video (MP4, MOV, WebM, with the `video` extra installed) is a clip: one answer from its
+    frames chosen by time, with its `timeline`.
     """
     config = resources().config
     if len(form.image) > config.max_files:
@@ -76,7 +79,8 @@ def neighbours_of_upload(form: s.OneImageForm):
         _, image = served.decode(form.image.read())  # as predict and the embed job decode it
     except ImageError as exc:
         abort(STATUS_OF_KIND[exc.kind], f"{name}: {exc}")
-    near = served.neighbours(served.embed([image]), k)[0]
+    vectors, _ = served.embed_media([image])  # a clip: its pooled vector, as stored
+    near = served.neighbours(vectors, k)[0]
     return jsonify(image=name, neighbours=near)
 
 

@@ -11,7 +11,8 @@ from .auth import ADMIN, READ, RIGHTS
 from .config import WebConfig
 from .schemas import ErrorBody, FeedbackForm, FeedbackJson
 
-IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif"  # what embed.ALLOWED_FORMATS decodes
+# what embed/images.py and embed/clips.py decode (video with the `video` extra)
+IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/apng, video/mp4, video/quicktime, video/webm"
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "X-API-Key: KEY"},

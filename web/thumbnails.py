@@ -8,7 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from emoreact.embed import ImageError, decode_image
+from emoreact.embed import ImageError
+from emoreact.embed.clips import Clip, ClipSettings, decode_media
 from emoreact.index import Item
 
 log = logging.getLogger(__name__)
@@ -19,12 +20,18 @@ class ThumbnailMissing(LookupError):
 
 
 def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
-    """Gives JPEG bytes of the image scaled so that its longer side is at most `size` pixels."""
-    image = decode_image(data, max_pixels)
+    """Gives JPEG bytes of the image scaled so that its longer side is at most `size` pixels; a clip's is its
+    middle frame (one frame chosen by time is the one shown at half its length)."""
+    image = decode_media(data, max_pixels, None, _ONE_FRAME)
+    if isinstance(image, Clip):
+        image = image.frames[0]
     image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85, optimize=True, progressive=True)
     return out.getvalue()
+
+
+_ONE_FRAME = ClipSettings(max_frames=1)
 
 
 class Thumbnails:

@@ -142,8 +142,29 @@ function makeCard(file, caption) {
     posted.textContent = caption.trim();
     posted.hidden = false;
   }
-  const img = card.querySelector(".frame img");
   const url = URL.createObjectURL(file);
+  card.dataset.objectUrl = url;
+  card.querySelector(".filename").textContent = file.name;
+  if (file.type.startsWith("video/")) {  // a clip: the browser plays it (if it has the codec)
+    const video = el("video");
+    video.muted = true;
+    video.loop = true;
+    video.autoplay = true;
+    video.playsInline = true;
+    video.addEventListener("loadedmetadata", () => {
+      card.querySelector(".meta").textContent =
+        `${video.videoWidth} × ${video.videoHeight} px · ${video.duration.toFixed(1)} s · ${mib(file.size)}`;
+    });
+    video.addEventListener("error", () => {
+      card.querySelector(".frame").classList.add("broken");
+      video.remove();
+      card.querySelector(".meta").textContent = mib(file.size);
+    });
+    video.src = url;
+    card.querySelector(".frame img").replaceWith(video);
+    return card;
+  }
+  const img = card.querySelector(".frame img");
   img.addEventListener("load", () => {
     card.querySelector(".meta").textContent =
       `${img.naturalWidth} × ${img.naturalHeight} px · ${mib(file.size)}`;
@@ -155,8 +176,6 @@ function makeCard(file, caption) {
   });
   img.src = url;
   img.alt = `preview of ${file.name}`;
-  card.querySelector(".filename").textContent = file.name;
-  card.dataset.objectUrl = url;
   return card;
 }
 
@@ -194,6 +213,7 @@ async function predict(file, card, caption) {
   const result = body && body.results && body.results[0];
   if (response.ok && result && !result.error) {
     showResult(card, result);
+    if (result.timeline) drawFrames(card, file, result.timeline);
     offerCorrection(card, file, result);
   } else if (result && result.error) {
     showError(card, titleFor(response.status), sentence(result.error));
@@ -241,6 +261,7 @@ function showResult(card, result) {
     section("Blocked reactions", emojiList(result.blocked_emojis, "blocked", "Nothing is blocked."),
       "blocked-section"),
   );
+  if (result.clip) parts.push(section(clipTitle(result.clip), frameStrip(result), "timeline"));
   const words = wordsRead(result.text);
   if (words) parts.push(section("Words in the post", words, "words"));
   parts.push(
@@ -254,6 +275,108 @@ function showResult(card, result) {
   requestAnimationFrame(() => {
     for (const fill of verdict.querySelectorAll(".bar-fill")) fill.style.width = fill.dataset.width;
   });
+}
+
+// ---- a clip's frames -------------------------------------------------------------------------
+
+function seconds(ms) {
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
+function clipTitle(clip) {
+  const used = `${clip.frames_used} of ${clip.frame_count} frame${clip.frame_count === 1 ? "" : "s"}`;
+  return `Timeline: ${clip.format} clip, ${seconds(clip.duration_ms)}, ${used}` +
+    (clip.truncated ? " (decoding stopped at the time limit: the answer uses the frames read until then)" : "");
+}
+
+// One cell per chosen frame: the frame (drawn by drawFrames once the browser has decoded it), its time
+// and what that frame alone shows; the frame that carried a predicted emotion most is marked with it.
+function frameStrip(result) {
+  const strip = el("ol", "frame-strip");
+  const peaks = (result.clip && result.clip.peaks) || {};
+  for (const moment of result.timeline) {
+    const cell = el("li", "moment");
+    cell.dataset.tMs = String(moment.t_ms);
+    const frame = el("canvas", "moment-frame");
+    frame.width = 96;
+    frame.height = 96;
+    const shown = moment.emotions.length ? moment.emotions.join(" + ") : "nothing over its threshold";
+    const chips = el("div", "chips");
+    for (const label of moment.emotions) {
+      const chip = el("span", "chip", label);
+      chip.style.setProperty("--tone", tone(label));
+      if (peaks[label] === moment.t_ms && result.predicted_emotions.includes(label)) chip.classList.add("peak");
+      chips.append(chip);
+    }
+    cell.title = `${seconds(moment.t_ms)}: ${shown}`;
+    cell.append(frame, el("span", "moment-time", seconds(moment.t_ms)), chips);
+    strip.append(cell);
+  }
+  return strip;
+}
+
+// Draws each timeline cell's frame from the uploaded file itself: an animation through WebCodecs'
+// ImageDecoder, a video by seeking a hidden <video>. A browser that cannot leaves the cells without
+// pictures; the times and emotions are there either way.
+async function drawFrames(card, file, timeline) {
+  const cells = [...card.querySelectorAll(".frame-strip .moment")];
+  if (!cells.length) return;
+  try {
+    if (file.type.startsWith("video/")) await drawVideoFrames(card, cells);
+    else if ("ImageDecoder" in window) await drawImageFrames(file, cells);
+  } catch (error) {
+    card.querySelector(".frame-strip").classList.add("no-pictures");
+  }
+}
+
+async function drawImageFrames(file, cells) {
+  const decoder = new ImageDecoder({ data: await file.arrayBuffer(), type: file.type });
+  await decoder.tracks.ready;
+  const count = decoder.tracks.selectedTrack.frameCount;
+  let index = 0;
+  let frame = (await decoder.decode({ frameIndex: 0 })).image;
+  for (const cell of cells) {
+    const wanted = Number(cell.dataset.tMs) * 1000;  // microseconds, as VideoFrame timestamps are
+    while (index + 1 < count) {
+      const next = (await decoder.decode({ frameIndex: index + 1 })).image;
+      if (next.timestamp > wanted) {
+        next.close();
+        break;
+      }
+      frame.close();
+      frame = next;
+      index += 1;
+    }
+    paint(cell, frame, frame.displayWidth, frame.displayHeight);
+  }
+  frame.close();
+  decoder.close();
+}
+
+async function drawVideoFrames(card, cells) {
+  const video = el("video");
+  video.muted = true;
+  video.src = card.dataset.objectUrl;
+  await new Promise((resolve, reject) => {
+    video.addEventListener("loadeddata", resolve, { once: true });
+    video.addEventListener("error", reject, { once: true });
+  });
+  for (const cell of cells) {
+    video.currentTime = Number(cell.dataset.tMs) / 1000;
+    await new Promise((resolve) => video.addEventListener("seeked", resolve, { once: true }));
+    paint(cell, video, video.videoWidth, video.videoHeight);
+  }
+}
+
+function paint(cell, source, width, height) {
+  const canvas = cell.querySelector("canvas");
+  const scale = Math.min(canvas.width / width, canvas.height / height);
+  const w = Math.round(width * scale);
+  const h = Math.round(height * scale);
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(source, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+  cell.classList.add("drawn");
 }
 
 function wordsRead(text) {
@@ -283,7 +406,7 @@ function section(title, body, extra) {
   return node;
 }
 
-const CHANNEL_NAMES = { image: "from the picture", text: "from the words" };
+const CHANNEL_NAMES = { image: "from the picture", text: "from the words", frames: "from the frames" };
 
 function emotionChips(predicted, decidedBy) {
   const chips = el("div", "chips emotions");
@@ -294,7 +417,7 @@ function emotionChips(predicted, decidedBy) {
     const chip = el("span", "chip", label);
     chip.style.setProperty("--tone", tone(label));
     const channel = decidedBy[label];
-    if (channel === "text") {  // the picture alone is what every image-only answer is: only words are marked
+    if (channel === "text" || channel === "frames") {  // a still's picture is every answer's: not marked
       chip.append(el("span", "channel", CHANNEL_NAMES[channel]));
       chip.dataset.channel = channel;
     }
@@ -476,6 +599,10 @@ function neighbourGrid(neighbours) {
     const caption = el("figcaption");
     caption.append(el("span", "labels", n.labels.length ? n.labels.join(" + ") : "unlabelled"),
       el("span", "sim", n.similarity.toFixed(3)));
+    if (n.clip) {  // a stored clip: its thumbnail is its middle frame
+      thumb.append(el("span", "clip-badge", `${n.clip.format} · ${seconds(n.clip.duration_ms)}`));
+      thumb.classList.add("clip");
+    }
     caption.title = `id ${n.id} · ${n.split} · cosine similarity ${n.similarity.toFixed(3)}`;
     figure.append(thumb, caption);
     grid.append(figure);

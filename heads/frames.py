@@ -1,0 +1,63 @@
+"""One answer for a clip (an animation or a video) from its chosen frames, and the timeline behind it.
+
+A clip's frames are chosen by time (embed/clips.py), each standing for a share of the clip's duration
+(its weight). Two ways to pool them into the clip's scores, `POOLINGS`:
+
+- "features": the head scores the time-weighted mean of the frames' unit vectors (normalised,
+  `emoreact.embed.pool_vectors`): the one vector a store keeps for the clip, so that an answer and a
+  stored clip's score agree;
+- "scores": the time-weighted mean of the frames' own scores: a label shown for part of the clip keeps
+  that share of its score instead of being averaged away in feature space.
+
+`bench clips` measures both on the generated clip set; docs/usage.md says which the server uses and why.
+Whatever the pooling, each frame's own scores make the timeline, and a label's peak is the frame whose
+score for it is highest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+POOLINGS = ("features", "scores")
+
+
+@dataclass(frozen=True)
+class FrameScores:
+    """A clip's frames as the head sees them: each frame's scores and labels, in time order."""
+
+    times_ms: list[int]
+    probs: np.ndarray  # (F, L) each frame's own scores
+    chosen: np.ndarray  # (F, L) bool: each frame's own labels, by the head's thresholds
+
+    def pooled(self, weights: np.ndarray) -> np.ndarray:
+        """Gives the (L,) time-weighted mean of the frames' scores (the "scores" pooling)."""
+        return (np.asarray(weights, np.float64) @ self.probs).astype(np.float32)
+
+    def peaks(self, labels: list[str]) -> dict[str, int]:
+        """Gives, per label, the time of the frame whose score for it is highest (the first such frame)."""
+        best = np.argmax(self.probs, axis=0)
+        return {label: int(self.times_ms[best[j]]) for j, label in enumerate(labels)}
+
+    def strongest(self) -> np.ndarray:
+        """Gives the (L,) highest score of any single frame per label (the answer's `frames` channel)."""
+        return self.probs.max(axis=0)
+
+    def timeline(self, labels: list[str]) -> list[dict]:
+        """Gives one {"t_ms", "emotions" (strongest first), "emotion_scores"} per frame, in time order."""
+        moments = []
+        for t, p, c in zip(self.times_ms, self.probs, self.chosen):
+            shown = sorted((label for label, on in zip(labels, c) if on), key=lambda label: -p[labels.index(label)])
+            moments.append({"t_ms": int(t), "emotions": shown, "emotion_scores": dict(zip(labels, p.tolist()))})
+        return moments
+
+
+def frame_scores(head, vectors: np.ndarray, times_ms: list[int], text: np.ndarray | None = None) -> FrameScores:
+    """Gives the head's scores of a clip's (F, D) frame vectors; `text` (D,) is the post's text vector (zero:
+    no words), which a post head reads beside every frame as it does beside a still image."""
+    words = None if text is None else np.repeat(np.asarray(text, np.float32)[None, :], len(vectors), axis=0)
+    probs = head.predict_proba(np.asarray(vectors, np.float32), text=words)
+    return FrameScores(list(times_ms), probs, head.decide(probs, words))
+
+
+__all__ = ["POOLINGS", "FrameScores", "frame_scores"]
