@@ -1,7 +1,7 @@
 """The clip set of `bench clips` and the demo: GIFs, animated WebPs and MP4s made from the demo's emoji art.
 
-A clip is a run of frames, each showing one drawing (bobbing by a pixel or two, as animated emojis
-do), in one of three kinds:
+A clip is a run of frames, each showing one drawing filling the frame as the demo's images do (bobbing
+by a pixel or two, as animated emojis do), in one of three kinds:
 
 | kind | what it shows | labels |
 |---|---|---|
@@ -230,10 +230,10 @@ def _render(rng, drawings, side: int, static: bool) -> list[Image.Image]:
 
 
 def _frame(drawing, side: int, offset: tuple[int, int]) -> Image.Image:
-    image = Image.new("RGB", (side, side), "white")  # the art's own background
-    face = _face(drawing.path, int(side * 0.75))
-    corner = (side - face.width) // 2
-    image.paste(face, (corner + offset[0], corner + offset[1]))
+    """The drawing fills the frame, as in the demo's images: the demo's head, trained on those, reads the
+    same drawings shrunk to 90% of the frame with macro-F1 0.47 instead of 0.67 (75%: 0.21)."""
+    image = Image.new("RGB", (side, side), "white")  # the art's own background, where the bobbing uncovers it
+    image.paste(_face(drawing.path, side), offset)
     return image
 
 
