@@ -31,7 +31,7 @@ from emoreact.clipset import make_clip, write_clips
 from emoreact.index import Store, atomic_write_text
 from emoreact.pipeline import embed_records, train_from_store
 from emoreact.postset import make_posts, post_records, slice_scores
-from emoreact.predictor import load
+from emoreact.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ def _clips_report(out: Path, backbone, labels: LabelConfig, device: str) -> list
     clips = [make_clip(kind, fmt, seed=0, number=number) for kind, fmt, number in DEMO_CLIPS
              if fmt != "mp4" or video]
     paths = write_clips(clips, out / "clips")
-    with load(out / "store", out / "head", device=device) as predictor:
+    # the backbone loaded for the demo, not a second copy: the head's own emoji policy, the default clip settings
+    with Predictor(backbone, Store.open(out / "store"), EmotionHead.load(out / "head"), owns_store=True) as predictor:
         answers = predictor.predict([str(path) for path in paths], k=0)
     embed_records([Record(path, clip.labels, "test") for path, clip in zip(paths, clips)], out / "store", backbone,
                   labels, EmbedConfig(workers=0, progress=False, near_duplicate_threshold=None))
@@ -152,8 +153,10 @@ def _clips_report(out: Path, backbone, labels: LabelConfig, device: str) -> list
         if "error" in answer:
             report_.append({**entry, "error": answer["error"]})
         else:
+            timeline = [{**moment, "emotion_scores": {k: round(v, 3) for k, v in moment["emotion_scores"].items()}}
+                        for moment in answer.get("timeline") or []]
             report_.append({**entry, "emotions": answer["predicted_emotions"], "clip": answer.get("clip"),
-                            "timeline": answer.get("timeline", [])})
+                            "timeline": timeline})
     return report_
 
 

@@ -6,7 +6,9 @@ CLIP (or `--model`), the demo's head trained on two art styles (Noto, Twemoji). 
 emoreact/clipset.py, drawn from the third style (OpenMoji), which the head never saw: stretches of an
 emotion on a neutral face, mixes of two emotions and static faces, as GIF, animated WebP and MP4, each
 labelled with what it shows for at least `clipset.SHARE` of its time. Macro-F1 is over the six emotions
-of postset.EMOTIONS (neutral is the absence of all six).
+of postset.EMOTIONS (neutral is the absence of all six). Beside the predictor's poolings the bench reads
+each clip by a frame vote (the labels' own rule applied to the frames' decisions), which the predictor
+does not offer: a measure of what a pooling could reach.
 """
 from __future__ import annotations
 
