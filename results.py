@@ -157,7 +157,10 @@ def _model(record: Record):
                   CLIP: _clip_model(True) if f.kind == CLIP else None,
                   STORED_CLIP: _clip_model(False) if f.kind == STORED_CLIP else None,
                   TIMELINE: list[_moment_model()] if f.kind == TIMELINE else None}.get(f.kind) or _PYTHON[f.kind]
-        definitions[f.name] = (python | None if f.nullable else python, Field(description=f.doc))
+        if f.omitted_when_none:  # not required: the key may be absent
+            definitions[f.name] = (python | None, Field(default=None, description=f.doc))
+        else:
+            definitions[f.name] = (python | None if f.nullable else python, Field(description=f.doc))
     return create_model(record.name, __doc__=record.doc, **definitions)
 
 

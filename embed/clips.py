@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, _decode_errors, decode_image, sniff_format, sniff_video, to_rgb
+from .images import (ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, ImageError, _decode_errors, decode_image, sniff_format,
+                     sniff_video, to_rgb)
 
 CLIP_FORMATS = ("GIF", "WEBP", "PNG", "MP4", "MOV", "WEBM", "MKV")  # what `Clip.format` may say
 ACCEPTED = "JPEG, PNG, WebP or GIF images, animated GIF, WebP or PNG, or MP4, MOV or WebM videos"
@@ -36,6 +37,8 @@ ACCEPTED = "JPEG, PNG, WebP or GIF images, animated GIF, WebP or PNG, or MP4, MO
 _FASTEST_SHOWN_MS = 10
 _SHOWN_INSTEAD_MS = 100
 _THUMB = 32  # near-duplicates are compared as 32x32 grey thumbnails
+_CANVAS_BYTES = 24  # bytes a canvas pixel costs at most while a frame is drawn, kept for disposal, copied and
+                    # composited to RGB (about 17 measured for a GIF)
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,8 @@ class ClipSettings:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"{name} must be a whole number of at least 1, not {value!r}")
-        need(self.video_memory_mb >= 256, f"video_memory_mb must be at least 256 (PyAV and FFmpeg alone need "
-             f"about 200 MB of address space), not {self.video_memory_mb}")
+        need(self.video_memory_mb >= 384, f"video_memory_mb must be at least 384 (Python, PyAV and FFmpeg alone "
+             f"take about 300 MB of address space), not {self.video_memory_mb}")
         need(_number(self.time_budget_s) and self.time_budget_s >= 0,
              f"time_budget_s must be seconds >= 0 (0 decodes one frame), not {self.time_budget_s!r}")
         need(_number(self.min_change) and 0 <= self.min_change <= 1,
@@ -100,6 +103,15 @@ class Clip:
         return len(self.frames)
 
 
+def memory_budget_bytes(max_pixels: int, settings: ClipSettings) -> int:
+    """Gives the most memory decoding one animation holds in this process (the frame budget): the canvas at
+    `_CANVAS_BYTES` a pixel, and the chosen frames before near-duplicates are dropped, 3 bytes a pixel each
+    (at most `max_pixels`; far fewer once scaled to `min_side`). A video's frames come from its worker, whose
+    own memory is capped at `video_memory_mb`; here they cost what the chosen frames cost, twice (the bytes
+    read from the pipe, then the images)."""
+    return max_pixels * (_CANVAS_BYTES + 2 * 3 * settings.max_frames)
+
+
 def decode_media(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None,
                  settings: ClipSettings = ClipSettings(), *,
                  clock: Callable[[], float] = time.monotonic) -> Image.Image | Clip:
@@ -114,8 +126,13 @@ def decode_media(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
         raise ImageError(f"the file is empty; send {ACCEPTED}")
     video = sniff_video(data)
     if video is not None:
-        from .video import decode_video  # PyAV is optional; the child process imports it
-        return decode_video(data, video, max_pixels, min_side, settings)
+        from .video import decode_video  # the worker process imports PyAV (the `video` extra), not this one
+
+        frames, said = decode_video(data, video, max_pixels, min_side, settings)
+        frames, times, weights = drop_near_duplicates(frames, said["times_ms"], said["weights"], settings.min_change)
+        return Clip(frames=frames, times_ms=times, weights=weights, duration_ms=said["duration_ms"],
+                    frame_count=said["frame_count"], format=video, size=tuple(said["size"]),
+                    truncated=said["truncated"])
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageError(f"the file is not an image or a clip (its content is none of {ACCEPTED})")
@@ -270,12 +287,14 @@ def _scan_gif(data: bytes, limit: int) -> _Scan | None:
                 delay = struct.unpack_from("<H", data, pos + 4)[0] * 10.0
             pos = _skip_sub_blocks(data, pos + 2)
         elif block == 0x2C and pos + 10 < end:  # an image: descriptor, local palette, LZW data
-            flags = data[pos + 9]
+            left, top, width, height, flags = struct.unpack_from("<HHHHB", data, pos + 1)
             pos = _skip_sub_blocks(data, pos + 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1)
             if pos > end:
                 break
             delays.append(delay)
             delay = 0.0
+            # A frame past the screen's edge grows the canvas (as Pillow and browsers draw it): count it in.
+            size = (max(size[0], left + width), max(size[1], top + height))
         else:  # the trailer, or bytes that are no block: browsers stop there too
             break
     return _Scan(size, delays)

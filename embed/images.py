@@ -3,7 +3,7 @@
 Only JPEG, PNG, WebP and GIF decoders are ever invoked (chosen by content, not by file name);
 the pixel count is checked from the header before any pixel is decoded; EXIF orientation is
 applied; palette, alpha, CMYK and 16-bit images become correct 8-bit RGB; animations give
-their first frame.
+their first frame (`decode_media` in clips.py gives them, and videos, as clips).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from .texts import clean_caption
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".apng", ".mp4", ".mov", ".webm", ".mkv", ".m4v"}  # clips too
 EMOTION6_THRESHOLD = 0.3  # a vote share at or above this makes the emotion one of the image's labels
 _EMOTION6_COLUMNS = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral")
 

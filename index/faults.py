@@ -26,6 +26,10 @@ POINTS = (
     "after_remove_commit",  # remove(): the rows are gone from SQLite, the shard and index still hold them
     "during_remove",  # remove(): the vectors are zeroed, the new index is not yet written
 )
+BACKFILL_POINTS = (  # only a backfill re-embedding stored animations as clips reaches these
+    "after_clip_vectors",  # the clips' pooled vectors overwrite their rows; the clips table does not say so yet
+    "after_clip_commit",  # the clips are recorded (not indexed); the index still holds the first-frame vectors
+)
 WORKER_POINTS = (  # outside the store writer, so that kill tests drawing from POINTS never wait for them
     "in_embed_worker",  # a Ray model worker has taken a batch and not yet given back its vectors
 )
@@ -58,7 +62,7 @@ def _first_time(marker: str | None) -> bool:
 
 def _parse(spec: str) -> tuple[str, int]:
     point, _, step = spec.partition(":")
-    if point not in POINTS + WORKER_POINTS or not (step or "1").isdigit() or int(step or 1) < 1:
+    if point not in POINTS + BACKFILL_POINTS + WORKER_POINTS or not (step or "1").isdigit() or int(step or 1) < 1:
         raise ValueError(f"{ENV}={spec!r} is not a fault point; use NAME or NAME:N (N >= 1), "
-                         f"NAME one of {', '.join(POINTS + WORKER_POINTS)}")
+                         f"NAME one of {', '.join(POINTS + BACKFILL_POINTS + WORKER_POINTS)}")
     return point, int(step or 1)

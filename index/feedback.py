@@ -139,9 +139,10 @@ def label_overrides(store_root: str | Path) -> dict[int, tuple[str, ...]]:
 
 
 def add_upload(store_root: str | Path, data: bytes, sha256: str, vector: np.ndarray, size: tuple[int, int],
-               labels: list[str], suffix: str) -> int:
+               labels: list[str], suffix: str, clip: dict | None = None) -> int:
     """Adds an uploaded image to the store under the `feedback` source (its file under STORE/feedback/images,
-    split train, the corrected labels) and gives its id; an image already stored gives its existing id.
+    split train, the corrected labels) and gives its id; an image already stored gives its existing id. A
+    clip's `vector` is its pooled one and `clip` its record (format, duration_ms, frame_count, frames_used).
 
     Goes through the store's writer (its single-writer lock, not waited for: a running embed job
     makes this raise StoreError naming the job) and rebuilds the index, so readers that re-open the
@@ -161,7 +162,7 @@ def add_upload(store_root: str | Path, data: bytes, sha256: str, vector: np.ndar
         if str(path.parent) not in roots:  # first, so that the latest root stays the last embedded source
             store.manifest = {**store.manifest, "source_roots": [str(path.parent), *roots]}
         row = {"path": str(path), "sha256": sha256, "labels": list(labels), "split": "train", "split_fixed": True,
-               "width": size[0], "height": size[1], "bytes": len(data)}
+               "width": size[0], "height": size[1], "bytes": len(data), "clip": clip}
         store.add([row], np.asarray(vector, np.float32).reshape(1, -1))
         store.finish()
         return store.find(sha256)

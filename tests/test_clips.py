@@ -227,9 +227,251 @@ def test_avif_and_heic_are_named_whatever_their_first_box_size():
     ("max_source_frames", 0, "max_source_frames"),
     ("max_decoded_pixels", True, "max_decoded_pixels"),
     ("max_duration_s", 0, "max_duration_s must be seconds > 0"),
-    ("video_memory_mb", 64, "video_memory_mb must be at least 256"),
+    ("video_memory_mb", 256, "video_memory_mb must be at least 384"),
     ("video_timeout_s", 1.0, "video_timeout_s must be seconds above time_budget_s"),
 ])
 def test_clip_settings_refuse_bad_values_saying_which(field, value, words):
     with pytest.raises(ValueError, match=words):
         ClipSettings(**{field: value})
+
+
+# -- videos (PyAV, the `video` extra) ---------------------------------------------------------------------------
+# The worker's decoding (`video._decode`) is tested in process, fast; the whole path, which starts a worker
+# process (about 0.25 s), under the `subprocess` mark.
+
+
+def video(fmt: str = "mp4", codec: str = "libx264", n: int = 50, fps=10, size=(64, 48), **options) -> bytes:
+    """Gives a video of n solid frames whose red is 5 * index (H.264 rounds it a little), made with PyAV."""
+    av = pytest.importorskip("av")
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p" if codec != "png" else "rgb24"
+        for i in range(n):
+            pixels = np.zeros((size[1], size[0], 3), np.uint8)
+            pixels[..., 0] = 5 * i % 256
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def child_request(fmt="MP4", **changes) -> dict:
+    """Gives what `decode_video` sends its child for ClipSettings() with `changes`."""
+    request = {"format": fmt, "max_pixels": 40_000_000, "min_side": None, "max_frames": 8, "time_budget_s": 2.0,
+               "max_duration_s": 600.0, "memory_mb": 1024, "cpu_s": 15.0}
+    return {**request, **changes}
+
+
+def decode_in_process(data: bytes, fmt="MP4", **changes):
+    from emoreact.embed import video as video_module
+
+    return video_module._decode(data, child_request(fmt, **changes))
+
+
+def test_a_video_gives_the_frames_shown_at_the_middle_of_equal_slices():
+    answer, frames = decode_in_process(video(n=50, fps=10))  # 5 s: middles at 0.3125 s, 0.9375 s, ...
+    assert answer["times_ms"] == [300, 900, 1500, 2100, 2800, 3400, 4000, 4600]
+    assert answer["weights"] == pytest.approx([1 / 8] * 8)
+    assert answer["duration_ms"] == 5000 and answer["frame_count"] == 50 and answer["size"] == [64, 48]
+    assert not answer["truncated"]
+    reds = [int(f[..., 0].mean()) for f in frames]
+    assert all(abs(red - 5 * t // 100) <= 4 for red, t in zip(reds, answer["times_ms"]))
+
+
+def test_a_video_of_few_frames_gives_each_weighted_by_its_time():
+    answer, frames = decode_in_process(video(n=4, fps=4))
+    assert answer["times_ms"] == [0, 250, 500, 750] and answer["weights"] == pytest.approx([0.25] * 4)
+    assert len(frames) == 4
+
+
+def test_video_frames_come_back_scaled_to_min_side():
+    answer, frames = decode_in_process(video(n=3, size=(320, 240)), min_side=60)
+    assert {f.shape for f in frames} == {(60, 80, 3)} and answer["size"] == [320, 240]
+
+
+def test_a_video_turned_by_its_display_matrix_comes_back_upright():
+    av = pytest.importorskip("av")
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(90)  # counterclockwise, as a phone held upright records
+        pixels = np.zeros((48, 64, 3), np.uint8)
+        pixels[:, :32, 0] = 255  # red on the left, blue on the right
+        pixels[:, 32:, 2] = 255
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, "rgb24")))
+        container.mux(stream.encode())
+    answer, frames = decode_in_process(buffer.getvalue())
+    assert frames[0].shape == (64, 48, 3) and answer["size"] == [64, 48]  # shown 48 wide; stored 64 wide
+    assert frames[0][-3, 24, 0] > 200 and frames[0][2, 24, 2] > 200  # the left side turned to the bottom
+
+
+def test_a_spent_video_budget_gives_the_frames_so_far():
+    answer, frames = decode_in_process(video(n=50), time_budget_s=0)
+    assert answer["truncated"] and len(frames) == 1 and answer["weights"] == [1.0]
+
+
+def test_a_video_over_the_duration_limit_is_refused_from_its_header():
+    with pytest.raises(ImageError, match=r"5 s long, over the limit of 2 s \(ClipSettings.max_duration_s\)") as info:
+        decode_in_process(video(n=50), max_duration_s=2.0)
+    assert info.value.kind == "too_large"
+
+
+def test_video_frames_over_the_pixel_limit_are_refused_from_the_header():
+    with pytest.raises(ImageError, match="frames are 64x48 pixels, over the limit of 1,000") as info:
+        decode_in_process(video(n=2), max_pixels=1000)
+    assert info.value.kind == "too_large"
+
+
+def test_a_codec_outside_the_list_is_refused():
+    with pytest.raises(ImageError, match="png video is not accepted; send H.264") as info:
+        decode_in_process(video("mov", "png", n=2), fmt="MOV")
+    assert info.value.kind == "unsupported"
+
+
+def test_a_file_with_no_video_track_is_refused():
+    av = pytest.importorskip("av")
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(ImageError, match="no video track") as info:
+        decode_in_process(buffer.getvalue())
+    assert info.value.kind == "unsupported"
+
+
+def test_a_webm_without_a_duration_is_measured_from_its_packets():
+    data = video("webm", "libvpx", n=20, fps=10)
+    # Take the Duration element (ID 0x4489) out of the header, as a browser's recorder leaves it.
+    at = data.find(b"\x44\x89")
+    size = data[at + 2] & 0x7F  # a one-byte EBML size: 0x84 (float32) or 0x88 (float64)
+    stripped = data[:at] + b"\xec" + bytes([0x80 | size]) + bytes(size) + data[at + 3 + size:]  # a Void element
+    answer, frames = decode_in_process(stripped, fmt="WEBM")
+    assert answer["duration_ms"] == 2000 and len(frames) == 8
+
+
+def test_video_without_pyav_names_the_extra(monkeypatch):
+    data = video(n=2)
+    monkeypatch.setitem(__import__("sys").modules, "av", None)  # `import av` now fails as if not installed
+    with pytest.raises(ImageError, match=r'MP4 videos need PyAV.*pip install "emoreact\[video\]"') as info:
+        decode_media(data)
+    assert info.value.kind == "unsupported"
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("fmt, codec, name", [("mp4", "libx264", "MP4"), ("mp4", "mpeg4", "MP4"),
+                                              ("mov", "mpeg4", "MOV"), ("webm", "libvpx", "WEBM"),
+                                              ("matroska", "libvpx-vp9", "MKV")])
+def test_videos_decode_in_a_child_process(fmt, codec, name):
+    data = video(fmt, codec, n=30, fps=10, size=(96, 64))
+    assert is_clip(data)
+    clip = decode_media(data, min_side=32)
+    assert isinstance(clip, Clip) and clip.format == name and clip.size == (96, 64) and clip.frame_count == 30
+    assert clip.duration_ms == 3000 and clip.frames_used == 8 and not clip.truncated
+    assert all(f.mode == "RGB" and f.size == (48, 32) for f in clip.frames)
+    assert clip.times_ms == sorted(clip.times_ms) and sum(clip.weights) == pytest.approx(1.0)
+
+
+@pytest.mark.subprocess
+def test_a_static_video_costs_one_frame():
+    av = pytest.importorskip("av")
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(30):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 120, np.uint8), "rgb24")))
+        container.mux(stream.encode())
+    clip = decode_media(buffer.getvalue())
+    assert clip.frames_used == 1 and clip.weights == [1.0] and clip.frame_count == 30
+
+
+@pytest.mark.subprocess
+def test_a_worker_is_reused_and_a_dead_one_replaced():
+    from emoreact.embed import video as video_module
+
+    data = video(n=12)
+    settings = ClipSettings(video_memory_mb=1100)  # a limit no other test uses: its own workers
+    first = decode_media(data, settings=settings)
+    (worker,) = video_module._IDLE[1100]
+    decode_media(data, settings=settings)
+    assert video_module._IDLE[1100] == [worker] and worker.clips == 2  # the same process answered both
+    worker.process.kill()
+    worker.process.wait()
+    assert decode_media(data, settings=settings).times_ms == first.times_ms  # a fresh worker took over
+    assert video_module._IDLE[1100][0] is not worker
+
+
+@pytest.mark.subprocess
+def test_a_worker_past_the_time_limit_is_killed_and_named():
+    # A fresh worker takes about 0.25 s to start: a limit of 1 ms always runs out, whatever the machine.
+    settings = ClipSettings(video_memory_mb=1200, time_budget_s=0, video_timeout_s=0.001)
+    with pytest.raises(ImageError, match=r"longer than 0.001 s.*ClipSettings.video_timeout_s") as info:
+        decode_media(video(n=4), settings=settings)
+    assert info.value.kind == "too_large"
+    from emoreact.embed import video as video_module
+
+    assert not video_module._IDLE.get(1200)  # the killed worker is not kept
+
+
+@pytest.mark.subprocess
+def test_a_worker_over_its_memory_limit_answers_too_large_naming_the_setting():
+    from types import SimpleNamespace
+
+    from emoreact.embed import video as video_module
+
+    # Under the 384 MB that ClipSettings allows: even PyAV's libraries cannot be mapped in 200 MB.
+    settings = SimpleNamespace(video_memory_mb=200, video_timeout_s=15.0)
+    answer, frames = video_module._ask_worker(video(n=4), child_request(memory_mb=200), settings)
+    assert answer["kind"] == "too_large" and "200 MB" in answer["error"] and "video_memory_mb" in answer["error"]
+    assert frames == [] and not video_module._IDLE.get(200)
+
+
+# -- fuzzing the animation headers: only ImageError escapes -----------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ANIMATION_SEEDS = [animation(fmt, solid(3, size=(12, 8)), [0, 50, 120]) for fmt in ANIMATED]
+
+
+def check_media(data: bytes) -> None:
+    is_clip(data)
+    try:
+        result = decode_media(data, max_pixels=1_000_000, settings=ClipSettings(max_source_frames=500))
+    except ImageError as exc:
+        assert str(exc) and exc.kind in ("invalid", "unsupported", "too_large")
+    else:
+        frames = result.frames if isinstance(result, Clip) else [result]
+        assert frames and all(f.mode == "RGB" and f.width * f.height <= 1_000_000 for f in frames)
+        if isinstance(result, Clip):
+            assert sum(result.weights) == pytest.approx(1.0) and result.times_ms == sorted(result.times_ms)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(ANIMATION_SEEDS), flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)),
+                                                             max_size=8), cut=st.integers(0, 4000))
+def test_mutated_animations_decode_or_raise_image_error(seed, flips, cut):
+    data = bytearray(seed)
+    for position, value in flips:
+        data[position % len(data)] = value
+    check_media(bytes(data[: max(1, len(data) - cut % len(data))]))
+
+
+@pytest.mark.subprocess
+def test_concurrent_videos_each_take_their_own_worker():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emoreact.embed import video as video_module
+
+    clips = [video(n=20, size=(64 + 16 * i, 48)) for i in range(3)]
+    settings = ClipSettings(video_memory_mb=1300)  # a limit no other test uses: its own workers
+    with ThreadPoolExecutor(3) as pool:
+        sizes = [clip.size for clip in pool.map(lambda data: decode_media(data, settings=settings), clips)]
+    assert sizes == [(64, 48), (80, 48), (96, 48)]  # each answer is its own clip's
+    assert 1 <= len(video_module._IDLE[1300]) <= video_module._KEEP_IDLE  # the rest were ended, not leaked

@@ -368,7 +368,7 @@ def test_sixteen_bit_grey_keeps_its_whole_range():
     assert len(np.unique(grey)) == 256  # clipping at 255 would leave a handful of values
 
 
-# ---- animations: the first frame, without walking the others --------------------------------
+# ---- animations: a clip of a few frames chosen by time, however many it has ------------------
 
 FRAMES = 1000
 
@@ -414,14 +414,20 @@ def frame_spy(monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
-def test_animation_gives_its_first_frame_and_walks_no_other(client, animations, frame_spy, fmt):
+def test_a_1000_frame_animation_is_judged_by_at_most_8_frames_spread_over_its_time(client, animations, frame_spy, fmt):
     data, first, second = animations[fmt]
     answered = answer(client, f"anim.{fmt.lower()}", data)
-    assert frame_spy[fmt] == [0], "the decoder walked past the first frame"
+    assert len(frame_spy[fmt]) <= FRAMES  # each frame decoded once at most, in one pass
+    clip, timeline = answered["clip"], answered["timeline"]
+    assert clip["format"] == fmt and clip["frame_count"] == FRAMES and clip["duration_ms"] == FRAMES * 20
+    # Every frame after the first differs from the next by a few pixels only: near-duplicates, one frame used,
+    # chosen by time (the middle of the first of 8 slices of its time), so never the odd first frame.
+    assert clip["frames_used"] == len(timeline) == 1 and timeline[0]["t_ms"] > 0
+    later = answer(client, "second.png", png(second))
+    assert max(abs(answered["emotion_scores"][k] - later["emotion_scores"][k]) for k in later["emotion_scores"]) < 0.02
+    assert [n["id"] for n in answered["neighbours"]] == [n["id"] for n in later["neighbours"]]
     still = answer(client, "first.png", png(first))
-    assert_same_scores(answered["emotion_scores"], still["emotion_scores"])
-    assert answered["neighbours"] == still["neighbours"]
-    assert answered["neighbours"] != answer(client, "second.png", png(second))["neighbours"]  # frames differ
+    assert "clip" not in still and "timeline" not in still  # a still answers as before clips existed
 
 
 # ---- decompression bombs: refused from the header, memory flat ------------------------------
@@ -550,3 +556,30 @@ def test_the_filesystem_spy_sees_a_real_thumbnail_being_made(cold_client_and_spy
     client, touched = cold_client_and_spy
     assert client.get("/api/images/3/thumbnail").status_code == 200
     assert {"read_bytes", "make_thumbnail"} <= {name for name, _ in touched}  # so [] above means something
+
+
+# ---- hostile clips through the API: each answered with the limit it hit, the server still up ----
+
+def _hostile_clips() -> list:
+    from test_clips import video
+    from test_hostile_clips import hours_long_video, raw_apng, raw_gif, zip_bomb
+
+    truncated = video("mp4", "libx264", n=30)
+    return [
+        ("100000-frames.gif", lambda: raw_gif(16, 16, 100_000), 413, "10,000 frames"),
+        ("huge-canvas.gif", lambda: raw_gif(30_000, 30_000, 1000), 413, "30000x30000"),
+        ("huge-canvas.png", lambda: raw_apng(30_000, 30_000, 1000), 413, "30000x30000"),
+        ("canvas-times-frames.gif", lambda: raw_gif(6000, 6000, 200), 413, "max_decoded_pixels"),
+        ("hours.mp4", hours_long_video, 413, "max_duration_s"),
+        ("truncated.mp4", lambda: truncated[: len(truncated) // 2], 400, "damaged or truncated"),
+        ("bomb.mp4", zip_bomb, 400, "not an image"),
+    ]
+
+
+@pytest.mark.parametrize("name, make, status, says", _hostile_clips(), ids=lambda v: v if isinstance(v, str) else "")
+def test_a_hostile_clip_is_answered_with_the_limit_it_hit_and_the_server_stays_up(client, name, make, status, says):
+    pytest.importorskip("av")
+    refused = client.post("/api/predict", data=upload((name, make())))
+    assert refused.status_code == status, refused.get_data(as_text=True)
+    assert says in refused.get_json()["error"]
+    answer(client, "after.png", png(draw(("happy",), 3)))  # the next upload is served as ever

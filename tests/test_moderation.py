@@ -161,13 +161,32 @@ def test_an_uploaded_correction_adds_the_image_to_the_store(served):
     assert again.get_json()["image_id"] == size and client.get("/healthz").get_json()["index_size"] == size + 1
 
 
+def test_an_uploaded_clip_correction_is_stored_as_a_clip(served):
+    import io
+
+    from synthetic import draw
+
+    client = served().test_client()
+    size = client.get("/healthz").get_json()["index_size"]
+    frames = [draw(("neutral",), seed=7)] + [draw(("angry",), seed=70 + n) for n in range(3)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    response = client.post("/api/feedback", data=upload(("rage.gif", out.getvalue()), labels="angry"),
+                           headers=bearer(MODERATOR))
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["image_id"] == size
+    [near] = client.post("/api/neighbours", data=upload(("same.gif", out.getvalue()), k=1)).get_json()["neighbours"]
+    assert near["id"] == size and near["clip"] == {"format": "GIF", "duration_ms": 400, "frame_count": 4}
+    assert client.get(f"/api/images/{size}/thumbnail").status_code == 200
+
+
 @pytest.mark.parametrize("kwargs, status, words", [
     ({"json": {"id": 0, "labels": ["joy"]}}, 400, "unknown label 'joy'"),
     ({"json": {"id": 0, "labels": []}}, 400, "labels"),
     ({"json": {"id": 0}}, 400, "labels"),
     ({"json": {"id": 99_999, "labels": ["sad"]}}, 404, "no indexed image has id 99999"),
     ({"data": "id=0", "content_type": "text/plain"}, 415, "send JSON"),
-    ({"data": upload(("doc.pdf", b"%PDF-1.4 not an image"), labels="sad")}, 415, "PDF images are not accepted"),
+    ({"data": upload(("doc.pdf", b"%PDF-1.4 not an image"), labels="sad")}, 415, "PDF files are not accepted"),
     ({"data": upload(("notes.txt", b"meeting notes"), labels="sad")}, 400, "not an image"),
     ({"data": upload(("a.png", encoded()), labels=" , ")}, 400, "no labels were given"),
 ])

@@ -108,3 +108,64 @@ def test_the_docs_page_renders_offline(server, browser):
     assert "EmoReact API" in page.inner_text("body")
     assert outside == []
     page.close()
+
+
+def _gif(labels: list[str]) -> bytes:
+    import io
+
+    from synthetic import draw
+
+    frames = [draw((label,), seed=800 + n) for n, label in enumerate(labels)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=150, loop=0)
+    return out.getvalue()
+
+
+def _webm(labels: list[str]) -> bytes:
+    import io
+
+    import numpy as np
+
+    av = pytest.importorskip("av")
+    from synthetic import draw
+
+    out = io.BytesIO()
+    with av.open(out, "w", format="webm") as container:
+        stream = container.add_stream("libvpx", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 96, 96, "yuv420p"
+        for n, label in enumerate(labels):
+            frame = av.VideoFrame.from_ndarray(np.asarray(draw((label,), seed=900 + n)), format="rgb24")
+            for _ in range(5):  # a second per label
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return out.getvalue()
+
+
+def test_a_clip_shows_its_frames_in_a_strip_with_what_each_shows(server, browser, tmp_path):
+    base, _ = server
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    failures = []
+    page.on("console", lambda message: failures.append(message.text) if message.type == "error" else None)
+    page.goto(base + "/")
+    (tmp_path / "sad.gif").write_bytes(_gif(["neutral", "sad", "sad", "sad", "sad"]))
+    (tmp_path / "moving.webm").write_bytes(_webm(["neutral", "happy", "happy"]))
+    page.set_input_files("#file-input", [str(tmp_path / "sad.gif"), str(tmp_path / "moving.webm")])
+    page.wait_for_function("() => document.querySelectorAll('.card .frame-strip').length === 2", timeout=60_000)
+    # The browser draws each frame from the file itself (ImageDecoder for the GIF, a seeked <video> for the WebM).
+    page.wait_for_function("() => [...document.querySelectorAll('.moment')].every((m) => m.classList.contains('drawn'))",
+                           timeout=30_000)
+    gif_card, webm_card = sorted(page.query_selector_all(".card"),
+                                 key=lambda card: card.query_selector(".filename").inner_text())[::-1][:2]
+    assert gif_card.query_selector(".filename").inner_text() == "sad.gif"
+    moments = gif_card.query_selector_all(".moment")
+    assert 2 <= len(moments) <= 8 and "GIF clip" in gif_card.query_selector(".timeline h3").text_content()
+    assert "sad" in gif_card.query_selector(".frame-strip").inner_text()
+    assert "from the frames" in gif_card.query_selector(".emotions").inner_text()
+    times = [float(m.get_attribute("data-t-ms")) for m in moments]
+    assert times == sorted(times) and times[0] < 150 < times[-1]
+    assert "WEBM clip" in webm_card.query_selector(".timeline h3").text_content()
+    assert webm_card.query_selector(".frame video") is not None  # the upload plays in its preview
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page-clips.png"), full_page=True, animations="disabled")
+    assert failures == [], failures
+    page.close()

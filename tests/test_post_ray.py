@@ -56,3 +56,35 @@ def test_words_read_by_a_decode_task_reach_the_writers_items(tmp_path, backbone,
     out = _Encoder(_portable(TINY), "cpu", None, backbone.dim)({**columns, "pixels": pixels})
     assert out["has_words"].tolist() == [True]
     assert _items(out)[0]["ocr"][0]["text"] == "SO SAD"
+
+
+def test_a_clip_goes_through_the_decode_task_and_the_worker_as_its_pooled_vector(tmp_path, backbone, worker_node):
+    import io
+
+    import torch
+
+    from emoreact.embed.clips import ClipSettings
+    from emoreact.embed.frames import encode_pooled
+    from emoreact.embed.job import read_item
+
+    frames = [draw(("neutral",), seed=0)] + [draw(("sad",), seed=n) for n in range(1, 4)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=[300, 100, 100, 100], loop=0)
+    (tmp_path / "clip.gif").write_bytes(out.getvalue())
+    draw(("happy",), seed=9).save(tmp_path / "still.png")
+    paths = [str(tmp_path / "still.png"), str(tmp_path / "clip.gif")]
+    batch = {"i": np.arange(2, dtype=np.int64), "path": np.array(paths), "caption": np.array(["", ""])}
+    columns = _decode_batch(batch, _HashSet(set()), backbone.transform, 10_000_000, None, clips=ClipSettings())
+    assert [p.shape[0] for p in columns["pixels"]] == [1, 4]  # one (F, 3, H, W) column for stills and clips
+    pixels = np.empty(2, dtype=object)
+    pixels[:] = columns["pixels"]
+    result = _Encoder(_portable(TINY), "cpu", None, backbone.dim)({**columns, "pixels": pixels})
+    items = _items(result)
+    assert "clip" not in items[0] and items[1]["clip"] == {"format": "GIF", "duration_ms": 600, "frame_count": 4,
+                                                           "frames_used": 4}
+    local = [read_item(n, tmp_path / name, set(), backbone.transform, 10_000_000, None) for n, name in
+             enumerate(("still.png", "clip.gif"))]
+    expected = encode_pooled(lambda x: backbone.encode_images(x).numpy(), [item["tensor"] for item in local],
+                             [item.get("weights") for item in local])
+    assert np.abs(result["vector"].astype(np.float32) - expected).max() <= FP16_STEP
+    assert torch.is_tensor(local[1]["tensor"]) and local[1]["tensor"].shape[0] == 4

@@ -10,6 +10,7 @@ from conftest import FAST_EMBED, TINY
 from emoreact import embed_source
 from emoreact.embed import MAX_CAPTION_CHARS, SourceError, clean_caption, has_words, read_source, text_vectors
 from emoreact.index import Store
+from emoreact.index.migrations import VERSION
 from emoreact.labels import load_label_config
 from synthetic import PHRASES, make_manifest, make_post_manifest
 
@@ -150,7 +151,7 @@ def test_a_0_3_0_store_gets_its_captions_by_backfill_without_re_embedding(tmp_pa
     assert report.to_json()["backfill"] == {"shards": 2, "images_with_words": 2, "unreadable": 0,
                                             "shards_with_words_already": 0}
     with Store.open(root) as store:
-        assert store.manifest["format_version"] == 3 and store.text_count() == 2
+        assert store.manifest["format_version"] == VERSION and store.text_count() == 2
         np.testing.assert_array_equal(store.vectors(), before)  # no picture re-embedded
         assert [t and t["caption"] for t in store.texts([0, 1, 12])] == [None, "we lost him yesterday", "best day ever"]
         assert has_words(store.text_vectors_of(np.arange(24))).nonzero()[0].tolist() == [1, 12]

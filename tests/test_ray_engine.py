@@ -33,6 +33,7 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 # Small batches and shards: several shards, so that a kill lands between two of them.
 CONFIG = EmbedConfig(batch_size=8, workers=0, shard_size=16, progress=False, near_duplicate_threshold=None)
 UNIQUE = 44
+CLIPS = (5, 12)  # these are animated GIFs
 FP16_STEP = 2.0 ** -11  # fp16 spacing just below 1: the local and Ray workers may round a value apart
 MIX = Mixture(dim=64, clusters=48, seed=3)
 IVF = "IVF32_HNSW32,RaBitQ"  # a small approximate index of the production kind (as in test_store_scale.py)
@@ -41,11 +42,16 @@ REMOVED = [0, 17, 1999, 2000, 5999]  # shard edges among them
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    """A labelled folder: 44 images, byte-identical copies of some, and files no model can take."""
+    """A labelled folder: 44 images (two of them animated GIFs, clips), byte-identical copies of some, and files
+    no model can take."""
     root = tmp_path_factory.mktemp("ray") / "src"
     for n in range(UNIQUE):
         label = ("happy", "sad")[n % 2]
         (root / label).mkdir(parents=True, exist_ok=True)
+        if n in CLIPS:
+            frames = [draw(("neutral",), seed=n)] + [draw((label,), seed=90_000 + n + k) for k in range(3)]
+            frames[0].save(root / label / f"{n:03d}.gif", save_all=True, append_images=frames[1:], duration=120)
+            continue
         draw((label,), seed=90_000 + n).save(root / label / f"{n:03d}.jpg", quality=90)
         if n % 7 == 0:
             shutil.copy(root / label / f"{n:03d}.jpg", root / label / f"{n:03d}b.jpg")
@@ -149,7 +155,8 @@ def snapshot(path: Path) -> dict:
     """Gives what must not depend on the engine: rows in id order, vectors, skipped files and reasons."""
     store = Store.open(path)
     state = {"items": [(it.path, it.sha256, it.labels, it.split, it.width, it.height) for it in store.items()],
-             "vectors": store.vectors(), "skipped": sorted(store.skipped()), "count": len(store)}
+             "vectors": store.vectors(), "skipped": sorted(store.skipped()), "count": len(store),
+             "clips": store.clips([it.id for it in store.items()])}
     store.close()
     return state
 
@@ -158,6 +165,7 @@ def assert_same_store(got: dict, want: dict) -> None:
     assert got["count"] == want["count"] == UNIQUE
     assert got["items"] == want["items"], "ids, paths, hashes, labels, splits or sizes differ"
     assert got["skipped"] == want["skipped"]
+    assert got["clips"] == want["clips"] and sum(c is not None for c in want["clips"]) == len(CLIPS)
     assert np.abs(got["vectors"] - want["vectors"]).max() <= FP16_STEP
 
 

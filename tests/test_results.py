@@ -11,7 +11,11 @@ def _values(record: Record) -> dict:
     sample = {"str": "x", "int": 1, "score": 0.123456, "bool": True, "strings": ["a"],
               "label_scores": {"happy": 0.5, "sad": 0.25}, "emoji_scores": {"😢": 0.75}, "neighbours": [],
               "post_text": {"caption": "so sad", "ocr": [{"text": "EWW", "score": 0.98765, "box": [[1, 2]] * 4}]},
-              "channels": {"image": {"happy": 0.5, "sad": 0.25}, "text": None}, "label_channels": {"sad": "text"}}
+              "channels": {"image": {"happy": 0.5, "sad": 0.25}, "text": None}, "label_channels": {"sad": "text"},
+              "clip": {"format": "GIF", "duration_ms": 1200, "frame_count": 9, "frames_used": 8, "truncated": False,
+                       "peaks": {"happy": 0, "sad": 600}},
+              "stored_clip": {"format": "GIF", "duration_ms": 1200, "frame_count": 9},
+              "timeline": [{"t_ms": 0, "emotions": ["happy"], "emotion_scores": {"happy": 0.91234, "sad": 0.1}}]}
     return {f.name: sample[f.kind] for f in record.fields}
 
 
@@ -50,6 +54,20 @@ def test_answers_round_scores_and_leave_out_what_may_be_absent():
         PREDICTION.answer(**{k: v for k, v in values.items() if k != "image"})
     with pytest.raises(TypeError, match="unknown \\['colour'\\]"):
         PREDICTION.answer(**values, colour="red")
+
+
+def test_a_still_answers_without_clip_keys_and_a_clip_with_its_timeline_in_files_too():
+    import pyarrow as pa
+
+    still = PREDICTION.answer(**_values(PREDICTION) | {"clip": None, "timeline": None})
+    assert "clip" not in still and "timeline" not in still
+    clip = PREDICTION.answer(**_values(PREDICTION))
+    assert clip["timeline"][0]["emotion_scores"] == {"happy": 0.9123, "sad": 0.1}
+    assert clip["clip"]["peaks"] == {"happy": 0, "sad": 600}
+    schema = PREDICTION.arrow_schema(LABELS)
+    table = pa.Table.from_pylist([clip, still | {"clip": None, "timeline": None}], schema=schema)
+    assert table.column("timeline").to_pylist()[1] is None
+    assert table.column("clip").to_pylist()[0]["peaks"] == [("happy", 0), ("sad", 600)]
 
 
 def test_the_web_documents_the_records_themselves():

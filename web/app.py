@@ -29,7 +29,8 @@ _DESCRIPTION = """Emotions and emoji reactions for social-media images, from fro
 Every error answers JSON `{"error": "..."}`: 400 bad request (no file, not an image, bad parameter),
 401 no or an unknown API key, 403 a key without the right, 404 unknown route or id, 405 wrong method,
 409 a retrain already running or the store busy, 413 upload over the size, file-count or pixel limit,
-415 an image format other than JPEG, PNG, WebP or GIF, 429 too many corrections from one key.
+415 a format other than JPEG, PNG, WebP or GIF images and clips (animated GIF/WebP/PNG; MP4, MOV, WebM with
+the video extra), 429 too many corrections from one key.
 `GET /healthz` tells the limits in force.
 
 Keys: send `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Feedback needs a key, retraining an

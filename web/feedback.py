@@ -14,6 +14,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from emoreact.embed import ImageError
+from emoreact.embed.clips import Clip
+from emoreact.embed.job import clip_record
 from emoreact.index import StoreError
 from emoreact.index.feedback import FeedbackLog, add_upload, feedback_path, utc_time
 
@@ -49,7 +51,7 @@ def post_feedback():
         except KeyError:
             abort(404, f"no indexed image has id {body.id}; ids come from /api/neighbours and /api/predict answers")
         vector = served.store.vector(body.id)[None, :]
-        image_id, sha256, note, source = body.id, item.sha256, body.note, "indexed"
+        image_id, sha256, note, source, clips = body.id, item.sha256, body.note, "indexed", None
     elif request.mimetype == "multipart/form-data":
         form = _model(s.FeedbackForm, {"labels": request.form.get("labels"), "note": request.form.get("note"),
                                        "image": request.files.get("image")})
@@ -61,13 +63,13 @@ def post_feedback():
             _, image = served.decode(data)
         except ImageError as exc:
             abort({"invalid": 400, "unsupported": 415, "too_large": 413}[exc.kind], str(exc))
-        vector = served.embed([image])
+        vector, clips = served.embed_media([image])  # a clip: its pooled vector, stored as the embed job stores it
         sha256, note, source = hashlib.sha256(data).hexdigest(), form.note, "upload"
-        image_id = _store_upload(data, sha256, vector, labels)
+        image_id = _store_upload(data, sha256, vector, labels, image if isinstance(image, Clip) else None)
     else:
         abort(415, f"send JSON (application/json) for an indexed image or multipart/form-data with an 'image' file, "
                    f"not {request.mimetype or 'a body without a Content-Type'}")
-    predicted = served.predict_vectors(vector, ["feedback"], k=0)[0]["predicted_emotions"]
+    predicted = served.predict_vectors(vector, ["feedback"], k=0, clips=clips)[0]["predicted_emotions"]
     entry = _log().add(key_name=g.key_name, image_id=image_id, sha256=sha256, labels=labels, predicted=predicted,
                        source=source, note=note, head_id=head_id(res.config.head))
     res.metrics.feedback.labels(source).inc()
@@ -100,16 +102,20 @@ def _labels(given: list[str], known: list[str]) -> list[str]:
     return [name for name in known if name in names]  # label order, each once
 
 
-def _store_upload(data: bytes, sha256: str, vector, labels: list[str]) -> int:
+def _store_upload(data: bytes, sha256: str, vector, labels: list[str], clip: Clip | None = None) -> int:
     res = resources()
     root = predictor().store.root
-    with Image.open(io.BytesIO(data)) as opened:  # the header only: the size as stored in the file
-        size, suffix = opened.size, _SUFFIX.get(opened.format or "", ".img")
+    if clip is not None:
+        size, suffix = clip.size, "." + clip.format.lower()
+    else:
+        with Image.open(io.BytesIO(data)) as opened:  # the header only: the size as stored in the file
+            size, suffix = opened.size, _SUFFIX.get(opened.format or "", ".img")
     if not res.store_lock.acquire(timeout=_STORE_WAIT_S):
         _busy("a retrain is reading the store; correct the image again once it has finished "
               "(GET /api/admin/retrain)")
     try:
-        image_id = add_upload(root, data, sha256, vector, size, labels, suffix)
+        image_id = add_upload(root, data, sha256, vector, size, labels, suffix,
+                              None if clip is None else clip_record(clip))
         res.refresh_store()  # new requests see the image (neighbours, thumbnail)
     except StoreError as exc:
         _busy(f"the image could not be added to the store: {exc}")

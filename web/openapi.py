@@ -85,7 +85,8 @@ def _tighten(doc: dict, config: WebConfig, labels: list[str]) -> None:
     # one is on the wire; as one file part whose description says to repeat it, both go right.
     schemas["ImageForm"]["properties"]["image"] = {
         "type": "string", "format": "binary",
-        "description": f"an image file (JPEG, PNG, WebP or GIF); repeat the part, each named 'image', to send up "
+        "description": f"an image file (JPEG, PNG, WebP or GIF) or a clip (animated GIF/WebP/PNG; MP4, MOV or "
+                       f"WebM); repeat the part, each named 'image', to send up "
                        f"to {config.max_files} images"}
     schemas["OneImageForm"]["properties"]["k"].update(minimum=1, maximum=config.k_max)
     for path, item in doc["paths"].items():

@@ -7,8 +7,9 @@ from flask_openapi3 import APIBlueprint, Tag
 from .api import resources
 
 # Everything the page loads comes from this server: no CDN, no inline script.
-_PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+# media-src blob:: a clip's preview and its frame strip play the uploaded file itself.
+_PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
+             "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 def index():

@@ -50,7 +50,8 @@ class ErrorBody(BaseModel):
 class ImageForm(BaseModel):
     """A multipart upload of one or more images."""
 
-    image: list[Upload] = Field(description="one or more image files (JPEG, PNG, WebP or GIF), "
+    image: list[Upload] = Field(description="one or more image files (JPEG, PNG, WebP or GIF) or clips (animated GIF, WebP or PNG; MP4, MOV "
+                                                 "or WebM with the video extra), "
                                                  "each in its own part named 'image'")
     caption: list[CaptionText] = Field([], description="the caption posted with each image, in the order of "
                                                         "the images: none at all, or one part named 'caption' "
@@ -61,7 +62,7 @@ class ImageForm(BaseModel):
 class OneImageForm(BaseModel):
     """A multipart upload of exactly one image."""
 
-    image: Upload = Field(description="one image file (JPEG, PNG, WebP or GIF)")
+    image: Upload = Field(description="one image file (JPEG, PNG, WebP or GIF) or clip (its pooled frames)")
     k: Whole | None = Field(None, ge=1, description="neighbours to return (default: the server's)")
 
 
@@ -168,7 +169,7 @@ class FeedbackJson(BaseModel):
 class FeedbackForm(BaseModel):
     """multipart/form-data with one 'image' file and 'labels' (comma-separated) for a new image."""
 
-    image: Upload = Field(description="the image (JPEG, PNG, WebP or GIF); it is added to the store")
+    image: Upload = Field(description="the image (JPEG, PNG, WebP or GIF) or clip; it is added to the store")
     labels: str = Field(min_length=1, max_length=2000, description="the right labels, comma-separated")
     note: Note = None
 

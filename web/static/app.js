@@ -86,7 +86,7 @@ async function loadStatus() {
     showNotice("The EmoReact server is not answering. Check that it is running, then reload this page.");
   }
   document.getElementById("drop-hint").textContent =
-    `JPEG, PNG, WebP or GIF · up to ${mib(page.limits.maxUpload)} each`;
+    `JPEG, PNG, WebP, GIF or a clip (animated GIF/WebP/PNG, MP4, MOV, WebM) · up to ${mib(page.limits.maxUpload)} each`;
 }
 
 async function loadPolicy() {
