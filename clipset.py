@@ -169,7 +169,8 @@ def _mixed(rng, number, delays, arts):
     """Two emotions whose drawings share no label, in runs A B, B A or A B A of random lengths."""
     first = EMOTIONS[number % len(EMOTIONS)]
     a = rng.choice(arts[first])
-    b = rng.choice([art for e in EMOTIONS if e not in a.labels for art in arts[e] if not set(art.labels) & set(a.labels)])
+    b = rng.choice([art for e in EMOTIONS if e not in a.labels for art in arts[e]
+                    if not set(art.labels) & set(a.labels)])
     count = len(delays)
     cut = rng.randint(1, count - 1)
     layout = rng.choice(("AB", "BA", "ABA")) if count >= 3 else rng.choice(("AB", "BA"))

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from emoreact.clipset import make_clip, write_clips
 from emoreact.demo import DEMO_DIR
 from emoreact.embed import EmbedConfig, ModelSpec, Record, load_backbone
 from emoreact.heads import (EmotionHead, HeadConfig, LabelConfig, fit_head, label_text_embeddings, report,
                             zero_shot_head)
-from emoreact.clipset import make_clip, write_clips
 from emoreact.index import Store, atomic_write_text
 from emoreact.pipeline import embed_records, train_from_store
 from emoreact.postset import make_posts, post_records, slice_scores
@@ -54,9 +54,9 @@ POST_VAL_EVERY = 2  # every 2nd training post validates: the post head's fusion 
 MIN_SUPPORT = 10  # per-label F1 targets apply to labels with at least this many test images
 CLIP_HELDOUT_MOD = 10  # tools/train_emoji_clip.py never trained on emojis with sha256(hexcode) % 10 == 0
 # The clips the report answers and the page can show (emoreact/clipset.py, OpenMoji art), as (kind, format,
-# number); the number picks the emotion (clipset: EMOTIONS[number % 6]). Sad on a face that is neutral at the
-# start and half-way, fear and disgust in turn, a still angry face, and disgust after a neutral start as an MP4 (the
-# video extra; without it the demo logs that it skips it).
+# number); the number picks the emotion (clipset: EMOTIONS[number % 6]). Sad on a face that is neutral at
+# the start and half-way, fear and disgust in turn, a still angry face, and disgust after a neutral start as
+# an MP4 (the video extra; without it the demo logs that it leaves it out).
 DEMO_CLIPS = (("stretch", "gif", 1), ("mixed", "webp", 5), ("static", "gif", 2), ("stretch", "mp4", 5))
 
 
@@ -95,7 +95,7 @@ def run_demo(out: Path, labels: LabelConfig, spec: ModelSpec = DEMO_MODEL, devic
                                   device, spec.pretrained)
     quality = style_evaluation(out / "store", labels, backbone)
     posts = _posts_report(out, labels, device, spec.pretrained, test_posts)
-    clips = _clips_report(out, backbone, labels, device)
+    clips = _clips_report(out, backbone, labels)
     summary = {"seconds": round(time.perf_counter() - start, 1), "model_id": backbone.spec.model_id,
                "store": str(out / "store"), "head": str(out / "head"), "test_split": "openmoji",
                "test_macro_f1": metrics["macro_f1"], "inputs": metrics["inputs"], "quality": quality,
@@ -129,7 +129,7 @@ def _posts_report(out: Path, labels: LabelConfig, device: str, pretrained: str, 
     return {"posts_with_words": words, "test_posts": len(test_rows), "macro_f1_by_slice": scores}
 
 
-def _clips_report(out: Path, backbone, labels: LabelConfig, device: str) -> list[dict]:
+def _clips_report(out: Path, backbone, labels: LabelConfig) -> list[dict]:
     """Writes the demo's clips to `out`/clips, answers each with the demo's head and adds them to the store
     (test split, after training: the head's figures stay the stills' and posts'), so the page finds them
     among neighbours; gives per clip its file, what it shows and the answer with its timeline."""
