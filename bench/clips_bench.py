@@ -253,9 +253,9 @@ def _model_ms(predictor, png: bytes) -> float:
 
 
 def _embed_job(root: Path, clips, backbone, labels) -> dict:
-    """Gives the embed job's clips/s over the generated clips, and stills/s over as many stills of their
-    middle frames (those two clips share are stored once), one after the other in this process, each into
-    a fresh store; and how many rows each store holds as clips."""
+    """Gives the embed job's clips/s over the generated clips, and stills/s over their middle frames as PNGs
+    (equal ones stored once), one after the other in this process, each into a fresh store; and how many rows
+    each store holds as clips."""
     from emoreact.embed import Record
     from emoreact.index import Store
     from emoreact.pipeline import embed_records
@@ -264,9 +264,9 @@ def _embed_job(root: Path, clips, backbone, labels) -> dict:
     still_dir = root / "stills"
     still_dir.mkdir(exist_ok=True)
     still_paths = []
-    for clip in clips:
+    for clip in clips:  # each clip's middle frame as it decodes (offsets and codecs differ: few are equal)
         path = still_dir / f"{clip.name}.png"
-        path.write_bytes(still(clip.frames[clip.middle_frame]))
+        _frames(clip)[clip.middle_frame].save(path, "PNG")
         still_paths.append(path)
     out = {}
     for kind, files in (("clips", paths), ("stills", still_paths)):
