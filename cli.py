@@ -549,14 +549,16 @@ def removed(store_path) -> None:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup", "posts", "runtime"]))
+@click.argument("what", type=click.Choice(["embed", "head", "index", "codes", "api", "dedup", "posts", "clips",
+                                           "runtime"]))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--model", default=None,
               help=f"Backbone: embed/api/runtime {DEFAULT_MODEL} with random weights (runtime adds the bundled "
-                   "model); posts the bundled emoreact-emoji-s.")
+                   "model); posts and clips the bundled emoreact-emoji-s.")
 @click.option("--size", default=None, type=click.IntRange(1),
               help="Images (embed: 256), vectors (head: 100000, index and codes: 1000000, dedup: 50000), "
-                   "seconds per level (api and runtime: 10) or posts per slice (posts: 60).")
+                   "seconds per level (api and runtime: 10), posts per slice (posts: 60) or clips per kind and format "
+                   "(clips: 20).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1),
               help="embed: measure each pipeline this many times, in turn, and keep its best.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
@@ -571,7 +573,8 @@ def removed(store_path) -> None:
 @click.option("--keep", default=None, type=click.Path(file_okay=False),
               help="index: write the synthetic store here and keep it (default: a temporary folder, deleted); "
                    "if it already holds a store, measure that one again (no generation, build or growth). "
-                   "codes: measure the store here instead of generating one. posts: keep the post set and store here.")
+                   "codes: measure the store here instead of generating one. posts: keep the post set and store here. "
+                   "clips: keep the store, head and clips here.")
 @_friendly
 def bench(what, device, model, size, rounds, engine, index_kind, batch_size, workers, keep) -> None:
     """Benchmark one stage against a baseline measured in the same run; prints JSON."""
@@ -583,6 +586,13 @@ def bench(what, device, model, size, rounds, engine, index_kind, batch_size, wor
         result = posts_bench.run(model or "emoreact-emoji-s", per_slice=size or 60,
                                  device="cpu" if device == "auto" else device, keep=keep)
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    if what == "clips":
+        from emoreact.bench import clips_bench
+
+        result = clips_bench.run(model or "emoreact-emoji-s", per_kind=size or 20,
+                                 device="cpu" if device == "auto" else device, keep=keep)
+        click.echo(json.dumps(result, indent=2))
         return
     model = model or DEFAULT_MODEL
     if what == "embed":

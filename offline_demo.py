@@ -3,7 +3,8 @@
 `run_demo` builds a store from demo/ (train: Noto + Twemoji, test: OpenMoji) and posts made from the
 same art (captioned pictures and memes with drawn words, emoreact/postset.py), trains a head with the
 zero-shot prior (a post head: it reads the words too) and evaluates it, per slice of posts beside an
-image-only head. `style_evaluation` measures what docs/usage.md reports:
+image-only head; then answers a few clips made from the test art (emoreact/clipset.py) with their
+timelines, and adds them to the store for the page. `style_evaluation` measures what docs/usage.md reports:
 leave-one-style-out, zero-shot only, and the few-label regime with and without the prior.
 
 A use case over `pipeline` (`emoreact demo` calls it), beside web/ in the layers; the `emoreact.demo`
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import logging
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoreact.clipset import make_clip, write_clips
 from emoreact.demo import DEMO_DIR
 from emoreact.embed import EmbedConfig, ModelSpec, Record, load_backbone
 from emoreact.heads import (EmotionHead, HeadConfig, LabelConfig, fit_head, label_text_embeddings, report,
@@ -28,6 +31,7 @@ from emoreact.heads import (EmotionHead, HeadConfig, LabelConfig, fit_head, labe
 from emoreact.index import Store, atomic_write_text
 from emoreact.pipeline import embed_records, train_from_store
 from emoreact.postset import make_posts, post_records, slice_scores
+from emoreact.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,11 @@ DEMO_POSTS = 16  # posts per slice made for training and as many for testing (po
 POST_VAL_EVERY = 2  # every 2nd training post validates: the post head's fusion needs 20 posts with words there
 MIN_SUPPORT = 10  # per-label F1 targets apply to labels with at least this many test images
 CLIP_HELDOUT_MOD = 10  # tools/train_emoji_clip.py never trained on emojis with sha256(hexcode) % 10 == 0
+# The clips the report answers and the page can show (emoreact/clipset.py, OpenMoji art), as (kind, format,
+# number); the number picks the emotion (clipset: EMOTIONS[number % 6]). Sad on a face that is neutral at
+# the start and half-way, fear and disgust in turn, a still angry face, and disgust after a neutral start as
+# an MP4 (the video extra; without it the demo logs that it leaves it out).
+DEMO_CLIPS = (("stretch", "gif", 1), ("mixed", "webp", 5), ("static", "gif", 2), ("stretch", "mp4", 5))
 
 
 def demo_records(demo_dir: Path = DEMO_DIR, test_style: str = "openmoji") -> list[Record]:
@@ -85,10 +94,12 @@ def run_demo(out: Path, labels: LabelConfig, spec: ModelSpec = DEMO_MODEL, devic
     _, metrics = train_from_store(out / "store", out / "head", DEMO_HEAD, labels,
                                   device, spec.pretrained)
     quality = style_evaluation(out / "store", labels, backbone)
+    posts = _posts_report(out, labels, device, spec.pretrained, test_posts)
+    clips = _clips_report(out, backbone, labels)
     summary = {"seconds": round(time.perf_counter() - start, 1), "model_id": backbone.spec.model_id,
                "store": str(out / "store"), "head": str(out / "head"), "test_split": "openmoji",
                "test_macro_f1": metrics["macro_f1"], "inputs": metrics["inputs"], "quality": quality,
-               "posts": _posts_report(out, labels, device, spec.pretrained, test_posts)}
+               "posts": posts, "clips": clips}
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -116,6 +127,37 @@ def _posts_report(out: Path, labels: LabelConfig, device: str, pretrained: str, 
         scores = slice_scores(store, {"image_only": EmotionHead.load(out / "image-head"),
                                       "post": EmotionHead.load(out / "head")}, test_rows, out / "posts" / "test")
     return {"posts_with_words": words, "test_posts": len(test_rows), "macro_f1_by_slice": scores}
+
+
+def _clips_report(out: Path, backbone, labels: LabelConfig) -> list[dict]:
+    """Writes the demo's clips to `out`/clips, answers each with the demo's head and adds them to the store
+    (test split, after training: the head's figures stay the stills' and posts'), so the page finds them
+    among neighbours; gives per clip its file, what it shows and the answer with its timeline."""
+    video = importlib.util.find_spec("av") is not None
+    if not video:
+        log.info("the demo shows no MP4 clip: the video extra is not installed (pip install 'emoreact[video]')")
+    clips = [make_clip(kind, fmt, seed=0, number=number) for kind, fmt, number in DEMO_CLIPS
+             if fmt != "mp4" or video]
+    paths = write_clips(clips, out / "clips")
+    # the backbone loaded for the demo, not a second copy: the head's own emoji policy, the default clip settings
+    with Predictor(backbone, Store.open(out / "store"), EmotionHead.load(out / "head"), owns_store=True) as predictor:
+        answers = predictor.predict([str(path) for path in paths], k=0)
+    embed_records([Record(path, clip.labels, "test") for path, clip in zip(paths, clips)], out / "store", backbone,
+                  labels, EmbedConfig(workers=0, progress=False, near_duplicate_threshold=None))
+    log.info("the demo's clips are in %s: drop one on the page to see its timeline", out / "clips")
+    report_ = []
+    for path, clip, answer in zip(paths, clips, answers):
+        entry = {"path": path.relative_to(out).as_posix(), "kind": clip.kind, "format": clip.format,
+                 "duration_ms": clip.duration_ms, "shows": list(clip.labels),
+                 "first_frame_shows": list(clip.first_frame_labels)}
+        if "error" in answer:
+            report_.append({**entry, "error": answer["error"]})
+        else:
+            timeline = [{**moment, "emotion_scores": {k: round(v, 3) for k, v in moment["emotion_scores"].items()}}
+                        for moment in answer.get("timeline") or []]
+            report_.append({**entry, "emotions": answer["predicted_emotions"], "clip": answer.get("clip"),
+                            "timeline": timeline})
+    return report_
 
 
 def style_evaluation(store_path: Path, labels: LabelConfig, backbone, few_shot: int = 2,

@@ -97,7 +97,7 @@ def make_posts(out_dir: str | Path, seed: int = 0, per_slice: int = 60, phrases:
     (out / "images").mkdir(parents=True, exist_ok=True)
     table = load_phrases(phrases)
     order = load_label_config().names
-    arts = _arts(STYLES[phrases], order)
+    arts = arts_by_emotion(STYLES[phrases], order)
     rows = []
     for slice_ in SLICES:
         for i in range(per_slice):
@@ -246,7 +246,7 @@ def _meme_lines(rng, phrase: str) -> list[tuple[str, str]]:
     return [(rng.choice(("top", "bottom")), text)]
 
 
-def _arts(styles: tuple[str, ...], order: list[str]) -> dict[str, list[_Art]]:
+def arts_by_emotion(styles: tuple[str, ...], order: list[str]) -> dict[str, list[_Art]]:
     """Gives emotion -> the demo's drawings whose labels are that emotion (and maybe another emotion);
     "neutral" -> those labelled neutral only. Labels are listed in `order`."""
     found = {e: [] for e in (*EMOTIONS, "neutral")}

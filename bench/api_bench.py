@@ -2,6 +2,7 @@
 with and without micro-batching of concurrent model calls (the baseline is one call per request)."""
 from __future__ import annotations
 
+import mimetypes
 import tempfile
 import threading
 import time
@@ -92,8 +93,36 @@ def _load(host: str, port: int, uploads: list[bytes], concurrency: int, seconds:
             "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
 
 
-def _multipart(data: bytes) -> tuple[bytes, str]:
+def alternating(app, uploads: dict[str, list[tuple[str, bytes]]], requests: int, warmup: int = 2) -> dict:
+    """Gives {kind: p50/p95 ms} of `/api/predict` (one upload, k=5, through waitress) for each kind of
+    upload ((file name, bytes) pairs, taken in turn), the kinds alternating in one run, so each sees
+    the same machine; the first `warmup` rounds are not counted. Any answer but 200 raises, naming it."""
+    from emoreact.web.server import background_server
+
+    times: dict[str, list[float]] = {kind: [] for kind in uploads}
+    with background_server(app, threads=2) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connection = HTTPConnection(host, int(port), timeout=120)
+        for n in range(requests + warmup):
+            for kind, files in uploads.items():
+                name, data = files[n % len(files)]
+                body, content_type = _multipart(data, name)
+                start = time.perf_counter()
+                connection.request("POST", "/api/predict", body, {"Content-Type": content_type})
+                response = connection.getresponse()
+                answer = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"/api/predict answered {response.status} for {kind} ({name}): {answer[:300]!r}")
+                if n >= warmup:
+                    times[kind].append((time.perf_counter() - start) * 1000)
+        connection.close()
+    return {kind: {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
+                   "requests": len(ms)} for kind, ms in times.items()}
+
+
+def _multipart(data: bytes, filename: str = "photo.jpg") -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"photo.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"

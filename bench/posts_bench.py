@@ -10,12 +10,9 @@ drawings, and each is scored per slice of the test posts.
 from __future__ import annotations
 
 import csv
-import statistics
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 from emoreact.postset import known_words, load_phrases, make_posts, measure_ocr, slice_scores
 
@@ -97,33 +94,16 @@ def _per_slice(root: Path, test_rows: list[dict]) -> dict:
 def _api(root: Path, test_rows: list[dict], device: str, requests: int) -> dict:
     """Gives p50/p95 ms of `/api/predict` (one upload, k=5, through waitress) for memes with drawn words and
     OCR on, beside pictures without words, alternating in the same run."""
-    from http.client import HTTPConnection
-
     from emoreact.web import WebConfig, create_app
-    from emoreact.web.server import background_server
 
-    from .api_bench import _multipart
+    from .api_bench import alternating
 
-    memes = [(root / "test" / row["path"]).read_bytes() for row in test_rows if row["slice"] == "drawn"]
-    plain = [(root / "test" / row["path"]).read_bytes() for row in test_rows if row["slice"] == "picture"]
-    config = WebConfig(store=root / "store", head=root / "post-head", device=device, ocr="on")
-    times: dict[str, list[float]] = {"meme_with_ocr": [], "plain_image": []}
-    app = create_app(config)
-    with background_server(app, threads=2) as url:
-        host, port = url.removeprefix("http://").split(":")
-        connection = HTTPConnection(host, int(port), timeout=60)
-        for n in range(requests + 4):  # the first two of each warm up
-            for kind, uploads in (("meme_with_ocr", memes), ("plain_image", plain)):
-                body, content_type = _multipart(uploads[n % len(uploads)])
-                start = time.perf_counter()
-                connection.request("POST", "/api/predict", body, {"Content-Type": content_type})
-                response = connection.getresponse()
-                answer = response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"/api/predict answered {response.status} in the posts bench: {answer[:300]!r}")
-                if n >= 4:
-                    times[kind].append((time.perf_counter() - start) * 1000)
-        connection.close()
-    app.extensions["emoreact"].predictor.close()
-    return {kind: {"p50_ms": round(statistics.median(ms), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
-                   "requests": len(ms)} for kind, ms in times.items()}
+    memes = [(Path(row["path"]).name, (root / "test" / row["path"]).read_bytes())
+             for row in test_rows if row["slice"] == "drawn"]
+    plain = [(Path(row["path"]).name, (root / "test" / row["path"]).read_bytes())
+             for row in test_rows if row["slice"] == "picture"]
+    app = create_app(WebConfig(store=root / "store", head=root / "post-head", device=device, ocr="on"))
+    try:
+        return alternating(app, {"meme_with_ocr": memes, "plain_image": plain}, requests, warmup=4)
+    finally:
+        app.extensions["emoreact"].predictor.close()

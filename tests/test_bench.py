@@ -256,3 +256,43 @@ def test_reindex_bench_measures_the_in_process_build_alone_without_ray(monkeypat
     assert local["recall_at_10"] == 1.0  # exact search agrees with brute force on the held-out queries
     with pytest.raises(ValueError, match=r"engines local,spark: the engines are local and ray; name one or both"):
         reindex_bench.run(size=10, engines=("local", "spark"))
+
+
+@pytest.mark.long
+def test_bench_clips_reports_quality_speed_and_targets_end_to_end(tmp_path):
+    """`bench clips` at one clip per kind and format: every reader's macro-F1, decoding per format, the API
+    timings beside a still, the embed job's clips stored as clips, and each target with its verdict."""
+    import json
+
+    from click.testing import CliRunner
+
+    from emoreact.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "clips", "--size", "1", "--device", "cpu", "--keep", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    formats = out["clips"]["formats"]
+    assert {"gif", "webp"} <= set(formats) and ("mp4" in formats) == ("mp4_left_out" not in out["clips"])
+    quality = out["macro_f1"]
+    assert quality["clips"] == 3 * len(formats) and quality["stills"] > 50
+    readers = {"first_frame", "middle_frame", "clip_features", "clip_scores", "frame_vote_bench_only"}
+    for name in readers | {"still_images_of_the_same_art"}:
+        assert 0 <= quality[name] <= 1, name
+    assert set(quality["by_kind"]) == {"stretch", "mixed", "static"}
+    assert all(set(by) == readers for by in quality["by_kind"].values())
+    assert quality["best_pooling"] in ("features", "scores")
+    for fmt in formats:
+        decoding = out["decoding"][fmt]
+        assert decoding["clips"] == 3 and decoding["clips_per_s"] > 0 and 1 <= decoding["frames_used_per_clip"] <= 8
+    api = out["api"]
+    kinds = {"gif_8_frames", "still_image"} | ({"mp4_10_seconds"} if "mp4" in formats else set())
+    for kind in kinds:
+        assert api[kind]["requests"] == 2 and api[kind]["p95_ms"] >= api[kind]["p50_ms"] > 0, kind
+    assert api["model_only_ms_per_image"] > 0
+    job = out["embed_job"]
+    assert job["clips"]["added"] == job["clips"]["stored_as_clips"] == 3 * len(formats)
+    assert job["stills"]["stored_as_clips"] == 0 and job["clips"]["per_s"] > 0 and job["stills"]["per_s"] > 0
+    gif = out["targets"]["gif_p95_within_still_p95_plus_7_model_ms"]
+    assert gif["bound_ms"] == pytest.approx(api["still_image"]["p95_ms"] + 7 * api["model_only_ms_per_image"], abs=0.1)
+    assert all(isinstance(target["met"], bool) for target in out["targets"].values())
+    assert (tmp_path / "clips").is_dir() and len(list((tmp_path / "clips").iterdir())) == 3 * len(formats)

@@ -80,6 +80,28 @@ def test_demo_runs_end_to_end_and_writes_its_report(demo_run):
         assert scores["posts"] == 16 and 0 <= scores["image_only"] <= 1 and 0 <= scores["post"] <= 1
     for name in ("metrics_test.json", "per_label_f1.png", "pr_curves.png", "training_curves.png"):
         assert (out / "head" / name).exists()
+    _check_clips(out, report["clips"])
+
+
+def _check_clips(out, clips):
+    """The demo's clips: each written, answered with its timeline over its duration, and stored as a clip."""
+    import importlib.util
+
+    from emoreact.index import Store
+
+    video = importlib.util.find_spec("av") is not None
+    assert [(c["kind"], c["format"]) for c in clips] == [("stretch", "gif"), ("mixed", "webp"), ("static", "gif")] \
+        + ([("stretch", "mp4")] if video else [])
+    answered = [c for c in clips if "error" not in c]
+    assert {c["format"] for c in answered} >= {"gif", "webp"}  # an MP4 answers once video decoding is in
+    for clip in answered:
+        assert (out / clip["path"]).is_file() and clip["shows"] and clip["first_frame_shows"]
+        assert clip["clip"]["duration_ms"] == clip["duration_ms"] and 1 <= clip["clip"]["frames_used"] <= 8
+        times = [moment["t_ms"] for moment in clip["timeline"]]
+        assert len(times) == clip["clip"]["frames_used"] and times == sorted(times) and times[-1] < clip["duration_ms"]
+        assert all(set(m) == {"t_ms", "emotions", "emotion_scores"} for m in clip["timeline"])
+    with Store.open(out / "store", with_index=False) as store:
+        assert store.clip_count() == len(answered)
 
 
 @pytest.mark.long
