@@ -114,8 +114,9 @@ def _clip_options(config: type) -> list:
     if any(f.name == "clip_pooling" for f in dataclasses.fields(config)):
         options.append(_setting(config, "clip_pooling", "--clip-pooling", show_default=True,
                                 type=click.Choice(POOLINGS),
-                                help="A clip's scores: the time-weighted mean of its frames' scores (scores), "
-                                     "or the score of its frames' mean vector (features)."))
+                                help="A clip's scores from its frames': share, each label's score held for "
+                                     "30% of the clip's time (a label shown that long is predicted); scores, "
+                                     "their mean over time; features, the score of the frames' mean vector."))
     return options
 
 

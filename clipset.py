@@ -29,10 +29,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from emoreact.heads import frames
 from emoreact.labels import load_label_config
 from emoreact.postset import EMOTIONS, STYLES, arts_by_emotion
 
-SHARE = 0.3  # a clip is labelled with each label shown for at least this share of its time
+SHARE = frames.SHARE  # a clip is labelled with each label shown for at least this share of its time
 KINDS = ("stretch", "mixed", "static")
 FORMATS = ("gif", "webp", "mp4")
 SIDE = 128  # frame width and height, even (MP4's yuv420p halves the colour planes)

@@ -123,7 +123,7 @@ class Predictor:
     def __init__(self, backbone: Backbone, store: Store | None, head: EmotionHead | None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, *, owns_store: bool = False,
                  unsure_above: float = DEFAULT_UNSURE_ABOVE, novelty: NoveltyCalibration | None = None,
-                 ocr: str = "off", clips: ClipSettings | None = None, clip_pooling: str = "scores") -> None:
+                 ocr: str = "off", clips: ClipSettings | None = None, clip_pooling: str = "share") -> None:
         if store is not None and head is not None and (head.model_id != store.model_id or head.dim != store.dim):
             raise StoreError(f"head is for {head.model_id!r} (dim {head.dim}) but the store is "
                              f"{store.model_id!r} (dim {store.dim}); retrain the head on this store")
@@ -343,8 +343,8 @@ class Predictor:
 
     def _frame_scores(self, clips: list[tuple[Clip, np.ndarray] | None], text: np.ndarray | None,
                       probs: np.ndarray, image_scores: np.ndarray) -> list:
-        """Gives each clip's FrameScores (None for a still); with "scores" pooling, sets the clip's rows of
-        `probs` (and of `image_scores`, the picture channel) to the time-weighted mean of its frames' scores."""
+        """Gives each clip's FrameScores (None for a still); with a pooling of the frames' scores ("share",
+        "scores"), sets the clip's rows of `probs` (and of `image_scores`, the picture channel) to it."""
         out = []
         for n, entry in enumerate(clips):
             if entry is None:
@@ -353,13 +353,13 @@ class Predictor:
             clip, vectors = entry
             words = None if text is None else text[n]
             seen = frame_scores(self.head, vectors, clip.times_ms, words)
-            if self.clip_pooling == "scores":
+            if self.clip_pooling != "features":  # features: the pooled vector's scores, as computed
                 weights = np.asarray(clip.weights)
-                probs[n] = seen.pooled(weights)
+                probs[n] = seen.pool(self.clip_pooling, weights)
                 if image_scores is not probs:  # a post head: its picture channel pools the frames' pictures alone
                     words_read = words is not None and np.any(words)
                     pictures = frame_scores(self.head, vectors, clip.times_ms) if words_read else seen
-                    image_scores[n] = pictures.pooled(weights)
+                    image_scores[n] = pictures.pool(self.clip_pooling, weights)
             out.append(seen)
         return out
 

@@ -37,8 +37,9 @@ class PredictorConfig:
     #                    extra is installed; on, always (the extra must be installed); off, never
     max_frames: int = 8  # a clip (animation or video) is judged by at most this many frames, chosen by time
     clip_seconds: float = 2.0  # decoding a clip stops after this long; the answer uses the frames decoded so far
-    clip_pooling: str = "scores"  # a clip's scores: the mean of its frames' scores (scores) or the score of its
-    #                               frames' mean vector (features); heads/frames.py, measured by `bench clips`
+    clip_pooling: str = "share"  # a clip's scores from its frames' (heads/frames.py, measured by `bench clips`):
+    #                              share, each label's score held for 30% of its time; scores, their mean over
+    #                              time; features, the score of the frames' mean vector
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:

@@ -6,9 +6,8 @@ CLIP (or `--model`), the demo's head trained on two art styles (Noto, Twemoji). 
 emoreact/clipset.py, drawn from the third style (OpenMoji), which the head never saw: stretches of an
 emotion on a neutral face, mixes of two emotions and static faces, as GIF, animated WebP and MP4, each
 labelled with what it shows for at least `clipset.SHARE` of its time. Macro-F1 is over the six emotions
-of postset.EMOTIONS (neutral is the absence of all six). Beside the predictor's poolings the bench reads
-each clip by a frame vote (the labels' own rule applied to the frames' decisions), which the predictor
-does not offer: a measure of what a pooling could reach.
+of postset.EMOTIONS (neutral is the absence of all six), for each pooling the predictor offers
+(heads/frames.py: "share" applies the labels' own rule to the frames' scores).
 """
 from __future__ import annotations
 
@@ -109,7 +108,6 @@ def _quality(root: Path, clips, device: str) -> dict:
                 decided["middle_frame"] = _decided(predictor, [f[c.middle_frame] for f, c in zip(frames, clips)])
                 names = art_names()
                 stills = _f1(_truth([labels for _, labels in names]), _decided(predictor, [still(n) for n, _ in names]))
-                decided["frame_vote_bench_only"] = _frame_vote(predictor, clips)
             decided[f"clip_{pooling}"] = _decided(predictor, [c.data for c in clips])
     kinds = np.array([c.kind for c in clips])
     out = {"clips": len(clips), **{name: _f1(truth, d) for name, d in decided.items()},
@@ -138,25 +136,6 @@ def _truth(label_sets) -> np.ndarray:
 def _decided(predictor, images) -> np.ndarray:
     """Gives (N, 6) bool: the emotions the predictor's answer names, per image or clip."""
     return _truth([answer["predicted_emotions"] for answer in predictor.predict(list(images), k=0)])
-
-
-def _frame_vote(predictor, clips) -> np.ndarray:
-    """Gives (N, 6) bool: per clip, the emotions the head decides in frames that stand for at least SHARE of
-    its time together (each frame's weight is its share of the clip's time, as decoded): the labels' own
-    rule applied to the frames' decisions. Not a pooling the predictor offers; measured to compare."""
-    from emoreact.heads import frame_scores
-
-    rows = []
-    for clip in clips:
-        _, media = predictor.decode(clip.data)
-        _, entries = predictor.embed_media([media])
-        if entries[0] is None:
-            raise RuntimeError(f"{clip.name} decoded as a still image, not a clip")
-        decoded, vectors = entries[0]
-        seen = frame_scores(predictor.head, vectors, decoded.times_ms)
-        shown = np.asarray(decoded.weights) @ seen.chosen
-        rows.append([label for label, share in zip(predictor.labels, shown) if share >= SHARE - 1e-9])
-    return _truth(rows)
 
 
 def _f1(truth: np.ndarray, decided: np.ndarray) -> float:

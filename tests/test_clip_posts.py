@@ -57,7 +57,20 @@ def test_a_gif_is_answered_from_its_frames_not_its_first(predictor):
     assert "sad" in next(m for m in timeline if m["t_ms"] == clip["peaks"]["sad"])["emotions"]
 
 
-def test_both_poolings_are_what_they_say(predictor, store_path, trained):
+def test_the_share_pooling_gives_each_labels_score_held_for_30_percent_of_the_time():
+    from emoreact.heads.frames import FrameScores
+
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.7], [0.2, 0.95]], np.float32)
+    seen = FrameScores([0, 100, 200, 300], probs, probs > 0.5)
+    # label 0: 0.9 holds for 0.2 of the time, 0.8 for 0.2 + 0.2 = 0.4 >= 0.3; label 1: 0.95 for 0.4.
+    assert np.allclose(seen.held(np.array([0.2, 0.2, 0.2, 0.4])), [0.8, 0.95])
+    # the sad half of a clip keeps sad; a label shown for 0.25 of it does not pass a 0.5 threshold
+    assert np.allclose(seen.held(np.array([0.2, 0.05, 0.1, 0.65])), [0.2, 0.95])
+    assert np.allclose(seen.pooled(np.array([0.25, 0.25, 0.25, 0.25])), [0.5, 0.4875])
+    assert seen.peaks(["happy", "sad"]) == {"happy": 0, "sad": 300}
+
+
+def test_the_poolings_are_what_they_say(predictor, store_path, trained):
     from emoreact.embed.clips import Clip
     from emoreact.predictor import Predictor
 
@@ -67,8 +80,15 @@ def test_both_poolings_are_what_they_say(predictor, store_path, trained):
     frame_vectors = clips[0][1]
     assert np.allclose(vectors[0], pool_vectors(frame_vectors, clip.weights), atol=1e-6)
     head = predictor.head
-    by_scores = predictor.predict_vectors(vectors, [name], 0, clips=clips)[0]
-    expected = np.asarray(clip.weights) @ head.predict_proba(frame_vectors)
+    frame_probs = head.predict_proba(frame_vectors)
+    by_share = predictor.predict_vectors(vectors, [name], 0, clips=clips)[0]  # the default
+    from emoreact.heads.frames import FrameScores
+
+    held = FrameScores(clip.times_ms, frame_probs, head.decide(frame_probs)).held(np.asarray(clip.weights))
+    assert np.allclose(list(by_share["emotion_scores"].values()), held, atol=1e-4)
+    scores = Predictor(predictor.backbone, predictor.store, head, clip_pooling="scores")
+    by_scores = scores.predict_vectors(vectors, [name], 0, clips=clips)[0]
+    expected = np.asarray(clip.weights) @ frame_probs
     assert np.allclose(list(by_scores["emotion_scores"].values()), expected, atol=1e-4)
     features = Predictor(predictor.backbone, predictor.store, head, clip_pooling="features")
     by_features = features.predict_vectors(vectors, [name], 0, clips=clips)[0]
