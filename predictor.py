@@ -304,6 +304,11 @@ class Predictor:
         image_scores, text_scores = self.head.channels(vectors, text) if self.head.reads_text else (probs, None)
         frames = self._frame_scores(clips or [None] * len(vectors), text, probs, image_scores)
         chosen = self.head.decide(probs, text)  # by the head's task: single-label heads always keep their top label
+        if self.clip_pooling == "share":  # a clip shows what its frames show for 30% of its time
+            for n, seen in enumerate(frames):
+                shown = None if seen is None else seen.shown(np.asarray(clips[n][0].weights))
+                if shown is not None and shown.any():
+                    chosen[n] = shown
         novelty = [None] * len(vectors)
         if self.store is not None:
             # Novelty needs each image's nearest indexed image, even when no neighbours are asked for.

@@ -3,10 +3,10 @@
 A clip's frames are chosen by time (embed/clips.py), each standing for a share of the clip's duration
 (its weight). Three ways to pool them into the clip's scores, `POOLINGS`:
 
-- "share" (the default): per label, the score the frames hold for at least `SHARE` of the clip's time
-  (a time-weighted quantile of the frames' scores), so a label is predicted exactly when the frames
-  that show it, by the head's own threshold, cover that share of the clip: what a clip is labelled
-  with (a reaction GIF's sad half is sad, whatever its other half shows);
+- "share" (the default): a label is predicted when the frames the head gives it (its own decision on
+  each frame) cover at least `SHARE` of the clip's time, the rule a clip is labelled by (a reaction
+  GIF's sad half is sad, whatever its other half shows); its score is the one its frames hold for that
+  share of the time (a time-weighted quantile of the frames' scores);
 - "scores": the time-weighted mean of the frames' scores: a label shown for part of the clip keeps that
   share of its score, and falls under a threshold tuned on stills;
 - "features": the head scores the time-weighted mean of the frames' unit vectors (normalised,
@@ -48,6 +48,11 @@ class FrameScores:
         covered = np.cumsum(np.asarray(weights, np.float64)[order], axis=0)
         reached = np.argmax(covered >= share - 1e-9, axis=0)  # the first frame where the share is covered
         return best_first[reached, np.arange(self.probs.shape[1])].astype(np.float32)
+
+    def shown(self, weights: np.ndarray, share: float = SHARE) -> np.ndarray:
+        """Gives (L,) bool: the labels the head gives frames covering at least `share` of the time together
+        (the "share" pooling's labels; none when no label is shown that long)."""
+        return np.asarray(weights, np.float64) @ self.chosen >= share - 1e-9
 
     def pool(self, pooling: str, weights: np.ndarray) -> np.ndarray:
         """Gives the (L,) clip scores of a score pooling ("share" or "scores")."""
