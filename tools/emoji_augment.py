@@ -23,7 +23,7 @@ SIZE = 64
 class FeedAug:
     size_min: int = 16          # smallest displayed emoji, px (detail lost when drawn this small)
     size_max: int = 160         # largest displayed emoji, px
-    p_scene: float = 0.5        # placed inside a larger picture (else it fills the frame)
+    p_scene: float = 0.4        # placed inside a larger picture (else it fills the frame)
     scene_min: float = 0.35     # in a picture, the emoji's share of the picture's side: scene_min..0.9
     max_canvas: int = 320       # picture side cap, px (bounds the cost per image)
     p_noise: float = 0.3        # background: photo-like noise (else white, a flat colour or a gradient)
