@@ -30,12 +30,14 @@ def test_skin_tone_and_gender_variants_join_their_base_emoji():
 
 
 def test_phrase_captions_never_equal_a_test_phrase():
-    banned = {normalise(p) for p in load_phrases("test")}
+    banned = {normalise(p) for phrases in load_phrases("test").values() for p in phrases}
     assert "so sad" in banned  # the issue's own example is a test phrase
-    caps = phrase_captions("crying face", ["cry", "sad", "tear"], load_phrases("train"), banned)
+    train = load_phrases("train")
+    caps = phrase_captions("crying face", ["cry", "sad", "tear"], train, banned)
     assert "i'm so sad" in caps and "feeling sad" in caps
+    assert set(train["sad"]) <= set(caps)  # tagged sad: every sad training phrase
     assert not {normalise(c) for c in caps} & banned
-    assert phrase_captions("bus", ["vehicle"], load_phrases("train"), banned) == []
+    assert phrase_captions("bus", ["vehicle"], train, banned) == []
 
 
 def test_feed_augment_gives_a_64px_rgb_picture_and_repeats_with_the_seed():
@@ -91,6 +93,10 @@ def test_a_resumed_run_equals_a_run_that_never_stopped(tmp_path):
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    captions = data / "captions.json"
+    captions.write_text(captions.read_text().replace("face 1", "face one"))
+    with pytest.raises(SystemExit, match="other data"):
+        train(recipe, data, tmp_path / "split", config=config, threads=1, resume=True)
     with pytest.raises(SystemExit, match="another recipe"):
         train(Recipe(**{**recipe.__dict__, "lr": 5e-4}), data, tmp_path / "split", config=config, threads=1,
               resume=True)

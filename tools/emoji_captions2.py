@@ -7,7 +7,9 @@ Each emoji (base hexcode; its skin-tone and gender variants share it) gets two k
 - ``phrases``: short things people write, made from the feeling words among the emoji's own name and
   tags (and their synonyms in ``SYNONYMS``, a word-level thesaurus): "i'm so scared", "feeling sad",
   "this is gross", "pure rage"; plus the phrases of ``demo/phrases/train.toml`` that contain one of
-  those words. No hand emotion label is used: the link from phrase to emoji is the emoji's own tags.
+  those words, or whose label's word (``LABEL_WORDS``: fear -> scared) is one of them ("best day ever",
+  a happy phrase, goes to the emojis tagged happy). No emoji's hand emotion label is used: the link
+  from phrase to emoji is the emoji's own name and tags.
 
 The bench's TEST phrases (``demo/phrases/test.toml``) measure generalisation, so a caption equal to
 one of them (case and punctuation aside) is dropped: "so sad" is never trained on, "i'm so sad" is.
@@ -49,6 +51,9 @@ SYNONYMS = {  # a tag word -> other words for the same feeling (a thesaurus, not
     "shock": ("shocked", "stunned"), "wow": ("amazed", "surprised"), "tired": ("exhausted", "sleepy"),
     "love": ("lovely",), "funny": ("hilarious",), "upset": ("unhappy",), "worried": ("anxious", "nervous"),
 }
+# the word of each label of demo/phrases/train.toml that an emoji's tags must hold to take its phrases
+LABEL_WORDS = {"happy": "happy", "sad": "sad", "angry": "angry", "fear": "scared", "surprise": "surprised",
+               "disgust": "gross", "neutral": "neutral"}
 FEELING_TEMPLATES = ("i'm {w}", "i'm so {w}", "so {w}", "feeling {w}", "i feel {w}", "{w} right now", "very {w}")
 QUALITY_TEMPLATES = ("this is {w}", "that's so {w}", "so {w}", "how {w}", "{w}")
 NOUN_TEMPLATES = ("pure {w}", "so much {w}", "{w}")
@@ -59,29 +64,36 @@ def normalise(text: str) -> str:
     return " ".join(WORD.findall(text.lower().replace("’", "'")))
 
 
-def load_phrases(which: str) -> list[str]:
-    """Gives every phrase of demo/phrases/<which>.toml (all labels together)."""
-    data = tomllib.loads((PHRASES / f"{which}.toml").read_text(encoding="utf-8"))
-    return [p for phrases in data.values() for p in phrases]
+def load_phrases(which: str) -> dict[str, list[str]]:
+    """Gives label -> phrases of demo/phrases/<which>.toml."""
+    return tomllib.loads((PHRASES / f"{which}.toml").read_text(encoding="utf-8"))
 
 
-def feeling_words(label: str, tags: list[str]) -> set[str]:
-    """Gives the feeling words of an emoji: its name's and tags' words, widened by SYNONYMS."""
+def tag_words(label: str, tags: list[str]) -> set[str]:
+    """Gives the words of an emoji's name and tags, widened by SYNONYMS."""
     words = set(WORD.findall(" ".join([label, *tags]).lower()))
     for w in list(words):
         words.update(SYNONYMS.get(w, ()))
-    return words & set(FEELINGS + QUALITIES + NOUNS)
+    return words
 
 
-def phrase_captions(label: str, tags: list[str], train_phrases: list[str], banned: set[str]) -> list[str]:
-    """Gives the emoji's templated phrases and matching train.toml phrases, none equal to a `banned` key."""
-    words = feeling_words(label, tags)
+def feeling_words(label: str, tags: list[str]) -> set[str]:
+    """Gives the feeling words of an emoji: its name's and tags' words (and synonyms) that name a feeling."""
+    return tag_words(label, tags) & set(FEELINGS + QUALITIES + NOUNS)
+
+
+def phrase_captions(label: str, tags: list[str], train_phrases: dict[str, list[str]], banned: set[str]) -> list[str]:
+    """Gives the emoji's templated phrases and matching train.toml phrases (`train_phrases`: label -> phrases),
+    none equal to a `banned` key."""
+    words, everything = feeling_words(label, tags), tag_words(label, tags)
     out = []
     for w in sorted(words):
         for kind, templates in ((FEELINGS, FEELING_TEMPLATES), (QUALITIES, QUALITY_TEMPLATES), (NOUNS, NOUN_TEMPLATES)):
             if w in kind:
                 out.extend(t.format(w=w) for t in templates)
-    out.extend(p for p in train_phrases if words & set(WORD.findall(p.lower())))
+    for emotion, phrases in train_phrases.items():
+        take_all = LABEL_WORDS.get(emotion) in everything
+        out.extend(p for p in phrases if take_all or words & set(WORD.findall(p.lower())))
     seen, kept = set(), []
     for c in out:
         key = normalise(c)
@@ -93,8 +105,8 @@ def phrase_captions(label: str, tags: list[str], train_phrases: list[str], banne
 
 def caption_table(emojis: list[dict]) -> dict[str, dict[str, list[str]]]:
     """Gives base hexcode (lower case) -> {"names": [...], "phrases": [...]} for every emojibase emoji."""
-    banned = {normalise(p) for p in load_phrases("test")}
-    train = [p for p in load_phrases("train") if normalise(p) not in banned]
+    banned = {normalise(p) for phrases in load_phrases("test").values() for p in phrases}
+    train = {k: [p for p in phrases if normalise(p) not in banned] for k, phrases in load_phrases("train").items()}
     return {e["hexcode"].lower(): {"names": name_captions(e["label"], e.get("tags", [])),
                                    "phrases": phrase_captions(e["label"], e.get("tags", []), train, banned)}
             for e in emojis}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -122,6 +123,15 @@ def load_corpus(data: Path, styles, keep_group=lambda g: not is_heldout(g)) -> C
                   style=np.array([r["style"] for r in rows], np.int64),
                   flip_ok=np.array([can_flip({"captions": table[r["base"]]["names"]}) for r in rows]),
                   names=names, phrases=phrases, captions=captions, group_names=group_names, styles=tuple(styles))
+
+
+def corpus_digest(data: Path, styles) -> str:
+    """Gives a sha256 over the captions and each style's rows and image file size: resuming on other data is refused."""
+    h = hashlib.sha256((data / "captions.json").read_bytes())
+    for style in styles:
+        h.update((data / f"{style}.jsonl").read_bytes())
+        h.update(str((data / f"{style}.npy").stat().st_size).encode())
+    return h.hexdigest()
 
 
 def epoch_batches(corpus: Corpus, recipe: Recipe, rng: np.random.Generator) -> list[list[int]]:
@@ -247,7 +257,7 @@ def train(recipe: Recipe, data: Path, out: Path, *, config: Path = CONFIG, resum
     state = {"step": 0, "epoch": 0, "batches": [], "pos": 0, "log": {
         "model": MODEL_NAME, "recipe": recipe.to_json(), "total_steps": total, "steps_per_epoch": steps_per_epoch,
         "warmup_steps": warmup, "images": int(len(corpus.group)), "groups": len(corpus.group_names),
-        "captions": len(corpus.captions), "styles": list(recipe.styles), "heldout_style": HOLDOUT_STYLE,
+        "captions": len(corpus.captions), "data_digest": corpus_digest(data, recipe.styles), "styles": list(recipe.styles), "heldout_style": HOLDOUT_STYLE,
         "torch": str(torch.__version__), "open_clip": str(open_clip.__version__), "threads": threads,
         "sessions": [], "steps": [], "probes": []}}
     if resume and ckpt_path.exists():
@@ -255,6 +265,9 @@ def train(recipe: Recipe, data: Path, out: Path, *, config: Path = CONFIG, resum
         if saved["log"]["recipe"] != recipe.to_json():
             raise SystemExit(f"{ckpt_path} was made with another recipe; resume with the same options "
                              f"(see {out / 'recipe.json'}) or use a new --out")
+        if saved["log"]["data_digest"] != state["log"]["data_digest"]:
+            raise SystemExit(f"{ckpt_path} was trained on other data than {data} holds now (captions or images "
+                             f"changed); rebuild the corpus as it was, or start a new --out")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         rng.bit_generator.state = saved["numpy_rng"]
