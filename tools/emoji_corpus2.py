@@ -9,7 +9,7 @@ does (package.json's licence field and the licence stated inside the package; sh
 | openmoji    | openmoji 17.0.0                           | CC-BY-SA-4.0 | SVG, rendered with resvg    |
 | fluent      | @iconify-json/fluent-emoji 1.2.7          | MIT          | SVG (Iconify JSON), resvg   |
 | fluent-flat | @iconify-json/fluent-emoji-flat 1.2.6     | MIT          | SVG (Iconify JSON), resvg   |
-| fluent-hc   | @iconify-json/fluent-emoji-high-contrast  | MIT          | SVG, black on transparent   |
+| fluent-hc   | @iconify-json/fluent-emoji-high-contrast 1.2.6 | MIT    | SVG, black on transparent   |
 | fluent-3d   | @lobehub/fluent-emoji-3d 1.1.0            | MIT          | WebP 3D renders, downscaled |
 | noto-v1     | @iconify-json/noto-v1 1.2.5 (blob era)    | Apache-2.0   | SVG (Iconify JSON), resvg   |
 | emojione    | @iconify-json/emojione 1.2.3 (2.3.0)      | CC-BY-4.0    | SVG; HELD OUT of training   |
