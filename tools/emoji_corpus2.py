@@ -60,11 +60,21 @@ def _iconify(version: str, integrity: str, spdx: str) -> dict:
 
 SOURCES2 = {
     **{k: SOURCES[k] for k in ("emoji-datasource-google", "emoji-datasource-twitter", "openmoji", "emojibase-data")},
-    "@iconify-json/fluent-emoji": _iconify("1.2.7", "sha512-D8G6bKAyIsyxP1rzZtIWr/gg/fO4Rg1+DyCWlfqKK4h8W+4Em/Y0P6QYgJUQTlUcagzJvSyg+9OBv4hz4Hc/QA==", "MIT"),
-    "@iconify-json/fluent-emoji-flat": _iconify("1.2.6", "sha512-RY47RgPb47fYUiyrA64sIOL0+UU02s29sXpNBbIQRBUlPlfNFTKUmZDERGuxDs/7yNGWqQYvuaSYM1M4fRXlUw==", "MIT"),
-    "@iconify-json/fluent-emoji-high-contrast": _iconify("1.2.6", "sha512-esqhZPpkrF7sNX3NsLoh8KW64okEr/bzko7WNnFP+qTJGAqDPDYjp0925yxuivXy3HtVQB8xhIKu3+Nq1byX5w==", "MIT"),
-    "@iconify-json/noto-v1": _iconify("1.2.5", "sha512-/DsVMius69Q0fRS53z7QK1TROSuar606jiIx+laXtdsYGMXpf6LtHBx6CGfoo3UHHb/XpBsw+1L1x3eyPqMuVA==", "Apache-2.0"),
-    "@iconify-json/emojione": _iconify("1.2.3", "sha512-T9+T3HIbJNLKKsmxYKlaYhvnHYkz/HNYTV7SHCXVZPfeUi4FqskY70YeN8yYAZT8cCv7w5vJxS4Q1m8zb9CMMg==", "CC-BY-4.0"),
+    "@iconify-json/fluent-emoji": _iconify(
+        "1.2.7", "sha512-D8G6bKAyIsyxP1rzZtIWr/gg/fO4Rg1+DyCWlfqKK4h8W+4Em/Y0P6QYgJUQTlUcagzJvSyg+9OBv4hz4Hc/QA==",
+        "MIT"),
+    "@iconify-json/fluent-emoji-flat": _iconify(
+        "1.2.6", "sha512-RY47RgPb47fYUiyrA64sIOL0+UU02s29sXpNBbIQRBUlPlfNFTKUmZDERGuxDs/7yNGWqQYvuaSYM1M4fRXlUw==",
+        "MIT"),
+    "@iconify-json/fluent-emoji-high-contrast": _iconify(
+        "1.2.6", "sha512-esqhZPpkrF7sNX3NsLoh8KW64okEr/bzko7WNnFP+qTJGAqDPDYjp0925yxuivXy3HtVQB8xhIKu3+Nq1byX5w==",
+        "MIT"),
+    "@iconify-json/noto-v1": _iconify(
+        "1.2.5", "sha512-/DsVMius69Q0fRS53z7QK1TROSuar606jiIx+laXtdsYGMXpf6LtHBx6CGfoo3UHHb/XpBsw+1L1x3eyPqMuVA==",
+        "Apache-2.0"),
+    "@iconify-json/emojione": _iconify(
+        "1.2.3", "sha512-T9+T3HIbJNLKKsmxYKlaYhvnHYkz/HNYTV7SHCXVZPfeUi4FqskY70YeN8yYAZT8cCv7w5vJxS4Q1m8zb9CMMg==",
+        "CC-BY-4.0"),
     "@lobehub/fluent-emoji-3d": {
         "version": "1.1.0",
         "integrity": "sha512-Wlq2lVStTnr8BDpIJ0pEnTKO4LuDxxqTEhTvRtD1DLRF0me7ogeRQjKoehDHXuVJ2Qaecgl5wRBv60lUAG3h7g==",

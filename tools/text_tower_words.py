@@ -70,8 +70,9 @@ def main() -> None:
             parser.error("--edition s2 needs --data, the folder tools/emoji_corpus2.py wrote")
         out = args.out or REPO / "embed" / "weights" / "text_tower_words_s2.txt"
         words = s2_words(args.data)
-        out.write_text("# Words of the captions the second-edition emoji CLIP's (emoreact-emoji-s2) text tower trains on:\n"
-                       "# emojibase-data 17.0.0 names and tags (MIT, Miles Johnson) and the phrases of\n"
+        out.write_text("# Words of the captions the second-edition emoji CLIP's (emoreact-emoji-s2) text tower trains\n"
+                       "# on:"
+                       " emojibase-data 17.0.0 names and tags (MIT, Miles Johnson) and the phrases of\n"
                        "# tools/emoji_captions2.py (templates, demo/phrases/train.toml; never test.toml) of the emoji\n"
                        "# groups tools/train_emoji_clip2.py does not hold out. Written by tools/text_tower_words.py\n"
                        "# --edition s2; one lower-case word a line.\n" + "\n".join(words) + "\n", encoding="utf-8")

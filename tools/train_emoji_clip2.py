@@ -257,7 +257,8 @@ def train(recipe: Recipe, data: Path, out: Path, *, config: Path = CONFIG, resum
     state = {"step": 0, "epoch": 0, "batches": [], "pos": 0, "log": {
         "model": MODEL_NAME, "recipe": recipe.to_json(), "total_steps": total, "steps_per_epoch": steps_per_epoch,
         "warmup_steps": warmup, "images": int(len(corpus.group)), "groups": len(corpus.group_names),
-        "captions": len(corpus.captions), "data_digest": corpus_digest(data, recipe.styles), "styles": list(recipe.styles), "heldout_style": HOLDOUT_STYLE,
+        "captions": len(corpus.captions), "data_digest": corpus_digest(data, recipe.styles),
+        "styles": list(recipe.styles), "heldout_style": HOLDOUT_STYLE,
         "torch": str(torch.__version__), "open_clip": str(open_clip.__version__), "threads": threads,
         "sessions": [], "steps": [], "probes": []}}
     if resume and ckpt_path.exists():
