@@ -100,13 +100,14 @@ def norm(hexcode: str) -> str:
     return "-".join(p for p in hexcode.upper().split("-") if p != "FE0F")
 
 
-def fetch(name: str, cache: Path) -> Path:
-    """npm-pack one pinned package into `cache`, verify it, extract the needed files."""
-    src = SOURCES[name]
-    out = cache / f"{name}-{src['version']}"
+def fetch(name: str, cache: Path, sources: dict | None = None) -> Path:
+    """npm-pack one pinned package of `sources` (default SOURCES) into `cache`, verify it, extract the needed files."""
+    src = (sources or SOURCES)[name]
+    stem = f"{name.lstrip('@').replace('/', '-')}-{src['version']}"  # npm's tarball name for scoped packages
+    out = cache / stem
     if (out / ".complete").exists():
         return out
-    tgz = cache / f"{name}-{src['version']}.tgz"
+    tgz = cache / f"{stem}.tgz"
     if not tgz.exists():
         log.info("downloading %s@%s", name, src["version"])
         npm = shutil.which("npm") or sys.exit("npm is needed to fetch the emoji packages")
@@ -125,9 +126,9 @@ def fetch(name: str, cache: Path) -> Path:
     return out
 
 
-def check_license(name: str, root: Path) -> None:
+def check_license(name: str, root: Path, sources: dict | None = None) -> None:
     """Refuse a package whose license field or license text is not what we redistribute under."""
-    src, pkg = SOURCES[name], root / "package"
+    src, pkg = (sources or SOURCES)[name], root / "package"
     declared = json.loads((pkg / "package.json").read_text())["license"]
     problems = []
     if declared != src["package_license"]:
