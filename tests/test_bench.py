@@ -275,12 +275,12 @@ def test_bench_clips_reports_quality_speed_and_targets_end_to_end(tmp_path):
     assert {"gif", "webp"} <= set(formats) and ("mp4" in formats) == ("mp4_left_out" not in out["clips"])
     quality = out["macro_f1"]
     assert quality["clips"] == 3 * len(formats) and quality["stills"] > 50
-    readers = {"first_frame", "middle_frame", "clip_features", "clip_scores", "frame_vote_bench_only"}
+    readers = {"first_frame", "middle_frame", "clip_share", "clip_scores", "clip_features"}
     for name in readers | {"still_images_of_the_same_art"}:
         assert 0 <= quality[name] <= 1, name
     assert set(quality["by_kind"]) == {"stretch", "mixed", "static"}
     assert all(set(by) == readers for by in quality["by_kind"].values())
-    assert quality["best_pooling"] in ("features", "scores")
+    assert quality["best_pooling"] in ("share", "scores", "features")
     for fmt in formats:
         decoding = out["decoding"][fmt]
         assert decoding["clips"] == 3 and decoding["clips_per_s"] > 0 and 1 <= decoding["frames_used_per_clip"] <= 8
