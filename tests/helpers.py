@@ -167,3 +167,20 @@ def brute_force_groups(vectors: np.ndarray, threshold: float) -> set[tuple[int, 
     for i in range(len(vectors)):
         members.setdefault(root(i), []).append(i)
     return {tuple(m) for m in members.values() if len(m) > 1}
+
+
+class InProcessPool:
+    """Stands in for the process pool: each device's part is embedded here, in turn. The parts, the resume
+    and the merge are the same; only the processes are not started (the `processes` case starts them)."""
+
+    def __init__(self, workers: int, mp_context=None):
+        self.workers = workers
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def map(self, fn, jobs):
+        return [fn(job) for job in jobs]

@@ -296,3 +296,26 @@ def test_bench_clips_reports_quality_speed_and_targets_end_to_end(tmp_path):
     assert gif["bound_ms"] == pytest.approx(api["still_image"]["p95_ms"] + 7 * api["model_only_ms_per_image"], abs=0.1)
     assert all(isinstance(target["met"], bool) for target in out["targets"].values())
     assert (tmp_path / "clips").is_dir() and len(list((tmp_path / "clips").iterdir())) == 3 * len(formats)
+
+
+def test_bench_clips_parts_decode_embed_and_score_a_few_clips(tmp_path, backbone, label_config):
+    """The parts of `bench clips` on a clip of each format with the tiny model (the whole bench is the long
+    test above): decoding rates, the embed job's clips beside their middle frames, macro-F1 and the targets."""
+    import numpy as np
+
+    from emoreact.bench import clips_bench
+    from emoreact.clipset import make_clips
+
+    formats, _ = clips_bench._formats()
+    made = make_clips(seed=1, per_kind=1, formats=formats)
+    clips = [next(c for c in made if c.format == fmt) for fmt in formats]  # one of each format
+    decoding = clips_bench._decoding(clips, 64, rounds=1)
+    assert set(decoding) == {c.format for c in clips} and all(d["clips_per_s"] > 0 for d in decoding.values())
+    job = clips_bench._embed_job(tmp_path, clips, backbone, label_config)
+    assert job["clips"]["added"] == job["clips"]["stored_as_clips"] == len(clips)
+    assert job["stills"]["stored_as_clips"] == 0
+    truth = np.array([[True, False], [False, True], [True, True]])
+    assert clips_bench._f1(truth, truth) == 1.0 and clips_bench._f1(truth, ~truth) == 0.0
+    targets = clips_bench._quality_targets({"best_pooling": "share", "clip_share": 0.7, "first_frame": 0.4,
+                                            "middle_frame": 0.5, "still_images_of_the_same_art": 0.65})
+    assert targets["clip_at_least_still"]["met"] and not targets["clip_0.25_above_single_frames"]["met"]

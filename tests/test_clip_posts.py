@@ -285,7 +285,7 @@ def test_a_stored_clips_thumbnail_is_its_middle_frame(clip_store):
 
 
 def test_the_multi_device_engine_carries_clips_through_its_merge(tmp_path, label_config, monkeypatch):
-    from test_parallel_resume import InProcessPool
+    from helpers import InProcessPool
 
     from emoreact.embed import parallel
 

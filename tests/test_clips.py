@@ -1,6 +1,5 @@
 """Clips: animated GIF, WebP and PNG (and video, with PyAV) decode into a few frames chosen by time."""
 import io
-import itertools
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ from PIL import Image
 from emoreact.embed import Clip, ClipSettings, ImageError, decode_image, decode_media, is_clip
 from emoreact.embed.clips import drop_near_duplicates, plan_frames, shown_ms
 from emoreact.embed.images import sniff_format, sniff_video
+from clip_data import child_request, counting_clock, decode_in_process, video
 
 ANIMATED = ["GIF", "WEBP", "PNG"]
 
@@ -135,12 +135,6 @@ def test_an_apng_default_image_outside_the_animation_is_not_a_frame():
     assert [red_of(f) for f in clip.frames] == [18, 30, 42] and clip.frame_count == 3
 
 
-def counting_clock(step: float = 1.0):
-    """Gives a fake clock that moves `step` seconds each time it is read: a deterministic time budget."""
-    ticks = itertools.count()
-    return lambda: next(ticks) * step
-
-
 @pytest.mark.parametrize("fmt", ANIMATED)
 def test_the_time_budget_ends_decoding_and_the_frames_so_far_are_used(fmt):
     data = animation(fmt, solid(8), [100] * 8)
@@ -238,35 +232,6 @@ def test_clip_settings_refuse_bad_values_saying_which(field, value, words):
 # -- videos (PyAV, the `video` extra) ---------------------------------------------------------------------------
 # The worker's decoding (`video._decode`) is tested in process, fast; the whole path, which starts a worker
 # process (about 0.25 s), under the `subprocess` mark.
-
-
-def video(fmt: str = "mp4", codec: str = "libx264", n: int = 50, fps=10, size=(64, 48), **options) -> bytes:
-    """Gives a video of n solid frames whose red is 5 * index (H.264 rounds it a little), made with PyAV."""
-    av = pytest.importorskip("av")
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=fps, options=options)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p" if codec != "png" else "rgb24"
-        for i in range(n):
-            pixels = np.zeros((size[1], size[0], 3), np.uint8)
-            pixels[..., 0] = 5 * i % 256
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
-
-
-def child_request(fmt="MP4", **changes) -> dict:
-    """Gives what `decode_video` sends its child for ClipSettings() with `changes`."""
-    request = {"format": fmt, "max_pixels": 40_000_000, "min_side": None, "max_frames": 8, "time_budget_s": 2.0,
-               "max_duration_s": 600.0, "memory_mb": 1024, "cpu_s": 15.0}
-    return {**request, **changes}
-
-
-def decode_in_process(data: bytes, fmt="MP4", **changes):
-    from emoreact.embed import video as video_module
-
-    return video_module._decode(data, child_request(fmt, **changes))
 
 
 def test_a_video_gives_the_frames_shown_at_the_middle_of_equal_slices():

@@ -561,8 +561,7 @@ def test_the_filesystem_spy_sees_a_real_thumbnail_being_made(cold_client_and_spy
 # ---- hostile clips through the API: each answered with the limit it hit, the server still up ----
 
 def _hostile_clips() -> list:
-    from test_clips import video
-    from test_hostile_clips import hours_long_video, raw_apng, raw_gif, zip_bomb
+    from clip_data import hours_long_video, raw_apng, raw_gif, video, zip_bomb
 
     truncated = video("mp4", "libx264", n=30)
     return [

@@ -1,75 +1,19 @@
 """Hostile clips at the decoder: each is refused from its headers, cut by the time budget, or decoded within the
 configured limits; none raises memory by more than the frame budget, none hangs, none crashes the caller.
 (The web-level hostile uploads are in tests/test_hardening_uploads.py.)"""
-import functools
-import itertools
 import json
 import os
 import struct
 import subprocess
 import sys
-import zlib
-from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from emoreact.embed import Clip, ClipSettings, ImageError, decode_media, is_clip
 from emoreact.embed.clips import memory_budget_bytes
-from test_clips import decode_in_process, video
-
-
-def raw_gif(width: int, height: int, frames: int) -> bytes:
-    """Gives a GIF of `frames` frames, each one pixel drawn at a moving place on a width x height canvas: made
-    block by block, since Pillow would take minutes to write 100,000 frames."""
-    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff")
-    for i in range(frames):
-        x, y = (7 * i) % max(1, width - 1), (13 * i) % max(1, height - 1)
-        out += b"\x21\xf9\x04\x00\x0a\x00\x00\x00"  # graphic control: 100 ms
-        out += b"\x2c" + struct.pack("<HHHHB", x, y, 1, 1, 0) + b"\x02\x02\x44\x01\x00"  # one pixel, LZW
-    return bytes(out + b"\x3b")
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def raw_apng(width: int, height: int, frames: int) -> bytes:
-    """Gives an APNG's chunks: a header claiming width x height and `frames` frame controls."""
-    out = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    out += _png_chunk(b"acTL", struct.pack(">II", frames, 0))
-    for i in range(frames):
-        out += _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", i, 1, 1, 0, 0, 1, 10, 0, 0))
-        if i == 0:
-            out += _png_chunk(b"IDAT", zlib.compress(bytes(4)))
-    return out + _png_chunk(b"IEND", b"")
-
-
-def raw_webp(width: int, height: int, frames: int) -> bytes:
-    """Gives an animated WebP's chunks: a canvas of width x height and `frames` empty frames of 100 ms."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return kind + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
-
-    body = b"WEBP" + chunk(b"VP8X", b"\x02\x00\x00\x00" + (width - 1).to_bytes(3, "little")
-                           + (height - 1).to_bytes(3, "little")) + chunk(b"ANIM", bytes(6))
-    body += chunk(b"ANMF", bytes(12) + (100).to_bytes(3, "little") + b"\x00") * frames
-    return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
-@functools.lru_cache(maxsize=1)
-def zip_bomb() -> bytes:
-    """Gives 200 MB of zeros compressed by zlib into about 200 kB."""
-    return zlib.compress(bytes(200_000_000), 9)
-
-
-def counting_clock(step: float = 1.0):
-    ticks = itertools.count()
-    return lambda: next(ticks) * step
-
-
-def hours_long_video() -> bytes:
-    """Gives a 3 h 20 min MP4 of 10 frames of 16x16, one every 20 minutes: long, yet a few kilobytes."""
-    return video(n=10, fps=Fraction(1, 1200), size=(16, 16))
+from clip_data import (counting_clock, decode_in_process, hours_long_video, raw_apng, raw_gif, raw_webp, video,
+                       zip_bomb)
 
 
 def test_a_gif_of_100000_frames_is_refused_from_its_blocks():

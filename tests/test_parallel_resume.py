@@ -8,6 +8,7 @@ from PIL import Image
 from conftest import FAST_EMBED, TINY
 from emoreact.embed import read_source, split_for
 from emoreact.index import Store
+from helpers import InProcessPool
 
 DIM = 64  # the tiny model's embedding width
 
@@ -24,23 +25,6 @@ def add(store: Store, records, marks: list[int]) -> None:
              "split": split_for(hashlib.sha256(r.path.read_bytes()).hexdigest()), "width": 32, "height": 32,
              "bytes": r.path.stat().st_size} for r in records]
     store.add(rows, np.stack([one_hot(k) for k in marks]))
-
-
-class InProcessPool:
-    """Stands in for the process pool: each device's part is embedded here, in turn. The parts, the resume
-    and the merge are the same; only the processes are not started (the `processes` case starts them)."""
-
-    def __init__(self, workers: int, mp_context=None):
-        self.workers = workers
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return False
-
-    def map(self, fn, jobs):
-        return [fn(job) for job in jobs]
 
 
 @pytest.mark.parametrize("pool", [pytest.param("processes", marks=pytest.mark.subprocess), "in this process"])
